@@ -1,0 +1,221 @@
+"""The npud wire contract: every JSON-RPC message, parameter and result as a msgspec Struct.
+
+This module is the single definition of what crosses the socket (CONTRACT.md describes it in
+prose). The daemon imports these types; clients decode with them. Encoders and decoders are
+built once at import time, as msgspec recommends, because building them is the expensive part.
+
+Schema evolution: new fields always get a default (``UNSET`` for optional output, so older
+clients that do not know a field never see it), and fields are never renamed or removed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal, Union
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType
+
+JSONRPC_VERSION: Final = "2.0"
+
+#: Largest accepted input, in Unicode code points (Python ``len``).
+MAX_INPUT_CHARS: Final = 6000
+#: Largest number of tokens any job may generate.
+MAX_NEW_TOKENS: Final = 256
+#: Default prompt budget in tokens, counted after the chat template (``MAX_PROMPT_LEN``).
+DEFAULT_MAX_PROMPT_TOKENS: Final = 1024
+
+JobName = Literal["title", "summary", "notification", "memory_candidate"]
+JOB_NAMES: Final[tuple[str, ...]] = ("title", "summary", "notification", "memory_candidate")
+FinishReason = Literal["stop", "length", "cancelled"]
+HealthStatus = Literal["loading", "ready", "error"]
+
+RequestId = Union[int, str, None]
+
+
+# --------------------------------------------------------------------------- envelopes
+
+
+class Request(Struct, omit_defaults=True, forbid_unknown_fields=True):
+    """A JSON-RPC 2.0 request or notification (no ``id``)."""
+
+    jsonrpc: Literal["2.0"]
+    method: str
+    params: Union[dict[str, Any], list[Any], UnsetType] = UNSET
+    id: Union[int, str, None, UnsetType] = UNSET
+
+    @property
+    def is_notification(self) -> bool:
+        return self.id is UNSET
+
+
+class ErrorObject(Struct, omit_defaults=True):
+    code: int
+    message: str
+    data: Union[Any, UnsetType] = UNSET
+
+
+class ErrorResponse(Struct, kw_only=True):
+    # kw_only lets "jsonrpc" come first on the wire while keeping its default.
+    jsonrpc: str = JSONRPC_VERSION
+    id: RequestId = None
+    error: ErrorObject
+
+
+class SuccessResponse(Struct, kw_only=True):
+    jsonrpc: str = JSONRPC_VERSION
+    id: RequestId
+    result: Any
+
+
+class Response(Struct, omit_defaults=True):
+    """What a client decodes: ``result`` xor ``error``; ``result`` stays raw until its method is known."""
+
+    jsonrpc: str
+    id: RequestId = None
+    result: Union[msgspec.Raw, UnsetType] = UNSET
+    error: Union[ErrorObject, UnsetType] = UNSET
+
+
+# --------------------------------------------------------------------------- params
+
+
+class GenerateParams(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    job: JobName
+    input: str
+    max_new_tokens: Union[int, UnsetType] = UNSET
+
+
+class InputParams(Struct, forbid_unknown_fields=True):
+    """Params of ``extract_memory_candidates`` and ``condense_notification``."""
+
+    input: str
+
+
+class NoParams(Struct, forbid_unknown_fields=True):
+    """Params of ``health`` and ``models``: none (an empty object or no ``params`` at all)."""
+
+
+# --------------------------------------------------------------------------- results
+
+
+class TokenCounts(Struct):
+    prompt: int
+    generated: int
+
+
+class JobTiming(Struct):
+    """Milliseconds: waiting in the queue, inside the pipeline, and from receipt to reply."""
+
+    queue: float
+    generate: float
+    total: float
+
+
+class JobResult(Struct, omit_defaults=True):
+    """The result of every job. ``candidates`` is present for ``memory_candidate`` only."""
+
+    job: JobName
+    text: str
+    model: str
+    device: str
+    finish_reason: FinishReason
+    tokens: TokenCounts
+    timing_ms: JobTiming
+    #: Growth of the NPU's busy counter across the generation; ``None`` off the NPU.
+    npu_busy_delta_us: Union[int, None]
+    candidates: Union[list[str], UnsetType] = UNSET
+
+
+class QueueInfo(Struct):
+    depth: int
+    capacity: int
+    running: bool
+
+
+class BusyCounterInfo(Struct):
+    """``enabled`` is false off the NPU or when disabled by ``--no-busy-check``."""
+
+    enabled: bool
+    path: Union[str, None]
+
+
+class Limits(Struct):
+    max_input_chars: int
+    max_prompt_tokens: int
+    max_new_tokens: int
+
+
+class HealthResult(Struct, omit_defaults=True):
+    status: HealthStatus
+    model: str
+    device: str
+    version: str
+    uptime_s: float
+    queue: QueueInfo
+    busy_counter: BusyCounterInfo
+    jobs_served: int
+    jobs_failed: int
+    load_time_ms: Union[float, None] = None
+    error: Union[str, UnsetType] = UNSET
+
+
+class JobInfo(Struct):
+    name: JobName
+    default_max_new_tokens: int
+    max_new_tokens: int
+
+
+class ModelInfo(Struct):
+    id: str
+    source: str
+    device: str
+    status: HealthStatus
+    limits: Limits
+    jobs: list[JobInfo]
+
+
+class ModelsResult(Struct):
+    models: list[ModelInfo]
+
+
+# --------------------------------------------------------------------------- error data
+
+
+class LimitData(Struct):
+    """``data`` of -32602 when a size limit is exceeded."""
+
+    limit: int
+    actual: int
+    unit: Literal["characters", "tokens", "bytes", "requests"]
+    field: str
+
+
+class QueueFullData(Struct):
+    retry_after_ms: int
+    queue_depth: int
+    capacity: int
+
+
+class NotReadyData(Struct, omit_defaults=True):
+    status: HealthStatus
+    error: Union[str, UnsetType] = UNSET
+
+
+class NotVerifiedData(Struct):
+    #: ``None`` when the counter could not be read after the generation.
+    npu_busy_delta_us: Union[int, None]
+    busy_file: str
+    reason: Literal["no_growth", "went_backwards", "unreadable"]
+
+
+# --------------------------------------------------------------------------- codecs
+
+ENCODER: Final = msgspec.json.Encoder()
+
+
+def encode_line(message: Any) -> bytes:
+    """Encode one message as a compact JSON line (the framing of both directions)."""
+    return ENCODER.encode(message) + b"\n"
+
+
+RESPONSE_DECODER: Final = msgspec.json.Decoder(Union[Response, list[Response]])

@@ -1,0 +1,33 @@
+"""``npud`` command line: build the Config at the edge, set up logging, run the daemon."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .config import ConfigError, load_config
+from .engine import OpenVinoLoader
+from .server import run
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr (journald captures it under systemd). Never request or response text."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(argv, os.environ)
+    except ConfigError as exc:
+        sys.stderr.write(f"npud: {exc}\n")
+        return 2
+    setup_logging(config.log_level)
+    return run(config, OpenVinoLoader())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The daemon's one configuration object, built at the edge from flags and environment.
+
+Precedence: command-line flag, then ``OV_GENAI_NPU_*`` environment variable, then default.
+Nothing below this module reads the environment: :class:`Config` is passed down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from npuclient.framing import DEFAULT_MAX_LINE_BYTES
+from npuclient.protocol import DEFAULT_MAX_PROMPT_TOKENS
+
+ENV_PREFIX = "OV_GENAI_NPU_"
+DEFAULT_SOCKET = "@npud"
+BUILTIN_SMOLLM2 = "smollm2-135m"
+
+
+class ConfigError(Exception):
+    """A flag or environment value that cannot be used; the message says which and why."""
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    socket: str = DEFAULT_SOCKET
+    model: str
+    device: str = "NPU"
+    cache_dir: str
+    lock_file: str
+    lock_timeout_s: float = 60.0
+    queue_depth: int = 8
+    busy_file: str | None = None
+    sysfs_root: str = "/sys"
+    busy_check: bool = True
+    allow_uids: tuple[int, ...] = ()
+    allow_gids: tuple[int, ...] = ()
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS
+    min_response_len: int = 64
+    prefill_hint: str = "DYNAMIC"
+    generate_hint: str = "FAST_COMPILE"
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    shutdown_timeout_s: float = 30.0
+    log_level: str = "INFO"
+
+    @property
+    def is_npu(self) -> bool:
+        return self.device.upper() == "NPU"
+
+    @property
+    def compile_cache_dir(self) -> Path:
+        """OpenVINO's ``CACHE_DIR`` (compiled blobs)."""
+        return Path(self.cache_dir) / "compiled"
+
+    @property
+    def model_store_dir(self) -> Path:
+        """Where built-in models are converted to OpenVINO IR once."""
+        return Path(self.cache_dir) / "models"
+
+
+def default_paths(environ: Mapping[str, str]) -> dict[str, str]:
+    """Per-user defaults that follow the XDG base directory spec (and systemd's variables)."""
+    home = Path(environ.get("HOME", str(Path.home())))
+    data = Path(environ.get("XDG_DATA_HOME") or home / ".local" / "share")
+    # systemd sets CACHE_DIRECTORY for a unit with CacheDirectory=; prefer it.
+    cache = environ.get("CACHE_DIRECTORY") or str(
+        Path(environ.get("XDG_CACHE_HOME") or home / ".cache") / "npud"
+    )
+    runtime = environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    return {
+        "model": str(data / "npud" / "models" / "Qwen2.5-1.5B-Instruct-int4-ov"),
+        "cache_dir": cache,
+        "lock_file": str(Path(runtime) / "npu.lock"),
+    }
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _parse_id_list(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.replace(",", " ").split())
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its flag, its environment variable suffix, how to parse it, and its help."""
+
+    field: str
+    flag: str
+    env: str
+    parse: Callable[[str], Any]
+    help: str
+    repeatable: bool = False
+    switch_value: bool | None = None  # for on/off flags: the value the flag sets
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("socket", "--socket", "SOCKET", str,
+           "Unix socket: '@name' is abstract, anything else a filesystem path (mode 0600)"),
+    Option("model", "--model", "MODEL", str,
+           f"OpenVINO IR folder, .gguf file, or the built-in name '{BUILTIN_SMOLLM2}'"),
+    Option("device", "--device", "DEVICE", str, "OpenVINO device: NPU or CPU; never falls back"),
+    Option("cache_dir", "--cache-dir", "CACHE", str,
+           "cache root: compiled blobs in <root>/compiled (OpenVINO CACHE_DIR), converted models in <root>/models"),
+    Option("lock_file", "--lock-file", "LOCK_FILE", str,
+           "flock file that serialises NPU use across processes"),
+    Option("lock_timeout_s", "--lock-timeout", "LOCK_TIMEOUT", _positive_float,
+           "seconds to wait for the NPU lock before failing a job"),
+    Option("queue_depth", "--queue-depth", "QUEUE_DEPTH", _positive_int,
+           "jobs that may wait behind the running one; more are rejected at once"),
+    Option("busy_file", "--busy-file", "BUSY_FILE", str,
+           "npu_busy_time_us file to read (default: discovered under <sysfs-root>/class/accel)"),
+    Option("sysfs_root", "--sysfs-root", "SYSFS_ROOT", str, "root of sysfs for NPU discovery"),
+    Option("busy_check", "--no-busy-check", "NO_BUSY_CHECK", lambda s: not _parse_bool(s),
+           "NPU only: do not require the busy counter (health reports it disabled)", switch_value=False),
+    Option("allow_uids", "--allow-uid", "ALLOW_UID", _parse_id_list,
+           "also allow this uid (repeatable; env: comma-separated). Own uid and root are always allowed",
+           repeatable=True),
+    Option("allow_gids", "--allow-gid", "ALLOW_GID", _parse_id_list,
+           "also allow peers in this group (repeatable; env: comma-separated)", repeatable=True),
+    Option("max_prompt_tokens", "--max-prompt-len", "MAX_PROMPT_LEN", _positive_int,
+           "prompt budget in tokens after the chat template; NPU MAX_PROMPT_LEN"),
+    Option("min_response_len", "--min-response-len", "MIN_RESPONSE_LEN", _positive_int,
+           "NPU MIN_RESPONSE_LEN"),
+    Option("prefill_hint", "--prefill-hint", "PREFILL_HINT", str, "NPU PREFILL_HINT"),
+    Option("generate_hint", "--generate-hint", "GENERATE_HINT", str, "NPU GENERATE_HINT"),
+    Option("max_line_bytes", "--max-line-bytes", "MAX_LINE_BYTES", _positive_int,
+           "largest accepted JSON-RPC line; longer lines close the connection"),
+    Option("shutdown_timeout_s", "--shutdown-timeout", "SHUTDOWN_TIMEOUT", _positive_float,
+           "seconds a running job may take to finish after SIGTERM"),
+    Option("log_level", "--log-level", "LOG_LEVEL", lambda s: s.upper(),
+           "DEBUG, INFO, WARNING or ERROR"),
+)
+
+
+def _defaults(environ: Mapping[str, str]) -> dict[str, Any]:
+    defaults = {f.name: f.default for f in msgspec.structs.fields(Config)
+                if f.default is not msgspec.NODEFAULT}
+    defaults.update(default_paths(environ))
+    return defaults
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    defaults = _defaults(environ)
+    parser = argparse.ArgumentParser(
+        prog="npud",
+        description="Local daemon for small, bounded LLM jobs on an Intel NPU (OpenVINO GenAI).",
+        epilog="Every option can also be set with the environment variable shown; a flag wins.",
+    )
+    for opt in OPTIONS:
+        env_name = ENV_PREFIX + opt.env
+        default = defaults.get(opt.field)
+        shown = "off" if opt.switch_value is not None else (default if default not in (None, ()) else "none")
+        text = f"{opt.help} [env {env_name}; default: {shown}]"
+        if opt.switch_value is not None:
+            parser.add_argument(opt.flag, dest=opt.field, action="store_const",
+                                const=opt.switch_value, default=None, help=text)
+        elif opt.repeatable:
+            parser.add_argument(opt.flag, dest=opt.field, action="append", type=int,
+                                default=None, metavar="ID", help=text)
+        else:
+            parser.add_argument(opt.flag, dest=opt.field, default=None,
+                                metavar=opt.env, help=text)
+    return parser
+
+
+def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Config:
+    """Parse flags and environment into a :class:`Config`; raise :class:`ConfigError` on bad values."""
+    args = build_parser(environ).parse_args(argv)
+    values = _defaults(environ)
+    for opt in OPTIONS:
+        env_name = ENV_PREFIX + opt.env
+        flag_value = getattr(args, opt.field)
+        try:
+            if flag_value is not None:
+                if opt.switch_value is not None or opt.repeatable:
+                    values[opt.field] = tuple(flag_value) if opt.repeatable else flag_value
+                else:
+                    values[opt.field] = opt.parse(flag_value)
+            elif environ.get(env_name) is not None:
+                values[opt.field] = opt.parse(environ[env_name])
+        except ValueError as exc:
+            source = opt.flag if flag_value is not None else env_name
+            raise ConfigError(f"{source}: {exc}") from None
+    if values["log_level"] not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(f"--log-level: unknown level {values['log_level']!r}")
+    return Config(**values)

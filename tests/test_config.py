@@ -1,0 +1,79 @@
+"""Config is built at the edge: flags beat environment beats defaults; bad values are clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from npud.config import ConfigError, load_config
+
+from .conftest import npud_command
+
+
+def test_defaults_follow_xdg() -> None:
+    env = {"HOME": "/home/u", "XDG_RUNTIME_DIR": "/run/user/1000"}
+    config = load_config([], env)
+    assert config.socket == "@npud"
+    assert config.device == "NPU"
+    assert config.model == "/home/u/.local/share/npud/models/Qwen2.5-1.5B-Instruct-int4-ov"
+    assert config.cache_dir == "/home/u/.cache/npud"
+    assert config.lock_file == "/run/user/1000/npu.lock"
+    assert (config.max_prompt_tokens, config.min_response_len) == (1024, 64)
+    assert (config.prefill_hint, config.generate_hint) == ("DYNAMIC", "FAST_COMPILE")
+    assert config.busy_check is True
+    assert config.queue_depth == 8
+
+
+def test_environment_then_flags() -> None:
+    env = {
+        "HOME": "/h",
+        "OV_GENAI_NPU_MODEL": "/models/env",
+        "OV_GENAI_NPU_DEVICE": "CPU",
+        "OV_GENAI_NPU_CACHE": "/c",
+        "OV_GENAI_NPU_QUEUE_DEPTH": "3",
+        "OV_GENAI_NPU_ALLOW_UID": "1001, 1002",
+        "OV_GENAI_NPU_NO_BUSY_CHECK": "1",
+        "OV_GENAI_NPU_MAX_PROMPT_LEN": "512",
+    }
+    config = load_config([], env)
+    assert (config.model, config.device, config.cache_dir, config.queue_depth) == ("/models/env", "CPU", "/c", 3)
+    assert config.allow_uids == (1001, 1002)
+    assert config.busy_check is False
+    assert config.max_prompt_tokens == 512
+    config = load_config(["--model", "/models/flag", "--queue-depth", "5", "--allow-uid", "7", "--allow-uid", "8"], env)
+    assert (config.model, config.queue_depth, config.allow_uids) == ("/models/flag", 5, (7, 8))
+    assert config.compile_cache_dir.as_posix() == "/c/compiled"
+
+
+def test_systemd_cache_directory_is_preferred() -> None:
+    assert load_config([], {"HOME": "/h", "CACHE_DIRECTORY": "/var/cache/npud"}).cache_dir == "/var/cache/npud"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--queue-depth", "0"], {}, "--queue-depth: must be at least 1"),
+        ([], {"OV_GENAI_NPU_QUEUE_DEPTH": "many"}, "OV_GENAI_NPU_QUEUE_DEPTH: invalid literal"),
+        ([], {"OV_GENAI_NPU_NO_BUSY_CHECK": "maybe"}, "OV_GENAI_NPU_NO_BUSY_CHECK: not a boolean"),
+        (["--lock-timeout", "-1"], {}, "--lock-timeout: must be greater than 0"),
+        (["--log-level", "loud"], {}, "unknown level 'LOUD'"),
+    ],
+)
+def test_bad_values(argv: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(argv, {"HOME": "/h", **env})
+
+
+def test_help_documents_every_option_with_env_and_default() -> None:
+    out = subprocess.run(npud_command("--help"), capture_output=True, text=True, check=True).stdout
+    for name in ("OV_GENAI_NPU_SOCKET", "OV_GENAI_NPU_MODEL", "OV_GENAI_NPU_DEVICE", "OV_GENAI_NPU_CACHE",
+                 "OV_GENAI_NPU_QUEUE_DEPTH", "OV_GENAI_NPU_LOCK_FILE", "OV_GENAI_NPU_BUSY_FILE"):
+        assert name in out
+    assert "default: @npud" in out and "default: NPU" in out
+
+
+def test_bad_value_exits_2_with_message() -> None:
+    proc = subprocess.run(npud_command("--queue-depth", "zero"), capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "npud: --queue-depth:" in proc.stderr

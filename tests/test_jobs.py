@@ -1,0 +1,76 @@
+"""Post-processing tables: whatever the model emits, the form of each job's output holds."""
+
+from __future__ import annotations
+
+import pytest
+
+from npud.jobs import JOBS, TITLE_MAX_CHARS, clean_candidates, clean_notification, clean_summary, clean_title
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Debugging CI Failures", "Debugging CI Failures"),
+        ('"Debugging CI Failures"', "Debugging CI Failures"),
+        ("Title: Debugging CI Failures.", "Debugging CI Failures"),
+        ("**Debugging CI**\nThis conversation is about CI.", "Debugging CI"),
+        ("\n\n  “Quoted Title”  \n", "Quoted Title"),
+        ("# Heading Title", "Heading Title"),
+        ("", ""),
+    ],
+)
+def test_title(raw: str, expected: str) -> None:
+    assert clean_title(raw).text == expected
+
+
+def test_title_is_capped_at_a_word_boundary() -> None:
+    raw = " ".join(["word"] * 40)
+    title = clean_title(raw).text
+    assert len(title) <= TITLE_MAX_CHARS and title.endswith("word") and "\n" not in title
+
+
+def test_notification_is_one_sentence_on_one_line() -> None:
+    assert clean_notification("Build passed. Deploy starts at 10.\nMore text").text == "Build passed."
+    assert clean_notification("Notification: The meeting moved to Friday!").text == "The meeting moved to Friday!"
+    assert clean_notification("No final punctuation").text == "No final punctuation"
+
+
+def test_summary_keeps_text_and_drops_label() -> None:
+    assert clean_summary("Summary: Two sentences. Here.\n").text == "Two sentences. Here."
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("- The user is vegetarian.\n- The user lives in Lyon.", ["The user is vegetarian.", "The user lives in Lyon."]),
+        ('{"candidates": ["Likes tea", "Has a cat"]}', ["Likes tea", "Has a cat"]),
+        ('Sure! ["Likes tea"] hope that helps', ["Likes tea"]),
+        ("1. First fact\n2) Second fact\n* Third fact", ["First fact", "Second fact", "Third fact"]),
+        ("- none", []),
+        ("- dup\n- dup", ["dup"]),
+        ("I could not find anything.", []),
+        ('{"candidates": [1, null, {"x": 2}]', []),  # malformed JSON: empty, no exception
+        ('{"candidates": "not a list"}', []),
+        ("", []),
+        ("- " + "x" * 500, []),  # too long to be a short statement
+    ],
+)
+def test_candidates(raw: str, expected: list[str]) -> None:
+    output = clean_candidates(raw)
+    assert output.candidates == expected
+    assert output.text == "\n".join(expected)
+
+
+def test_candidates_are_capped() -> None:
+    raw = "\n".join(f"- fact number {i}" for i in range(30))
+    assert len(clean_candidates(raw).candidates or []) == 8
+
+
+def test_table_is_complete_and_bounded() -> None:
+    assert set(JOBS) == {"title", "summary", "notification", "memory_candidate"}
+    for spec in JOBS.values():
+        assert 1 <= spec.default_max_new_tokens <= spec.max_new_tokens <= 256
+        messages = spec.messages("USER TEXT")
+        assert messages[0]["role"] == "system" and messages[-1] == {"role": "user", "content": "USER TEXT"}
+        roles = [m["role"] for m in messages[1:-1]]
+        assert roles == ["user", "assistant"] * (len(roles) // 2)
