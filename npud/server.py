@@ -36,6 +36,8 @@ log = logging.getLogger("npud")
 # How often a half-closed connection (the client shut down its sending side, as
 # `printf ... | socat` does) is checked for a full close while its replies are pending.
 HALF_CLOSE_POLL_S = 0.5
+# How long a rejected peer's connection is drained before it is closed.
+REJECT_LINGER_S = 1.0
 
 
 # ---------------------------------------------------------------- sockets
@@ -134,7 +136,9 @@ class RpcConnection(asyncio.Protocol):
             self._spawn(line)
 
     def eof_received(self) -> bool:
-        if self._peer is not None and self._buffer.pending_bytes:
+        if self._peer is None:
+            return False  # a rejected peer finished sending: close now
+        if self._buffer.pending_bytes:
             log.debug("client closed with an incomplete line of %d bytes", self._buffer.pending_bytes)
         if self._peer_hung_up():
             self._cancel_all()
@@ -162,19 +166,23 @@ class RpcConnection(asyncio.Protocol):
         )
         self._write(encode_line(error.reply()))
         if self._transport is not None:
-            self._transport.close()
+            # Half-close and drain rather than close: closing a Unix socket with unread data
+            # makes the peer's next read fail with ECONNRESET before it sees our error line.
+            self._transport.write_eof()
+            self._daemon.loop.call_later(REJECT_LINGER_S, self._transport.close)
 
     def _refuse_oversize(self, limit: int) -> None:
+        """Answer what came before, then the error, then close: the stream cannot be resynchronised."""
         log.warning("closing connection pid=%s: line longer than %d bytes",
                     self._peer.pid if self._peer else "-", limit)
         error = InvalidRequest(
             f"message too large: lines are limited to {limit} bytes",
             LimitData(limit=limit, actual=limit + 1, unit="bytes", field="line"),
         )
-        self._write(encode_line(error.reply()))
-        self._cancel_all()
+        self._peer = None  # ignore anything else this client sends
         if self._transport is not None:
-            self._transport.close()
+            self._transport.pause_reading()
+        self._daemon.spawn(self._close_when_idle(final_line=encode_line(error.reply())))
 
     def _spawn(self, line: bytes) -> None:
         if not line.strip():
@@ -202,12 +210,14 @@ class RpcConnection(asyncio.Protocol):
         events = poller.poll(0)
         return any(mask & (select.POLLHUP | select.POLLERR) for _, mask in events)
 
-    async def _close_when_idle(self) -> None:
+    async def _close_when_idle(self, final_line: bytes | None = None) -> None:
         while self._tasks:
             await asyncio.wait(set(self._tasks), timeout=HALF_CLOSE_POLL_S)
             if self._tasks and self._peer_hung_up():
                 self._cancel_all()
                 break
+        if final_line is not None:
+            self._write(final_line)
         if self._transport is not None:
             self._transport.close()
 

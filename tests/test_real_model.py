@@ -1,0 +1,210 @@
+"""The real OpenVINO GenAI pipeline end to end: the tiny random model built by this test session,
+SmolLM2-135M from its PyPI package, and the `npud` command as a real child process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from npuclient import Client, InvalidParams
+from npud.engine import OpenVinoLoader, StartupError, check_model_spec
+
+from .conftest import RawConnection, make_config, npud_command, start_daemon, unique_socket
+
+pytestmark = pytest.mark.realmodel
+
+
+@pytest.fixture(scope="module")
+def tiny_daemon(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tmp = tmp_path_factory.mktemp("tiny-daemon")
+    config = make_config(tmp, model=str(tiny_gguf), device="CPU", max_prompt_tokens=1024)
+    running = start_daemon(config, OpenVinoLoader())
+    yield running
+    running.stop()
+
+
+def test_tiny_model_serves_every_operation(tiny_daemon: Any) -> None:
+    with Client(tiny_daemon.socket) as client:
+        health = client.health()
+        assert health.status == "ready" and health.model == "tiny-qwen2" and health.device == "CPU"
+        assert health.load_time_ms is not None and health.load_time_ms > 0
+        for job in ("title", "summary", "notification", "memory_candidate"):
+            result = client.generate(job, "Beautiful is better than ugly. Explicit is better than implicit.",
+                                     max_new_tokens=8)
+            assert result.job == job and result.device == "CPU" and result.npu_busy_delta_us is None
+            assert 0 < result.tokens.generated <= 8 and result.tokens.prompt > 20
+            assert result.finish_reason in {"stop", "length"}
+            assert result.timing_ms.generate > 0
+        memory = client.extract_memory_candidates("Simple is better than complex.")
+        assert isinstance(memory.candidates, list)
+        condensed = client.condense_notification("Flat is better than nested.")
+        assert condensed.job == "notification" and "\n" not in condensed.text
+
+
+def test_tiny_model_is_deterministic(tiny_daemon: Any) -> None:
+    with Client(tiny_daemon.socket) as client:
+        first = client.generate("summary", "Errors should never pass silently.", max_new_tokens=16)
+        second = client.generate("summary", "Errors should never pass silently.", max_new_tokens=16)
+    assert first.text == second.text and first.tokens == second.tokens
+
+
+def test_prompt_budget_is_counted_with_the_real_tokenizer(tiny_daemon: Any) -> None:
+    # ~5000 characters of prose is well over 1024 tokens with this 512-token vocabulary.
+    text = ("Now is better than never. Although never is often better than right now. " * 70)[:5000]
+    with Client(tiny_daemon.socket) as client:
+        with pytest.raises(InvalidParams) as info:
+            client.generate("summary", text)
+        assert info.value.limit == 1024 and info.value.actual is not None and info.value.actual > 1024
+        assert info.value.data_field("unit") == "tokens"
+        assert client.health().status == "ready"  # and the daemon carries on
+
+
+def test_max_new_tokens_is_honoured_exactly(tiny_daemon: Any) -> None:
+    with Client(tiny_daemon.socket) as client:
+        result = client.generate("summary", "Readability counts.", max_new_tokens=5)
+    assert result.tokens.generated <= 5
+    if result.finish_reason == "length":
+        assert result.tokens.generated == 5
+
+
+def test_real_pipeline_rejects_concurrent_callers_through_one_worker(tiny_daemon: Any) -> None:
+    """Many clients at once: every job succeeds because only the worker thread touches the pipeline."""
+    import concurrent.futures
+
+    def one(i: int) -> str:
+        with Client(tiny_daemon.socket) as client:
+            return client.generate("title", f"In the face of ambiguity {i}", max_new_tokens=4).job
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(one, range(6)))
+    assert results == ["title"] * 6
+
+
+# ---------------------------------------------------------------- model paths
+
+
+def test_model_spec_checks(tmp_path: Path, tiny_gguf: Path) -> None:
+    check_model_spec(str(tiny_gguf))
+    with pytest.raises(StartupError, match="no such file or folder"):
+        check_model_spec(str(tmp_path / "missing"))
+    with pytest.raises(StartupError, match="no openvino_model.xml"):
+        check_model_spec(str(tmp_path))
+    not_model = tmp_path / "notes.txt"
+    not_model.write_text("hello")
+    with pytest.raises(StartupError, match="expected an OpenVINO IR folder or a .gguf file"):
+        check_model_spec(str(not_model))
+
+
+def test_corrupt_model_reports_error_in_health(tmp_path: Path) -> None:
+    folder = tmp_path / "broken-ir"
+    folder.mkdir()
+    (folder / "openvino_model.xml").write_text("<net>not really</net>")
+    config = make_config(tmp_path, model=str(folder), device="CPU")
+    running = start_daemon(config, OpenVinoLoader())
+    try:
+        with Client(running.socket) as client:
+            health = client.health()
+            assert health.status == "error"
+            assert health.error and health.error.startswith("RuntimeError")
+            error = running.call("generate", {"job": "title", "input": "hello"})["error"]
+            assert error["code"] == -32001 and error["data"]["status"] == "error"
+    finally:
+        running.stop()
+
+
+# ---------------------------------------------------------------- the npud command
+
+
+def run_npud(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(npud_command(*args), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_npu_requested_without_npu_names_the_cpu_flag(tiny_gguf: Path, tmp_path: Path) -> None:
+    proc = run_npud("--model", str(tiny_gguf), "--device", "NPU", "--socket", unique_socket(),
+                    "--cache-dir", str(tmp_path))
+    assert proc.returncode == 1
+    assert "device NPU is not available" in proc.stderr and "--device CPU" in proc.stderr
+
+
+def test_missing_model_refuses_to_start(tmp_path: Path) -> None:
+    proc = run_npud("--model", str(tmp_path / "nope"), "--device", "CPU", "--socket", unique_socket())
+    assert proc.returncode == 1 and "no such file or folder" in proc.stderr
+
+
+def test_npu_without_busy_counter_refuses_unless_disabled(tiny_gguf: Path, tmp_path: Path) -> None:
+    from npud.config import load_config
+    from npud.server import prepare_busy_counter
+
+    env = {"HOME": str(tmp_path), "OV_GENAI_NPU_SYSFS_ROOT": str(tmp_path / "empty-sys")}
+    with pytest.raises(StartupError, match="--no-busy-check"):
+        prepare_busy_counter(load_config([], env))
+    assert prepare_busy_counter(load_config(["--no-busy-check"], env)) is None
+
+
+def test_npud_process_lifecycle(tiny_gguf: Path, tmp_path: Path) -> None:
+    """Start `npud` for real, wait for ready, serve, refuse a second instance, stop on SIGTERM."""
+    name = unique_socket()
+    proc = subprocess.Popen(
+        npud_command("--model", str(tiny_gguf), "--device", "CPU", "--socket", name,
+                     "--cache-dir", str(tmp_path / "cache"), "--log-level", "DEBUG"),
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the daemon says when it is ready; no sleeping
+            if "ready on CPU" in line:
+                break
+        else:
+            pytest.fail("npud exited before it was ready")
+        text = "Special cases aren't special enough."
+        with Client(name) as client:
+            assert client.health().status == "ready"
+            assert client.generate("title", text).job == "title"
+        second = run_npud("--model", str(tiny_gguf), "--device", "CPU", "--socket", name)
+        assert second.returncode == 1 and "already listening" in second.stderr
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert proc.wait(30) == 0
+        assert "shutting down" in rest
+        assert re.search(rf"request method=generate job=title input_chars={len(text)} .* outcome=ok", rest)
+        assert text not in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with pytest.raises(ConnectionError):
+        RawConnection.open(name)
+
+
+# ---------------------------------------------------------------- SmolLM2-135M
+
+
+def test_smollm2_title_through_the_daemon(shared_cache: Path, tmp_path: Path) -> None:
+    """The real small model from PyPI: a title is non-empty English on one line."""
+    config = make_config(tmp_path, model="smollm2-135m", device="CPU", cache_dir=str(shared_cache))
+    running = start_daemon(config, OpenVinoLoader())
+    try:
+        with Client(running.socket) as client:
+            assert client.health().status == "ready", client.health().error
+            result = client.generate(
+                "title",
+                "I spent the whole weekend migrating our Postgres database from version 12 to 16 "
+                "and fixing the extensions that broke along the way.",
+            )
+    finally:
+        running.stop()
+    text = result.text
+    assert result.model == "smollm2-135m"
+    assert text and "\n" not in text and len(text) <= 80
+    assert text == text.strip() and text[0] not in "\"'"
+    words = re.findall(r"[A-Za-z]+", text)
+    assert len(words) >= 2 and sum(len(w) for w in words) >= 0.6 * len(text.replace(" ", ""))
+    assert sys.modules.get("llm") is None  # the llm tool is never imported

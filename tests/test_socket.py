@@ -1,0 +1,364 @@
+"""The daemon on a real abstract socket (fake engine): every contract error through the wire,
+transport-level faults, peer checks, disconnects, privacy. After each fault, health still answers."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from npuclient import Client, InvalidParams, NotReady, QueueFull
+from npud.server import StartupError, bind_unix_socket
+from npud.testing.fake import FakeBehaviour, FakeLoader
+from npud.testing.sysfs import make_npu_sysfs
+
+from .conftest import RawConnection, RunningDaemon, unique_socket
+
+
+def assert_serving(daemon: RunningDaemon) -> None:
+    assert daemon.call("health", request_id="after")["result"]["status"] in {"ready", "loading", "error"}
+
+
+def title(text: str = "A meeting moved to Friday.", **extra: Any) -> dict[str, Any]:
+    return {"job": "title", "input": text, **extra}
+
+
+# ---------------------------------------------------------------- the standard codes
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        (b"{oops\n", -32700),
+        (b"\xff\xfe\xfd\n", -32700),
+        (b'"\\udc00"\n', -32700),
+        (b"[" * 5000 + b"]" * 5000 + b"\n", -32700),
+        (b"[]\n", -32600),
+        (b'{"jsonrpc":"2.0","id":1}\n', -32600),
+        (b'{"jsonrpc":"2.0","id":1,"method":"summon"}\n', -32601),
+        (b'{"jsonrpc":"2.0","id":1,"method":"generate","params":{"job":"poem","input":"x"}}\n', -32602),
+        (b'{"jsonrpc":"2.0","id":1,"method":"generate","params":{"job":"title"}}\n', -32602),
+        (b'{"jsonrpc":"2.0","id":1,"method":"generate","params":{"job":"title","input":"x","n":2}}\n', -32602),
+        (b'{"jsonrpc":"2.0","id":1,"method":"health","params":{"verbose":true}}\n', -32602),
+        (b'{"jsonrpc":"2.0","id":1,"method":"generate","params":{"job":"title","input":"\\u0000 x",'
+         b'"max_new_tokens":1e400}}\n', -32700),
+    ],
+)
+def test_standard_errors_over_the_socket(daemon_factory: Any, line: bytes, code: int) -> None:
+    daemon = daemon_factory()
+    with daemon.connect() as conn:
+        conn.send(line)
+        reply = conn.read_json()
+        assert reply["jsonrpc"] == "2.0" and reply["error"]["code"] == code and "result" not in reply
+        # The same connection keeps working after a bad line.
+        assert conn.call("health", request_id=2)["result"]["status"] == "ready"
+    assert_serving(daemon)
+
+
+def test_limits_over_the_socket(daemon_factory: Any) -> None:
+    daemon = daemon_factory(max_prompt_tokens=60)
+    with daemon.connect() as conn:
+        error = conn.call("generate", title("x" * 6001))["error"]
+        assert error["code"] == -32602 and error["data"]["limit"] == 6000 and error["data"]["actual"] == 6001
+        error = conn.call("generate", title("word " * 100))["error"]
+        assert error["code"] == -32602 and error["data"]["unit"] == "tokens" and error["data"]["limit"] == 60
+        error = conn.call("generate", title("ok", max_new_tokens=0))["error"]
+        assert error["code"] == -32602 and error["data"]["field"] == "max_new_tokens"
+        error = conn.call("generate", {"job": "summary", "input": "ok", "max_new_tokens": 257})["error"]
+        assert error["data"] == {"limit": 256, "actual": 257, "unit": "tokens", "field": "max_new_tokens"}
+        error = conn.call("generate", title("ok", max_new_tokens=10**30))["error"]
+        assert error["code"] == -32602
+    assert_serving(daemon)
+
+
+def test_internal_error_over_the_socket(daemon_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    daemon = daemon_factory()
+
+    def broken() -> None:
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr(daemon.daemon.worker, "snapshot", broken)
+    assert daemon.call("health")["error"] == {"code": -32603, "message": "internal error: ZeroDivisionError"}
+    monkeypatch.undo()
+    assert_serving(daemon)
+
+
+# ---------------------------------------------------------------- npud's own codes
+
+
+def test_queue_full_over_the_socket(daemon_factory: Any) -> None:
+    gate = threading.Event()
+    behaviour = FakeBehaviour(gate=gate)
+    daemon = daemon_factory(FakeLoader(behaviour), queue_depth=1)
+    first, second = daemon.connect(), daemon.connect()
+    try:
+        first.send_json({"jsonrpc": "2.0", "id": 1, "method": "generate", "params": title()})
+        assert behaviour.started.wait(10)
+        second.send_json({"jsonrpc": "2.0", "id": 2, "method": "generate", "params": title()})
+        # The second job is queued once health shows it (health is never queued behind jobs).
+        with daemon.connect() as probe:
+            while probe.call("health")["result"]["queue"]["depth"] < 1:
+                pass
+            error = probe.call("generate", title(), request_id=3)["error"]
+        assert error["code"] == -32000 and error["data"]["retry_after_ms"] >= 100
+        with Client(daemon.socket) as client, pytest.raises(QueueFull) as info:
+            client.generate("title", "x")
+        assert info.value.retry_after_ms is not None and info.value.retry_after_ms >= 100
+        gate.set()
+        assert first.read_json()["id"] == 1 and second.read_json()["id"] == 2
+    finally:
+        gate.set()
+        first.sock.close()
+        second.sock.close()
+    assert_serving(daemon)
+
+
+def test_not_ready_over_the_socket(daemon_factory: Any) -> None:
+    gate = threading.Event()
+    daemon = daemon_factory(FakeLoader(load_gate=gate), wait_ready=False)
+    try:
+        with Client(daemon.socket) as client:
+            assert client.health().status == "loading"
+            with pytest.raises(NotReady):
+                client.generate("title", "hello")
+    finally:
+        gate.set()
+    assert daemon.daemon.worker.wait_loaded(10)
+    assert daemon.call("health")["result"]["status"] == "ready"
+
+
+def test_load_error_over_the_socket(daemon_factory: Any) -> None:
+    daemon = daemon_factory(FakeLoader(load_error="ModelLoadError: not a model"))
+    error = daemon.call("generate", title())["error"]
+    assert error["code"] == -32001 and error["data"]["error"] == "ModelLoadError: not a model"
+    assert daemon.call("health")["result"]["error"] == "ModelLoadError: not a model"
+
+
+def test_npu_errors_over_the_socket(daemon_factory: Any, tmp_path: Path) -> None:
+    busy = make_npu_sysfs(tmp_path / "sys")
+    behaviour = FakeBehaviour(busy_file=busy, busy_step_us=0)
+    daemon = daemon_factory(FakeLoader(behaviour), device="NPU", sysfs_root=str(tmp_path / "sys"),
+                            lock_timeout_s=0.2)
+    error = daemon.call("generate", title())["error"]
+    assert error["code"] == -32002 and error["data"]["reason"] == "no_growth"
+    behaviour.busy_step_us = 900
+    assert daemon.call("generate", title())["result"]["npu_busy_delta_us"] == 900
+    fd = os.open(daemon.config.lock_file, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert daemon.call("generate", title())["error"]["code"] == -32005
+    finally:
+        os.close(fd)
+    assert_serving(daemon)
+
+
+def test_generation_failed_over_the_socket(daemon_factory: Any) -> None:
+    behaviour = FakeBehaviour(fail_with=RuntimeError("device lost"))
+    daemon = daemon_factory(FakeLoader(behaviour))
+    error = daemon.call("condense_notification", {"input": "hi"})["error"]
+    assert error == {"code": -32003, "message": "generation failed: RuntimeError: device lost"}
+    behaviour.fail_with = None
+    assert daemon.call("condense_notification", {"input": "hi"})["result"]["job"] == "notification"
+
+
+def test_shutting_down_over_the_socket(daemon_factory: Any) -> None:
+    gate = threading.Event()
+    behaviour = FakeBehaviour(gate=gate)
+    daemon = daemon_factory(FakeLoader(behaviour))
+    running, queued = daemon.connect(), daemon.connect()
+    try:
+        running.send_json({"jsonrpc": "2.0", "id": 1, "method": "generate", "params": title()})
+        assert behaviour.started.wait(10)
+        queued.send_json({"jsonrpc": "2.0", "id": 2, "method": "generate", "params": title()})
+        with daemon.connect() as probe:
+            while probe.call("health")["result"]["queue"]["depth"] < 1:
+                pass
+        stopper = threading.Thread(target=daemon.stop)
+        stopper.start()
+        error = queued.read_json()["error"]
+        assert error["code"] == -32006
+        gate.set()  # the running job completes and is delivered before exit
+        assert running.read_json()["result"]["job"] == "title"
+        stopper.join(30)
+        assert not daemon.thread.is_alive()
+    finally:
+        gate.set()
+        running.sock.close()
+        queued.sock.close()
+
+
+# ---------------------------------------------------------------- transport
+
+
+def test_oversize_line_closes_only_that_connection(daemon_factory: Any) -> None:
+    daemon = daemon_factory(max_line_bytes=1024)
+    with daemon.connect() as bystander, daemon.connect() as conn:
+        conn.send(b'{"jsonrpc":"2.0","id":1,"method":"health"}\n' + b"x" * 2000)
+        assert conn.read_json()["result"]["status"] == "ready"  # the line before it is answered
+        error = conn.read_json()["error"]
+        assert error["code"] == -32600 and error["data"]["limit"] == 1024 and error["data"]["unit"] == "bytes"
+        assert conn.at_eof()
+        assert bystander.call("health")["result"]["status"] == "ready"
+
+
+def test_line_framing_details(daemon_factory: Any) -> None:
+    daemon = daemon_factory()
+    with daemon.connect() as conn:
+        conn.send(b'\n\r\n{"jsonrpc":"2.0","id":1,"method":"health"}\r\n')  # blank lines, CRLF
+        assert conn.read_json()["id"] == 1
+        conn.send(b'{"jsonrpc":"2.0","id":2,')  # a line split across writes
+        conn.send(b'"method":"health"}\n{"jsonrpc":"2.0","id":3,"method":"models"}\n')
+        ids = {conn.read_json()["id"], conn.read_json()["id"]}
+        assert ids == {2, 3}
+
+
+def test_health_is_not_queued_behind_a_generation(daemon_factory: Any) -> None:
+    gate = threading.Event()
+    behaviour = FakeBehaviour(gate=gate)
+    daemon = daemon_factory(FakeLoader(behaviour))
+    with daemon.connect() as conn:
+        conn.send_json({"jsonrpc": "2.0", "id": "job", "method": "generate", "params": title()})
+        assert behaviour.started.wait(10)
+        # Pipelined on the same connection: health answers while the job still runs.
+        reply = conn.call("health", request_id="h")
+        assert reply["id"] == "h" and reply["result"]["queue"]["running"] is True
+        gate.set()
+        assert conn.read_json()["id"] == "job"
+
+
+def test_half_closed_client_still_gets_its_reply(daemon_factory: Any) -> None:
+    """`printf ... | socat - ABSTRACT-CONNECT:npud` shuts down its sending side after the request."""
+    daemon = daemon_factory()
+    with daemon.connect() as conn:
+        conn.send(b'{"jsonrpc":"2.0","id":1,"method":"generate","params":{"job":"title","input":"hi"}}\n')
+        conn.sock.shutdown(socket.SHUT_WR)
+        assert conn.read_json()["result"]["text"] == "Fake Title About The Input"
+        assert conn.at_eof()
+
+
+def test_client_that_disconnects_while_queued_loses_its_job(daemon_factory: Any) -> None:
+    gate = threading.Event()
+    behaviour = FakeBehaviour(gate=gate)
+    daemon = daemon_factory(FakeLoader(behaviour))
+    holder = daemon.connect()
+    holder.send_json({"jsonrpc": "2.0", "id": 1, "method": "generate", "params": title("first")})
+    assert behaviour.started.wait(10)
+    leaver = daemon.connect()
+    leaver.send_json({"jsonrpc": "2.0", "id": 2, "method": "generate", "params": title("leaver")})
+    with daemon.connect() as probe:
+        while probe.call("health")["result"]["queue"]["depth"] < 1:
+            pass
+        leaver.sock.close()
+        while probe.call("health")["result"]["queue"]["depth"] > 0:
+            pass  # withdrawn as soon as the daemon sees the hang-up
+    gate.set()
+    assert holder.read_json()["id"] == 1
+    holder.sock.close()
+    assert daemon.call("generate", title("after"))["result"]["job"] == "title"
+    assert not any("leaver" in prompt for prompt in behaviour.calls)
+
+
+def test_client_that_disconnects_while_running_stops_the_generation(daemon_factory: Any) -> None:
+    gate = threading.Event()  # never set: only cancellation can end this generation
+    behaviour = FakeBehaviour(gate=gate)
+    daemon = daemon_factory(FakeLoader(behaviour))
+    conn = daemon.connect()
+    conn.send_json({"jsonrpc": "2.0", "id": 1, "method": "generate", "params": title()})
+    assert behaviour.started.wait(10)
+    conn.sock.close()
+    behaviour.gate = None
+    # The worker is free again: a new job completes although the gate was never opened.
+    assert daemon.call("generate", title())["result"]["job"] == "title"
+
+
+# ---------------------------------------------------------------- peers
+
+
+def test_other_uid_is_rejected_then_allowed(daemon_factory: Any) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to connect as another uid")
+    nobody = 65534
+
+    def connect_as_nobody(name: str) -> bytes:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: drop to nobody, connect, report what the daemon said
+            try:
+                os.close(read_end)
+                os.setgid(nobody)
+                os.setuid(nobody)
+                with RawConnection.open(name) as conn:
+                    try:
+                        conn.send(b'{"jsonrpc":"2.0","id":1,"method":"health"}\n')
+                    except BrokenPipeError:
+                        pass  # a rejected peer may find the socket already closed: the reply is waiting
+                    line = conn.read_line()
+                    conn.sock.shutdown(socket.SHUT_WR)  # done: the daemon closes its side too
+                    os.write(write_end, line + b"\n" + (b"EOF" if conn.at_eof() else b"OPEN"))
+            except BaseException as exc:
+                os.write(write_end, repr(exc).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as reader:
+            data = reader.read()
+        os.waitpid(pid, 0)
+        return data
+
+    daemon = daemon_factory()
+    line, state = connect_as_nobody(daemon.socket).rsplit(b"\n", 1)
+    assert b'"code":-32004' in line and b'"uid":65534' in line and state == b"EOF"
+    assert_serving(daemon)
+    allowed = daemon_factory(allow_uids=(nobody,))
+    line, _ = connect_as_nobody(allowed.socket).rsplit(b"\n", 1)
+    assert b'"status":"ready"' in line
+
+
+def test_second_daemon_on_the_same_name_is_refused(daemon_factory: Any) -> None:
+    daemon = daemon_factory()
+    with pytest.raises(StartupError, match="already listening"):
+        bind_unix_socket(daemon.socket)
+    assert_serving(daemon)
+
+
+def test_filesystem_socket_is_private_and_removed(daemon_factory: Any, tmp_path: Path) -> None:
+    path = str(tmp_path / "run" / "npud.sock")
+    daemon = daemon_factory(socket=path)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert daemon.call("health")["result"]["status"] == "ready"
+    daemon.stop()
+    assert not os.path.exists(path)
+    # A stale socket file (daemon killed) does not block the next start.
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()
+    again = daemon_factory(socket=path)
+    assert again.call("health")["result"]["status"] == "ready"
+
+
+# ---------------------------------------------------------------- privacy
+
+
+def test_nothing_sent_is_ever_logged(daemon_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    marker = "PRIVATE-MARKER-7f3a9c"
+    behaviour = FakeBehaviour(reply=f"Title with {marker}", fail_with=None)
+    caplog.set_level(logging.DEBUG)
+    daemon = daemon_factory(FakeLoader(behaviour), max_prompt_tokens=200)
+    with daemon.connect() as conn:
+        assert marker in conn.call("generate", title(f"about {marker}"))["result"]["text"]
+        conn.call("generate", title(f"{marker} " * 300))  # over the token budget
+        conn.call("generate", {"job": marker, "input": marker})  # invalid job
+        conn.call(marker, {"input": marker})  # unknown method
+        conn.send(f'{{"jsonrpc":"2.0","id":"{marker}","method":"{marker}"'.encode() + b"\n")  # malformed
+        conn.read_json()
+        behaviour.fail_with = RuntimeError(f"failure mentioning {marker}")
+        conn.call("generate", title(marker))
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "request method=generate job=title" in logged  # the log line exists...
+    assert marker not in logged  # ...and never carries content
