@@ -145,7 +145,7 @@ class Limits(Struct):
     max_new_tokens: int
 
 
-class HealthResult(Struct, omit_defaults=True):
+class HealthResult(Struct, omit_defaults=True, kw_only=True):
     status: HealthStatus
     model: str
     device: str
@@ -155,7 +155,8 @@ class HealthResult(Struct, omit_defaults=True):
     busy_counter: BusyCounterInfo
     jobs_served: int
     jobs_failed: int
-    load_time_ms: Union[float, None] = None
+    #: ``None`` until the model has loaded.
+    load_time_ms: Union[float, None]
     error: Union[str, UnsetType] = UNSET
 
 

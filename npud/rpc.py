@@ -54,6 +54,8 @@ from .worker import Job, Worker
 
 log = logging.getLogger("npud.rpc")
 
+QUIET_METHODS = frozenset({"health", "models"})
+
 # A batch fans out into that many requests from one line; bound it like the line itself.
 MAX_BATCH = 32
 
@@ -301,7 +303,10 @@ class Dispatcher:
                 if isinstance(result, JobResult)
                 else ""
             )
-        log.info(
+        # Control-plane calls are polled by monitors; at INFO they would flood the journal.
+        level = logging.DEBUG if ctx.method in QUIET_METHODS and outcome == "ok" else logging.INFO
+        log.log(
+            level,
             "request method=%s job=%s input_chars=%d%s total_ms=%.1f %s outcome=%s",
             ctx.method, ctx.job, ctx.input_chars, extra, elapsed, peer, outcome,
         )

