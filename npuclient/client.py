@@ -1,12 +1,17 @@
-"""A small blocking client for npud's Unix socket.
+"""Clients for npud's Unix socket: :class:`Client` (blocking) and :class:`AsyncClient` (asyncio).
 
-One connection, reused across calls; one call at a time per client (a lock makes concurrent use
-from several threads safe, it serialises them). Results come back as the typed Structs of
-:mod:`npuclient.protocol`; errors as the exceptions of :mod:`npuclient.errors`.
+Both keep one connection and reuse it across calls. If the daemon restarted between two calls
+(socket activation starts a fresh one), the stale connection is noticed before sending and a new
+one is opened once, transparently; a connection that dies *after* a request was sent is reported
+(:class:`DaemonUnavailable`), never retried, because the job may already have run.
+
+Results are the typed Structs of :mod:`npuclient.protocol`; server errors are raised as the
+exceptions of :mod:`npuclient.errors`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import socket
@@ -17,7 +22,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from .errors import NpuClientError, error_from_object
-from .framing import LineBuffer
+from .framing import LineBuffer, LineTooLong
 from .protocol import (
     JSONRPC_VERSION,
     HealthResult,
@@ -30,8 +35,11 @@ from .protocol import (
 
 DEFAULT_SOCKET = "@npud"
 SOCKET_ENV = "OV_GENAI_NPU_SOCKET"
-# Replies are small; this only bounds what a misbehaving server can make us buffer.
+DEFAULT_TIMEOUT_S = 120.0
+# Replies are small (a result is at most a few KiB); this only bounds what a misbehaving server
+# can make a client buffer.
 MAX_REPLY_BYTES = 1024 * 1024
+START_HINT = "Is it running? (systemctl --user start npud.socket)"
 
 T = TypeVar("T")
 
@@ -39,11 +47,15 @@ _RESPONSE = msgspec.json.Decoder(Response)
 
 
 class DaemonUnavailable(NpuClientError):
-    """npud is not running or not reachable on the socket."""
+    """npud is not running, not reachable, or the connection broke."""
 
 
 class ProtocolViolation(NpuClientError):
     """The server sent something that is not a valid JSON-RPC reply to our request."""
+
+
+class CallTimeout(NpuClientError):
+    """No reply within the call's timeout (the job may still run on the daemon)."""
 
 
 class _OutgoingRequest(msgspec.Struct, omit_defaults=True):
@@ -54,6 +66,7 @@ class _OutgoingRequest(msgspec.Struct, omit_defaults=True):
 
 
 def socket_address(name: str) -> str | bytes:
+    """``@name`` is the abstract namespace (leading NUL byte); anything else a path."""
     return b"\0" + name[1:].encode() if name.startswith("@") else name
 
 
@@ -62,15 +75,48 @@ def default_socket(environ: Mapping[str, str] | None = None) -> str:
     return env.get(SOCKET_ENV) or DEFAULT_SOCKET
 
 
-class Client:
-    """Blocking JSON-RPC client. Use as a context manager, or call :meth:`close`."""
+def generate_params(job: JobName, input: str, max_new_tokens: int | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"job": job, "input": input}
+    if max_new_tokens is not None:
+        params["max_new_tokens"] = max_new_tokens
+    return params
 
-    def __init__(self, socket_name: str | None = None, timeout: float | None = 60.0) -> None:
+
+def _decode_result(reply: Response, method: str, result_type: type[T]) -> T:
+    if reply.error is not msgspec.UNSET:
+        raise error_from_object(reply.error)
+    if reply.result is msgspec.UNSET:
+        raise ProtocolViolation("reply has neither result nor error")
+    try:
+        return msgspec.json.decode(reply.result, type=result_type)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ProtocolViolation(f"unexpected result for {method}: {exc}") from None
+
+
+def _decode_reply(line: bytes) -> Response:
+    try:
+        return _RESPONSE.decode(line)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ProtocolViolation(f"invalid reply from npud: {exc}") from None
+
+
+def _unavailable(name: str, exc: OSError) -> DaemonUnavailable:
+    return DaemonUnavailable(f"cannot connect to npud on {name}: {exc.strerror or exc}. {START_HINT}")
+
+
+class Client:
+    """Blocking client. Thread-safe: a lock serialises calls on the one connection.
+
+    Use as a context manager or call :meth:`close`. ``timeout`` (seconds, per call; ``None``
+    waits forever) can be overridden on each method.
+    """
+
+    def __init__(self, socket_name: str | None = None, timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
         self.socket_name = socket_name or default_socket()
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._buffer = LineBuffer(MAX_REPLY_BYTES)
-        self._pending: list[bytes] = []
+        self._lines: list[bytes] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -81,88 +127,235 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        with self._lock:
+            self._drop()
 
-    # ------------------------------------------------------------ operations
+    def health(self, timeout: float | None = None) -> HealthResult:
+        return self.call("health", None, HealthResult, timeout)
 
-    def health(self) -> HealthResult:
-        return self.call("health", None, HealthResult)
+    def models(self, timeout: float | None = None) -> ModelsResult:
+        return self.call("models", None, ModelsResult, timeout)
 
-    def models(self) -> ModelsResult:
-        return self.call("models", None, ModelsResult)
+    def generate(self, job: JobName, input: str, max_new_tokens: int | None = None,
+                 timeout: float | None = None) -> JobResult:
+        return self.call("generate", generate_params(job, input, max_new_tokens), JobResult, timeout)
 
-    def generate(self, job: JobName, input: str, max_new_tokens: int | None = None) -> JobResult:
-        params: dict[str, Any] = {"job": job, "input": input}
-        if max_new_tokens is not None:
-            params["max_new_tokens"] = max_new_tokens
-        return self.call("generate", params, JobResult)
+    def extract_memory_candidates(self, input: str, timeout: float | None = None) -> JobResult:
+        return self.call("extract_memory_candidates", {"input": input}, JobResult, timeout)
 
-    def extract_memory_candidates(self, input: str) -> JobResult:
-        return self.call("extract_memory_candidates", {"input": input}, JobResult)
+    def condense_notification(self, input: str, timeout: float | None = None) -> JobResult:
+        return self.call("condense_notification", {"input": input}, JobResult, timeout)
 
-    def condense_notification(self, input: str) -> JobResult:
-        return self.call("condense_notification", {"input": input}, JobResult)
+    def call(self, method: str, params: dict[str, Any] | None, result_type: type[T],
+             timeout: float | None = None) -> T:
+        """Send one request and wait for its reply."""
+        with self._lock:
+            request_id = next(self._ids)
+            data = encode_line(_OutgoingRequest(JSONRPC_VERSION, method, request_id,
+                                                params if params is not None else msgspec.UNSET))
+            reply = self._roundtrip(data, request_id, self.timeout if timeout is None else timeout)
+        return _decode_result(reply, method, result_type)
 
     # ------------------------------------------------------------ transport
 
-    def call(self, method: str, params: dict[str, Any] | None, result_type: type[T]) -> T:
-        with self._lock:
-            request_id = next(self._ids)
-            request = _OutgoingRequest(JSONRPC_VERSION, method, request_id,
-                                       params if params is not None else msgspec.UNSET)
-            reply = self._roundtrip(encode_line(request), request_id)
-        if reply.error is not msgspec.UNSET:
-            raise error_from_object(reply.error)
-        if reply.result is msgspec.UNSET:
-            raise ProtocolViolation("reply has neither result nor error")
-        try:
-            return msgspec.json.decode(reply.result, type=result_type)
-        except msgspec.ValidationError as exc:
-            raise ProtocolViolation(f"unexpected result for {method}: {exc}") from None
+    def _drop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._buffer = LineBuffer(MAX_REPLY_BYTES)
+        self._lines = []
 
     def _connect(self) -> socket.socket:
-        if self._sock is None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(socket_address(self.socket_name))
-            except OSError as exc:
-                sock.close()
-                raise DaemonUnavailable(
-                    f"cannot connect to npud on {self.socket_name}: {exc.strerror or exc}. "
-                    "Is it running? (systemctl --user start npud.socket)"
-                ) from None
-            self._sock = sock
-            self._buffer = LineBuffer(MAX_REPLY_BYTES)
-            self._pending = []
-        return self._sock
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(socket_address(self.socket_name))
+        except OSError as exc:
+            sock.close()
+            raise _unavailable(self.socket_name, exc) from None
+        self._sock = sock
+        return sock
 
-    def _roundtrip(self, data: bytes, request_id: int) -> Response:
-        sock = self._connect()
+    def _usable_connection(self) -> socket.socket:
+        """The open connection, or a new one if there is none or the daemon closed ours."""
+        sock = self._sock
+        if sock is not None and not self._lines:
+            sock.settimeout(0)  # with a timeout set, Python would poll first and ignore DONTWAIT
+            try:
+                peeked = sock.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                peeked = b"x"  # nothing to read: the connection is alive
+            except OSError:
+                peeked = b""
+            if not peeked:  # EOF or error: the daemon restarted since our last call
+                self._drop()
+                sock = None
+        return sock if sock is not None else self._connect()
+
+    def _roundtrip(self, data: bytes, request_id: int, timeout: float | None) -> Response:
+        sock = self._usable_connection()
+        sock.settimeout(timeout)
         try:
             sock.sendall(data)
+        except OSError as exc:
+            # Nothing reached the daemon: safe to reconnect and send once more.
+            self._drop()
+            sock = self._connect()
+            sock.settimeout(timeout)
+            try:
+                sock.sendall(data)
+            except OSError:
+                self._drop()
+                raise DaemonUnavailable(f"cannot send to npud: {exc}") from None
+        try:
             while True:
-                reply = self._read_reply(sock)
+                reply = _decode_reply(self._read_line(sock))
                 if reply.id == request_id or reply.id is None:
                     return reply
-        except (OSError, TimeoutError) as exc:
-            self.close()
-            if isinstance(exc, TimeoutError):
-                raise NpuClientError(f"no reply from npud within {self.timeout}s") from None
+        except TimeoutError:
+            self._drop()  # a late reply would confuse the next call
+            raise CallTimeout(f"no reply from npud within {timeout}s") from None
+        except OSError as exc:
+            self._drop()
             raise DaemonUnavailable(f"connection to npud lost: {exc}") from None
+        except ProtocolViolation:
+            self._drop()
+            raise
 
-    def _read_reply(self, sock: socket.socket) -> Response:
-        while not self._pending:
+    def _read_line(self, sock: socket.socket) -> bytes:
+        while not self._lines:
             chunk = sock.recv(65536)
             if not chunk:
-                self.close()
-                raise DaemonUnavailable("npud closed the connection")
-            self._pending.extend(self._buffer.feed(chunk))
-        line = self._pending.pop(0)
+                self._drop()
+                raise DaemonUnavailable("npud closed the connection before replying")
+            try:
+                self._lines.extend(line for line in self._buffer.feed(chunk) if line.strip())
+            except LineTooLong:
+                raise ProtocolViolation(f"reply longer than {MAX_REPLY_BYTES} bytes") from None
+        return self._lines.pop(0)
+
+
+class AsyncClient:
+    """asyncio client with the same operations; calls on one client are serialised by a lock."""
+
+    def __init__(self, socket_name: str | None = None, timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
+        self.socket_name = socket_name or default_socket()
+        self.timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._buffer = LineBuffer(MAX_REPLY_BYTES)
+        self._lines: list[bytes] = []
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._drop()
+
+    async def health(self, timeout: float | None = None) -> HealthResult:
+        return await self.call("health", None, HealthResult, timeout)
+
+    async def models(self, timeout: float | None = None) -> ModelsResult:
+        return await self.call("models", None, ModelsResult, timeout)
+
+    async def generate(self, job: JobName, input: str, max_new_tokens: int | None = None,
+                       timeout: float | None = None) -> JobResult:
+        return await self.call("generate", generate_params(job, input, max_new_tokens), JobResult, timeout)
+
+    async def extract_memory_candidates(self, input: str, timeout: float | None = None) -> JobResult:
+        return await self.call("extract_memory_candidates", {"input": input}, JobResult, timeout)
+
+    async def condense_notification(self, input: str, timeout: float | None = None) -> JobResult:
+        return await self.call("condense_notification", {"input": input}, JobResult, timeout)
+
+    async def call(self, method: str, params: dict[str, Any] | None, result_type: type[T],
+                   timeout: float | None = None) -> T:
+        async with self._lock:
+            request_id = next(self._ids)
+            data = encode_line(_OutgoingRequest(JSONRPC_VERSION, method, request_id,
+                                                params if params is not None else msgspec.UNSET))
+            limit = self.timeout if timeout is None else timeout
+            try:
+                reply = await asyncio.wait_for(self._roundtrip(data, request_id), limit)
+            except asyncio.TimeoutError:
+                await self._drop()
+                raise CallTimeout(f"no reply from npud within {limit}s") from None
+        return _decode_result(reply, method, result_type)
+
+    async def _drop(self) -> None:
+        writer, self._reader, self._writer = self._writer, None, None
+        self._buffer = LineBuffer(MAX_REPLY_BYTES)
+        self._lines = []
+        if writer is not None:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+
+    async def _connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            return _RESPONSE.decode(line)
-        except msgspec.DecodeError as exc:
-            self.close()
-            raise ProtocolViolation(f"invalid reply from npud: {exc}") from None
+            await asyncio.get_running_loop().sock_connect(sock, socket_address(self.socket_name))
+            self._reader, self._writer = await asyncio.open_unix_connection(sock=sock)
+        except OSError as exc:
+            sock.close()
+            raise _unavailable(self.socket_name, exc) from None
+
+    async def _roundtrip(self, data: bytes, request_id: int) -> Response:
+        if self._writer is not None and self._reader is not None and self._reader.at_eof() and not self._lines:
+            await self._drop()  # the daemon restarted since our last call
+        if self._writer is None:
+            await self._connect()
+        try:
+            self._send(data)
+            await self._drain()
+        except OSError:
+            await self._drop()
+            await self._connect()
+            try:
+                self._send(data)
+                await self._drain()
+            except OSError as exc:
+                await self._drop()
+                raise DaemonUnavailable(f"cannot send to npud: {exc}") from None
+        try:
+            while True:
+                reply = _decode_reply(await self._read_line())
+                if reply.id == request_id or reply.id is None:
+                    return reply
+        except OSError as exc:
+            await self._drop()
+            raise DaemonUnavailable(f"connection to npud lost: {exc}") from None
+        except ProtocolViolation:
+            await self._drop()
+            raise
+
+    def _send(self, data: bytes) -> None:
+        if self._writer is None:
+            raise ConnectionResetError("not connected")
+        self._writer.write(data)
+
+    async def _drain(self) -> None:
+        if self._writer is not None:
+            await self._writer.drain()
+
+    async def _read_line(self) -> bytes:
+        while not self._lines:
+            if self._reader is None:
+                raise DaemonUnavailable("not connected")
+            chunk = await self._reader.read(65536)
+            if not chunk:
+                await self._drop()
+                raise DaemonUnavailable("npud closed the connection before replying")
+            try:
+                self._lines.extend(line for line in self._buffer.feed(chunk) if line.strip())
+            except LineTooLong:
+                raise ProtocolViolation(f"reply longer than {MAX_REPLY_BYTES} bytes") from None
+        return self._lines.pop(0)

@@ -42,6 +42,10 @@ class RpcError(NpuClientError):
             return self.data.get(name)
         return getattr(self.data, name, None)
 
+    def int_field(self, name: str) -> int | None:
+        value = self.data_field(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
 
 # --- standard JSON-RPC 2.0 codes
 
@@ -67,11 +71,11 @@ class InvalidParams(RpcError):
 
     @property
     def limit(self) -> int | None:
-        return self.data_field("limit")
+        return self.int_field("limit")
 
     @property
     def actual(self) -> int | None:
-        return self.data_field("actual")
+        return self.int_field("actual")
 
 
 class InternalError(RpcError):
@@ -88,7 +92,7 @@ class QueueFull(RpcError):
 
     @property
     def retry_after_ms(self) -> int | None:
-        return self.data_field("retry_after_ms")
+        return self.int_field("retry_after_ms")
 
 
 class NotReady(RpcError):
@@ -104,7 +108,7 @@ class NotVerified(RpcError):
 
     @property
     def npu_busy_delta_us(self) -> int | None:
-        return self.data_field("npu_busy_delta_us")
+        return self.int_field("npu_busy_delta_us")
 
 
 class GenerationFailed(RpcError):
