@@ -48,7 +48,8 @@ def main() -> int:
     args = parser.parse_args()
     socket_name = f"@npud-demo-{os.getpid()}"
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "npud", "--device", args.device, "--model", args.model, "--socket", socket_name]
+        [sys.executable, "-m", "npud", "--device", args.device, "--model", args.model, "--socket", socket_name,
+         "--no-http"]
     )
     try:
         with Client(socket_name, timeout=120) as client:

@@ -209,6 +209,12 @@ class NotVerifiedData(Struct):
     reason: Literal["no_growth", "went_backwards", "unreadable"]
 
 
+class HttpErrorBody(Struct):
+    """The body of every non-200 reply of the HTTP shim: the same error object as JSON-RPC."""
+
+    error: ErrorObject
+
+
 # --------------------------------------------------------------------------- codecs
 
 ENCODER: Final = msgspec.json.Encoder()

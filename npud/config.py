@@ -46,6 +46,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     generate_hint: str = "FAST_COMPILE"
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     shutdown_timeout_s: float = 30.0
+    http: bool = True
+    host: str = "127.0.0.1"
+    port: int = 18820
+    token_file: str | None = None
     log_level: str = "INFO"
 
     @property
@@ -96,6 +100,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise ValueError("must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be between 0 and 65535")
     return value
 
 
@@ -153,6 +164,12 @@ OPTIONS: tuple[Option, ...] = (
            "largest accepted JSON-RPC line; longer lines close the connection"),
     Option("shutdown_timeout_s", "--shutdown-timeout", "SHUTDOWN_TIMEOUT", _positive_float,
            "seconds a running job may take to finish after SIGTERM"),
+    Option("http", "--no-http", "NO_HTTP", lambda s: not _parse_bool(s),
+           "do not start the loopback HTTP shim", switch_value=False),
+    Option("host", "--host", "HOST", str, "HTTP shim address; only loopback addresses are accepted"),
+    Option("port", "--port", "PORT", _port, "HTTP shim port (0: any free port)"),
+    Option("token_file", "--token-file", "TOKEN_FILE", str,
+           "require 'Authorization: Bearer <token>' on HTTP, token read from this 0600 file"),
     Option("log_level", "--log-level", "LOG_LEVEL", lambda s: s.upper(),
            "DEBUG, INFO, WARNING or ERROR"),
 )

@@ -151,6 +151,7 @@ class CallContext:
     """Per-request facts for the log line (sizes and outcome, never content)."""
 
     peer: PeerCred | None
+    transport: str = "unix"
     method: str = "-"
     job: str = "-"
     input_chars: int = 0
@@ -194,13 +195,18 @@ class Dispatcher:
         return encode_line(present) if present else None
 
     async def _handle_item(self, item: Request | ErrorResponse, peer: PeerCred | None) -> Reply | None:
-        ctx = CallContext(peer)
         if isinstance(item, ErrorResponse):
-            self._log(ctx, item)
+            self._log(CallContext(peer), item)
             return item
-        reply = await self.handle_request(item, ctx)
-        self._log(ctx, reply)
+        reply = await self.call(item, peer)
         return None if item.is_notification else reply
+
+    async def call(self, request: Request, peer: PeerCred | None, transport: str = "unix") -> Reply:
+        """Run one request and log it; the entry point for every transport."""
+        ctx = CallContext(peer, transport=transport)
+        reply = await self.handle_request(request, ctx)
+        self._log(ctx, reply)
+        return reply
 
     async def handle_request(self, request: Request, ctx: CallContext) -> Reply:
         request_id = None if request.id is UNSET else request.id
@@ -289,6 +295,7 @@ class Dispatcher:
     def _log(self, ctx: CallContext, reply: Reply) -> None:
         """One line per request: what, how big, how long, who, outcome. Never the content."""
         peer = f"pid={ctx.peer.pid} uid={ctx.peer.uid}" if ctx.peer else "peer=-"
+        peer += f" via={ctx.transport}"
         elapsed = (time.monotonic() - ctx.started) * 1000
         if isinstance(reply, ErrorResponse):
             outcome = f"error={reply.error.code}"

@@ -16,6 +16,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import cast
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from npuclient.protocol import LimitData, encode_line
 from .busy import BusyCounter, BusyCounterError, discover_busy_file
 from .config import Config
 from .engine import EngineLoader, StartupError
+from .http import HttpShim, bind_http_socket, read_token_file
 from .npulock import NpuLock
 from .peercred import PeerCred, PeerPolicy, peer_credentials
 from .rpc import Dispatcher
@@ -257,10 +259,44 @@ def prepare_busy_counter(config: Config) -> BusyCounter | None:
     return counter
 
 
-class Daemon:
-    """Owns the worker, the dispatcher and the listening socket for one run."""
+@dataclass
+class Listeners:
+    """The sockets a daemon serves, bound before it starts (or handed over by systemd)."""
 
-    def __init__(self, config: Config, loader: EngineLoader, listen_socket: socket.socket,
+    rpc: socket.socket
+    http: socket.socket | None = None
+    http_token: bytes | None = None
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.getsockname()[1] if self.http is not None else None
+
+    def close(self) -> None:
+        self.rpc.close()
+        if self.http is not None:
+            self.http.close()
+
+
+def open_listeners(config: Config) -> Listeners:
+    """Bind the Unix socket and, unless disabled, the loopback HTTP shim.
+
+    The Unix socket comes first: "another daemon is already listening" is the useful message when
+    a second npud starts, not the HTTP port clash that follows from it.
+    """
+    token = read_token_file(config.token_file) if config.http and config.token_file else None
+    rpc_sock = bind_unix_socket(config.socket)
+    try:
+        http_sock = bind_http_socket(config.host, config.port) if config.http else None
+    except StartupError:
+        rpc_sock.close()
+        raise
+    return Listeners(rpc_sock, http_sock, token)
+
+
+class Daemon:
+    """Owns the worker, the dispatcher and the listening sockets for one run."""
+
+    def __init__(self, config: Config, loader: EngineLoader, listeners: Listeners,
                  busy_counter: BusyCounter | None) -> None:
         self.config = config
         self.policy = PeerPolicy.for_this_process(config.allow_uids, config.allow_gids)
@@ -268,7 +304,9 @@ class Daemon:
         self.worker = Worker(config, loader, busy_counter, npu_lock)
         self.dispatcher = Dispatcher(config, self.worker, str(busy_counter.path) if busy_counter else None)
         self.connections: set[RpcConnection] = set()
-        self._listen_socket = listen_socket
+        self.listeners = listeners
+        self.http_shim = (HttpShim(self.dispatcher, config.max_line_bytes, listeners.http_token)
+                          if listeners.http is not None else None)
         self._background: set[asyncio.Task[None]] = set()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -292,26 +330,30 @@ class Daemon:
     async def serve(self, on_ready: Callable[[], None] | None = None, handle_signals: bool = False) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        server = await self._loop.create_unix_server(lambda: RpcConnection(self), sock=self._listen_socket)
+        servers = [await self._loop.create_unix_server(lambda: RpcConnection(self), sock=self.listeners.rpc)]
+        if self.http_shim is not None and self.listeners.http is not None:
+            servers.append(await asyncio.start_server(self.http_shim.handle_connection, sock=self.listeners.http))
         # Listening first, loading second: health answers "loading" while the model compiles.
         self.worker.start()
-        log.info("npud %s listening on %s (device %s, model %s)",
-                 _version(), self.config.socket, self.config.device, self.config.model)
+        http = f", http 127.0.0.1:{self.listeners.http_port}" if self.listeners.http else ""
+        log.info("npud %s listening on %s%s (device %s, model %s)",
+                 _version(), self.config.socket, http, self.config.device, self.config.model)
         restore = self._install_signal_handlers() if handle_signals else None
         try:
             if on_ready is not None:
                 on_ready()
             await self._stop.wait()
             log.info("shutting down")
-            await self._shutdown(server)
+            await self._shutdown(servers)
         finally:
             if restore is not None:
                 restore()
             if not is_abstract(self.config.socket):
                 _unlink_quietly(self.config.socket)
 
-    async def _shutdown(self, server: asyncio.AbstractServer) -> None:
-        server.close()  # stop accepting; existing connections stay to receive their replies
+    async def _shutdown(self, servers: list[asyncio.AbstractServer]) -> None:
+        for server in servers:
+            server.close()  # stop accepting; existing connections stay to receive their replies
         self.worker.stop()  # queued jobs fail with ShuttingDown at once
         deadline = time.monotonic() + self.config.shutdown_timeout_s
         finished = await asyncio.to_thread(self.worker.join, self.config.shutdown_timeout_s)
@@ -323,6 +365,8 @@ class Daemon:
                                timeout=max(0.1, deadline - time.monotonic()))
         for conn in list(self.connections):
             conn.close()
+        if self.http_shim is not None:
+            self.http_shim.close_connections()
         for task in list(self._background):
             task.cancel()
 
@@ -371,11 +415,11 @@ def run(config: Config, loader: EngineLoader) -> int:
     try:
         loader.preflight(config)
         busy_counter = prepare_busy_counter(config)
-        listen_socket = bind_unix_socket(config.socket)
+        listeners = open_listeners(config)
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 1
-    daemon = Daemon(config, loader, listen_socket, busy_counter)
+    daemon = Daemon(config, loader, listeners, busy_counter)
     asyncio.run(daemon.serve(handle_signals=True))
     if not daemon.worker.join(0):
         # A generation is stuck inside OpenVINO; interpreter teardown would wait on it forever.

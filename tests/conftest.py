@@ -18,7 +18,7 @@ import pytest
 
 from npud.config import Config
 from npud.engine import EngineLoader
-from npud.server import Daemon, bind_unix_socket, prepare_busy_counter, socket_address
+from npud.server import Daemon, open_listeners, prepare_busy_counter, socket_address
 from npud.testing.fake import FakeBehaviour, FakeLoader
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,6 +36,8 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
         "cache_dir": str(tmp_path / "cache"),
         "lock_file": str(tmp_path / "npu.lock"),
         "log_level": "DEBUG",
+        "http": False,  # tests that want the shim ask for it, on a free port
+        "port": 0,
     }
     values.update(overrides)
     return Config(**values)
@@ -50,6 +52,13 @@ class RunningDaemon:
     @property
     def socket(self) -> str:
         return self.config.socket
+
+    @property
+    def http_port(self) -> int:
+        port = self.daemon.listeners.http_port
+        if port is None:
+            raise RuntimeError("this daemon has no HTTP shim")
+        return port
 
     def connect(self) -> RawConnection:
         return RawConnection.open(self.config.socket)
@@ -68,8 +77,7 @@ class RunningDaemon:
 def start_daemon(config: Config, loader: EngineLoader, wait_ready: bool = True) -> RunningDaemon:
     """Run a Daemon on its own event loop in a thread, as `npud` would run it in its process."""
     busy = prepare_busy_counter(config)
-    sock = bind_unix_socket(config.socket)
-    daemon = Daemon(config, loader, sock, busy)
+    daemon = Daemon(config, loader, open_listeners(config), busy)
     listening = threading.Event()
     thread = threading.Thread(
         target=lambda: asyncio.run(daemon.serve(on_ready=listening.set)), name="test-daemon", daemon=True

@@ -129,13 +129,13 @@ def run_npud(*args: str, env: dict[str, str] | None = None, timeout: float = 60)
 
 def test_npu_requested_without_npu_names_the_cpu_flag(tiny_gguf: Path, tmp_path: Path) -> None:
     proc = run_npud("--model", str(tiny_gguf), "--device", "NPU", "--socket", unique_socket(),
-                    "--cache-dir", str(tmp_path))
+                    "--cache-dir", str(tmp_path), "--no-http")
     assert proc.returncode == 1
     assert "device NPU is not available" in proc.stderr and "--device CPU" in proc.stderr
 
 
 def test_missing_model_refuses_to_start(tmp_path: Path) -> None:
-    proc = run_npud("--model", str(tmp_path / "nope"), "--device", "CPU", "--socket", unique_socket())
+    proc = run_npud("--model", str(tmp_path / "nope"), "--device", "CPU", "--socket", unique_socket(), "--no-http")
     assert proc.returncode == 1 and "no such file or folder" in proc.stderr
 
 
@@ -153,7 +153,7 @@ def test_npud_process_lifecycle(tiny_gguf: Path, tmp_path: Path) -> None:
     """Start `npud` for real, wait for ready, serve, refuse a second instance, stop on SIGTERM."""
     name = unique_socket()
     proc = subprocess.Popen(
-        npud_command("--model", str(tiny_gguf), "--device", "CPU", "--socket", name,
+        npud_command("--model", str(tiny_gguf), "--device", "CPU", "--socket", name, "--port", "0",
                      "--cache-dir", str(tmp_path / "cache"), "--log-level", "DEBUG"),
         stderr=subprocess.PIPE, text=True,
     )
@@ -168,7 +168,7 @@ def test_npud_process_lifecycle(tiny_gguf: Path, tmp_path: Path) -> None:
         with Client(name) as client:
             assert client.health().status == "ready"
             assert client.generate("title", text).job == "title"
-        second = run_npud("--model", str(tiny_gguf), "--device", "CPU", "--socket", name)
+        second = run_npud("--model", str(tiny_gguf), "--device", "CPU", "--socket", name, "--port", "0")
         assert second.returncode == 1 and "already listening" in second.stderr
         proc.send_signal(signal.SIGTERM)
         rest = proc.stderr.read()
