@@ -22,6 +22,7 @@ import os
 import socket
 import stat
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -272,7 +273,8 @@ class HttpShim:
     async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, reply: HttpReply) -> None:
         headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode()),
                    (b"server", f"npud/{__version__}".encode()), (b"cache-control", b"no-store")]
-        writer.write(conn.send(h11.Response(status_code=reply.status, headers=headers)))
+        reason = HTTPStatus(reply.status).phrase.encode()
+        writer.write(conn.send(h11.Response(status_code=reply.status, headers=headers, reason=reason)))
         writer.write(conn.send(h11.Data(data=reply.body)))
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()

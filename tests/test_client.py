@@ -1,0 +1,278 @@
+"""npuclient against a real daemon: typed results, every error class from a real error,
+reconnects, timeouts, thread safety, the asyncio client, and mypy --strict."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import npuclient
+from npuclient import (
+    Client,
+    DaemonUnavailable,
+    DeviceBusy,
+    GenerationFailed,
+    InternalError,
+    InvalidParams,
+    MethodNotFound,
+    NotReady,
+    NotVerified,
+    PeerNotAllowed,
+    ProtocolViolation,
+    QueueFull,
+    ShuttingDown,
+)
+from npuclient.client import AsyncClient, CallTimeout
+from npuclient.protocol import HealthResult, JobResult, ModelsResult
+from npud.testing.fake import FakeBehaviour, FakeLoader
+from npud.testing.sysfs import make_npu_sysfs
+
+from .conftest import REPO, make_config, start_daemon, unique_socket
+
+
+def test_operations_return_typed_results(daemon_factory: Any) -> None:
+    daemon = daemon_factory()
+    with Client(daemon.socket) as client:
+        assert isinstance(client.health(), HealthResult)
+        assert isinstance(client.models(), ModelsResult)
+        result = client.generate("title", "hello there", max_new_tokens=8)
+        assert isinstance(result, JobResult) and result.text == "Fake Title About The Input"
+        assert client.extract_memory_candidates("x").candidates == ["The user likes fakes.", "The user tests things."]
+        assert client.condense_notification("x").job == "notification"
+
+
+def test_socket_from_environment(daemon_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    daemon = daemon_factory()
+    monkeypatch.setenv("OV_GENAI_NPU_SOCKET", daemon.socket)
+    with Client() as client:
+        assert client.socket_name == daemon.socket and client.health().status == "ready"
+
+
+def test_error_classes_from_real_errors(daemon_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    behaviour = FakeBehaviour()
+    daemon = daemon_factory(FakeLoader(behaviour), max_prompt_tokens=150)
+    with Client(daemon.socket) as client:
+        with pytest.raises(InvalidParams) as limit:
+            client.generate("title", "x" * 6001)
+        assert (limit.value.limit, limit.value.actual, limit.value.code) == (6000, 6001, -32602)
+        with pytest.raises(InvalidParams) as tokens:
+            client.generate("summary", "word " * 200)
+        assert tokens.value.limit == 150 and (tokens.value.actual or 0) > 150
+        with pytest.raises(MethodNotFound):
+            client.call("summon", None, HealthResult)
+        behaviour.fail_with = RuntimeError("boom")
+        with pytest.raises(GenerationFailed, match="RuntimeError: boom"):
+            client.generate("title", "x")
+        behaviour.fail_with = None
+        monkeypatch.setattr(daemon.daemon.worker, "snapshot", lambda: 1 / 0)
+        with pytest.raises(InternalError):
+            client.health()
+        monkeypatch.undo()
+        assert client.health().status == "ready"  # every error left the connection usable
+
+
+def test_npu_error_classes(daemon_factory: Any, tmp_path: Path) -> None:
+    import fcntl
+
+    busy = make_npu_sysfs(tmp_path / "sys")
+    behaviour = FakeBehaviour(busy_file=busy, busy_step_us=0)
+    daemon = daemon_factory(FakeLoader(behaviour), device="NPU", sysfs_root=str(tmp_path / "sys"),
+                            lock_timeout_s=0.1)
+    with Client(daemon.socket) as client:
+        with pytest.raises(NotVerified) as info:
+            client.generate("title", "x")
+        assert info.value.npu_busy_delta_us == 0
+        fd = os.open(daemon.config.lock_file, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with pytest.raises(DeviceBusy):
+                client.generate("title", "x")
+        finally:
+            os.close(fd)
+
+
+def test_queue_full_not_ready_and_shutting_down(daemon_factory: Any) -> None:
+    gate = threading.Event()
+    behaviour = FakeBehaviour(gate=gate)
+    daemon = daemon_factory(FakeLoader(behaviour), queue_depth=1)
+    holders = [Client(daemon.socket), Client(daemon.socket)]
+    outcomes: list[Any] = []
+    threads = [threading.Thread(target=lambda c=c: outcomes.append(_try(c.generate, "title", "x"))) for c in holders]
+    try:
+        threads[0].start()
+        assert behaviour.started.wait(10)
+        threads[1].start()
+        with Client(daemon.socket) as client:
+            while client.health().queue.depth < 1:
+                pass
+            with pytest.raises(QueueFull) as full:
+                client.generate("title", "x")
+            assert (full.value.retry_after_ms or 0) >= 100
+            daemon.daemon.worker.stop()
+            with pytest.raises(ShuttingDown):
+                client.generate("title", "x")
+    finally:
+        gate.set()
+        for thread in threads:
+            thread.join(10)
+        for holder in holders:
+            holder.close()
+    kinds = sorted(type(o).__name__ for o in outcomes)
+    assert kinds == ["JobResult", "ShuttingDown"]
+
+    loading = daemon_factory(FakeLoader(load_gate=threading.Event()), wait_ready=False)
+    with Client(loading.socket) as client, pytest.raises(NotReady) as info:
+        client.generate("title", "x")
+    assert info.value.data_field("status") == "loading"
+    loading.daemon.worker._loader.load_gate.set()  # type: ignore[attr-defined]
+
+
+def _try(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except npuclient.NpuClientError as exc:
+        return exc
+
+
+def test_peer_not_allowed(daemon_factory: Any) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to connect as another uid")
+    daemon = daemon_factory()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                Client(daemon.socket, timeout=10).health()
+                os.write(write_end, b"allowed")
+            except PeerNotAllowed as exc:
+                os.write(write_end, f"PeerNotAllowed {exc.data_field('uid')}".encode())
+            except BaseException as exc:
+                os.write(write_end, repr(exc).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        answer = reader.read()
+    os.waitpid(pid, 0)
+    assert answer == b"PeerNotAllowed 65534"
+
+
+def test_daemon_not_running_has_a_hint() -> None:
+    with pytest.raises(DaemonUnavailable, match=r"systemctl --user start npud\.socket"):
+        Client(unique_socket()).health()
+
+
+def test_reconnects_once_after_a_daemon_restart(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    first = start_daemon(config, FakeLoader())
+    client = Client(config.socket)
+    try:
+        assert client.health().jobs_served == 0
+        client.generate("title", "x")
+        first.stop()
+        second = start_daemon(config, FakeLoader())
+        try:
+            # The old connection is dead; the client notices and reconnects without an error.
+            assert client.health().jobs_served == 0
+        finally:
+            second.stop()
+        with pytest.raises(DaemonUnavailable):
+            client.health()
+    finally:
+        client.close()
+
+
+def test_timeout_then_connection_is_fresh(daemon_factory: Any) -> None:
+    gate = threading.Event()
+    behaviour = FakeBehaviour(gate=gate)
+    daemon = daemon_factory(FakeLoader(behaviour))
+    with Client(daemon.socket) as client:
+        with pytest.raises(CallTimeout):
+            client.generate("title", "x", timeout=0.2)
+        gate.set()
+        assert client.health(timeout=5).status == "ready"  # no stale reply is mixed in
+
+
+def test_one_client_shared_by_threads(daemon_factory: Any) -> None:
+    daemon = daemon_factory()
+    errors: list[BaseException] = []
+    with Client(daemon.socket) as client:
+        def work(i: int) -> None:
+            try:
+                for _ in range(20):
+                    if i % 2:
+                        assert client.health().status == "ready"
+                    else:
+                        assert client.generate("title", f"text {i}").job == "title"
+            except BaseException as exc:  # collected and re-raised in the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert errors == []
+
+
+def test_protocol_violation_from_a_bad_server() -> None:
+    name = unique_socket()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(b"\0" + name[1:].encode())
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"this is not json\n")
+            conn.recv(1)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with Client(name, timeout=5) as client, pytest.raises(ProtocolViolation):
+            client.health()
+    finally:
+        thread.join(5)
+        server.close()
+
+
+def test_async_client(daemon_factory: Any) -> None:
+    daemon = daemon_factory(max_prompt_tokens=150)
+
+    async def main() -> None:
+        async with AsyncClient(daemon.socket) as client:
+            assert (await client.health()).status == "ready"
+            assert (await client.models()).models[0].id == "fake-model"
+            results = await asyncio.gather(*(client.generate("title", f"t{i}") for i in range(10)))
+            assert {r.job for r in results} == {"title"}
+            assert (await client.extract_memory_candidates("x")).candidates
+            assert (await client.condense_notification("x")).job == "notification"
+            with pytest.raises(InvalidParams) as info:
+                await client.generate("summary", "word " * 200)
+            assert info.value.limit == 150
+        with pytest.raises(DaemonUnavailable):
+            await AsyncClient(unique_socket()).health()
+
+    asyncio.run(main())
+
+
+def test_mypy_strict_on_npuclient() -> None:
+    mypy = shutil.which("mypy", path=os.path.dirname(sys.executable))
+    if mypy is None:
+        pytest.fail("mypy is a test dependency: pip install -e '.[test]'")
+    proc = subprocess.run([mypy, "--strict", "--no-incremental", "npuclient"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

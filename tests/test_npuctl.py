@@ -1,0 +1,129 @@
+"""npuctl as a real child process: output, --json, stdin input, --wait, and every exit code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from npuclient import Client
+from npud.testing.fake import FakeBehaviour, FakeLoader
+from npud.testing.sysfs import make_npu_sysfs
+
+from .conftest import unique_socket
+
+
+def npuctl(socket_name: str, *args: str, stdin: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "npuclient.cli", "--socket", socket_name, *args],
+                          input=stdin, capture_output=True, text=True, timeout=timeout)
+
+
+def without_timing(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k != "timing_ms"}
+
+
+def test_success_outputs(daemon_factory: Any) -> None:
+    daemon = daemon_factory()
+    health = npuctl(daemon.socket, "health")
+    assert health.returncode == 0 and health.stdout.startswith("ready: fake-model on CPU")
+    models = npuctl(daemon.socket, "models")
+    assert models.returncode == 0 and "title: default 24, max 32 new tokens" in models.stdout
+    title = npuctl(daemon.socket, "generate", "--job", "title", "--input", "hello")
+    assert (title.returncode, title.stdout) == (0, "Fake Title About The Input\n")
+    memory = npuctl(daemon.socket, "extract-memory-candidates", "--input", "-", stdin="I like fakes")
+    assert memory.stdout == "- The user likes fakes.\n- The user tests things.\n"
+    condensed = npuctl(daemon.socket, "condense-notification", "--input", "x")
+    assert condensed.stdout == "A fake condensed notification.\n"
+
+
+def test_json_matches_the_library(daemon_factory: Any) -> None:
+    daemon = daemon_factory()
+    proc = npuctl(daemon.socket, "--json", "generate", "--job", "summary", "--input", "-", "--max-new-tokens", "80",
+                  stdin="some text to summarise")
+    assert proc.returncode == 0
+    with Client(daemon.socket) as client:
+        direct = msgspec.to_builtins(client.generate("summary", "some text to summarise", max_new_tokens=80))
+    assert without_timing(msgspec.json.decode(proc.stdout)) == without_timing(direct)
+
+
+def test_exit_codes(daemon_factory: Any, tmp_path: Path) -> None:
+    assert npuctl(unique_socket(), "health").returncode == 3
+    unreachable = npuctl(unique_socket(), "health")
+    assert "systemctl --user start npud.socket" in unreachable.stderr
+
+    behaviour = FakeBehaviour()
+    daemon = daemon_factory(FakeLoader(behaviour))
+    too_long = npuctl(daemon.socket, "generate", "--job", "title", "--input", "x" * 6001)
+    assert too_long.returncode == 2 and "[code -32602]" in too_long.stderr
+    assert npuctl(daemon.socket, "generate", "--job", "poem", "--input", "x").returncode == 2  # argparse
+    behaviour.fail_with = RuntimeError("pipeline exploded")
+    failed = npuctl(daemon.socket, "generate", "--job", "title", "--input", "x")
+    assert failed.returncode == 5 and "pipeline exploded" in failed.stderr
+
+    busy = make_npu_sysfs(tmp_path / "sys")
+    npu = daemon_factory(FakeLoader(FakeBehaviour(busy_file=busy, busy_step_us=0)), device="NPU",
+                         sysfs_root=str(tmp_path / "sys"), socket=unique_socket())
+    unverified = npuctl(npu.socket, "generate", "--job", "title", "--input", "x")
+    assert unverified.returncode == 6 and "[code -32002]" in unverified.stderr
+
+
+def test_queue_full_exit_code(daemon_factory: Any) -> None:
+    gate = threading.Event()
+    behaviour = FakeBehaviour(gate=gate)
+    daemon = daemon_factory(FakeLoader(behaviour), queue_depth=1)
+    holders = [subprocess.Popen([sys.executable, "-m", "npuclient.cli", "--socket", daemon.socket, "generate",
+                                 "--job", "title", "--input", "x"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        assert behaviour.started.wait(30)
+        holders.append(subprocess.Popen([sys.executable, "-m", "npuclient.cli", "--socket", daemon.socket, "generate",
+                                         "--job", "title", "--input", "y"], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL))
+        with Client(daemon.socket) as client:
+            while client.health().queue.depth < 1:
+                pass
+        full = npuctl(daemon.socket, "generate", "--job", "title", "--input", "z")
+        assert full.returncode == 4 and "retry in" in full.stderr
+    finally:
+        gate.set()
+        assert [p.wait(30) for p in holders] == [0, 0]
+
+
+def test_wait_for_ready(daemon_factory: Any) -> None:
+    gate = threading.Event()
+    daemon = daemon_factory(FakeLoader(load_gate=gate), wait_ready=False)
+    assert npuctl(daemon.socket, "generate", "--job", "title", "--input", "x").returncode == 4  # loading
+    waiting = subprocess.Popen([sys.executable, "-m", "npuclient.cli", "--socket", daemon.socket, "--wait",
+                                "generate", "--job", "title", "--input", "x"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with Client(daemon.socket) as client:
+            assert client.health().status == "loading"
+        gate.set()
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        gate.set()
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == 0 and out == "Fake Title About The Input\n"
+    assert err == ""  # not a terminal: no progress line
+
+
+def test_wait_gives_up_after_timeout(daemon_factory: Any) -> None:
+    gate = threading.Event()
+    daemon = daemon_factory(FakeLoader(load_gate=gate), wait_ready=False)
+    try:
+        proc = npuctl(daemon.socket, "--wait", "--timeout", "0.5", "health")
+        assert proc.returncode == 1 and "not ready after" in proc.stderr
+    finally:
+        gate.set()
+
+
+def test_entry_point_is_installed() -> None:
+    script = os.path.join(os.path.dirname(sys.executable), "npuctl")
+    proc = subprocess.run([script, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "Exit codes" in proc.stdout
