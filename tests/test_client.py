@@ -276,3 +276,23 @@ def test_mypy_strict_on_npuclient() -> None:
         pytest.fail("mypy is a test dependency: pip install -e '.[test]'")
     proc = subprocess.run([mypy, "--strict", "--no-incremental", "npuclient"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_async_client_reconnects_after_a_daemon_restart(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+
+    async def main() -> None:
+        first = start_daemon(config, FakeLoader())
+        client = AsyncClient(config.socket)
+        try:
+            await client.generate("title", "x")
+            await asyncio.to_thread(first.stop)
+            second = start_daemon(config, FakeLoader())
+            try:
+                assert (await client.health()).jobs_served == 0
+            finally:
+                await asyncio.to_thread(second.stop)
+        finally:
+            await client.close()
+
+    asyncio.run(main())

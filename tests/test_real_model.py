@@ -3,6 +3,8 @@ SmolLM2-135M from its PyPI package, and the `npud` command as a real child proce
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import signal
@@ -159,11 +161,19 @@ def test_npud_process_lifecycle(tiny_gguf: Path, tmp_path: Path) -> None:
     )
     try:
         assert proc.stderr is not None
+        port = None
         for line in proc.stderr:  # the daemon says when it is ready; no sleeping
+            found = re.search(r"http 127\.0\.0\.1:(\d+)", line)
+            port = int(found.group(1)) if found else port
             if "ready on CPU" in line:
                 break
         else:
             pytest.fail("npud exited before it was ready")
+        assert port is not None
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/healthz")
+        assert json.loads(conn.getresponse().read())["status"] == "ready"
+        conn.close()
         text = "Special cases aren't special enough."
         with Client(name) as client:
             assert client.health().status == "ready"
