@@ -8,8 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from .config import ConfigError, load_config
-from .engine import OpenVinoLoader
-from .server import run
+from .daemon import SystemdContext, run
+from .engine import OpenVinoLoader, StartupError
+from .systemd import Notifier, listen_fds, watchdog_interval_s
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -26,7 +27,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"npud: {exc}\n")
         return 2
     setup_logging(config.log_level)
-    return run(config, OpenVinoLoader())
+    # systemd's variables are read (and removed) here at the edge, like every other setting.
+    notifier = Notifier.from_environ(os.environ)
+    try:
+        activated = listen_fds(os.environ)
+    except StartupError as exc:
+        logging.getLogger("npud").error("cannot start: %s", exc)
+        notifier.notify(f"STATUS=cannot start: {exc}")
+        return 1
+    systemd = SystemdContext(activated, notifier, watchdog_interval_s(os.environ))
+    return run(config, OpenVinoLoader(), systemd)
 
 
 if __name__ == "__main__":

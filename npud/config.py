@@ -50,6 +50,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 18820
     token_file: str | None = None
+    exit_idle_after_s: float | None = None
+    stuck_after_s: float = 300.0
     log_level: str = "INFO"
 
     @property
@@ -170,6 +172,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("port", "--port", "PORT", _port, "HTTP shim port (0: any free port)"),
     Option("token_file", "--token-file", "TOKEN_FILE", str,
            "require 'Authorization: Bearer <token>' on HTTP, token read from this 0600 file"),
+    Option("exit_idle_after_s", "--exit-idle-after", "EXIT_IDLE_AFTER", _positive_float,
+           "socket activation only: exit after this many idle seconds (frees NPU memory; systemd restarts on demand)"),
+    Option("stuck_after_s", "--stuck-after", "STUCK_AFTER", _positive_float,
+           "a generation running longer than this counts as hung: the systemd watchdog is no longer fed"),
     Option("log_level", "--log-level", "LOG_LEVEL", lambda s: s.upper(),
            "DEBUG, INFO, WARNING or ERROR"),
 )

@@ -181,6 +181,10 @@ class HttpShim:
         self._openapi = ENCODER.encode(openapi_document())
         self._writers: set[asyncio.StreamWriter] = set()
 
+    @property
+    def active_connections(self) -> int:
+        return len(self._writers)
+
     def close_connections(self) -> None:
         for writer in list(self._writers):
             writer.close()

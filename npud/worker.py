@@ -22,6 +22,7 @@ from msgspec import UNSET
 from npuclient.errors import (
     DeviceBusy,
     GenerationFailed,
+    InternalError,
     InvalidParams,
     NotReady,
     NotVerified,
@@ -124,6 +125,9 @@ class Worker:
         self._service_ms: float | None = None
         self._served = 0
         self._failed = 0
+        self.crashed = False
+        #: Called (from the worker thread) if the worker dies of a bug; the daemon then exits non-zero.
+        self.on_crash: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ event-loop side
 
@@ -181,6 +185,22 @@ class Worker:
             self._thread.join(timeout)
         return not self._thread.is_alive()
 
+    def is_responsive(self) -> bool:
+        """For the systemd watchdog: the thread lives and no generation has run past ``stuck_after``.
+
+        A model load is not counted: an NPU compile can legitimately take minutes.
+        """
+        if not self._thread.is_alive():
+            return self._status == "error" and not self._stopping.is_set() and self._load_finished.is_set()
+        with self._cond:
+            running_since = self._running_since
+        return running_since is None or self._clock() - running_since < self._config.stuck_after_s
+
+    @property
+    def idle(self) -> bool:
+        with self._cond:
+            return not self._queue and self._running_since is None
+
     def snapshot(self) -> WorkerSnapshot:
         with self._cond:
             return WorkerSnapshot(
@@ -209,15 +229,30 @@ class Worker:
         return self._load_finished.wait(timeout)
 
     def _run(self) -> None:
-        loaded = self._load()
-        self._load_finished.set()
-        if not loaded:
-            return
-        while True:
-            job = self._next_job()
-            if job is None:
+        try:
+            loaded = self._load()
+            self._load_finished.set()
+            if not loaded:
                 return
-            self._process(job)
+            while True:
+                job = self._next_job()
+                if job is None:
+                    return
+                self._process(job)
+        except BaseException:
+            # A bug in the worker itself: never leave a daemon that accepts jobs nobody runs.
+            log.critical("worker thread crashed", exc_info=True)
+            with self._cond:
+                self.crashed = True
+                self._stopping.set()
+                drained = list(self._queue)
+                self._queue.clear()
+                self._running_since = None
+            self._load_finished.set()
+            for job in drained:
+                _resolve(job, InternalError("the worker crashed; npud is restarting"))
+            if self.on_crash is not None:
+                self.on_crash()
 
     def _load(self) -> bool:
         started = self._clock()

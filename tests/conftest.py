@@ -18,7 +18,8 @@ import pytest
 
 from npud.config import Config
 from npud.engine import EngineLoader
-from npud.server import Daemon, open_listeners, prepare_busy_counter, socket_address
+from npud.daemon import Daemon, open_listeners, prepare_busy_counter
+from npud.server import socket_address
 from npud.testing.fake import FakeBehaviour, FakeLoader
 
 REPO = Path(__file__).resolve().parent.parent

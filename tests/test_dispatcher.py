@@ -17,7 +17,7 @@ from npud.config import Config
 from npud.engine import pipeline_properties
 from npud.npulock import NpuLock
 from npud.rpc import Dispatcher
-from npud.server import prepare_busy_counter
+from npud.daemon import prepare_busy_counter
 from npud.testing.fake import FakeBehaviour, FakeLoader
 from npud.testing.sysfs import make_npu_sysfs
 from npud.worker import Worker

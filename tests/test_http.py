@@ -21,7 +21,7 @@ from openapi_spec_validator import validate
 from npuclient import Client
 from npud.engine import StartupError
 from npud.http import check_loopback, openapi_document
-from npud.server import open_listeners
+from npud.daemon import open_listeners
 from npud.testing.fake import FakeBehaviour, FakeLoader
 from npud.testing.sysfs import make_npu_sysfs
 

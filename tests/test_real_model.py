@@ -143,7 +143,7 @@ def test_missing_model_refuses_to_start(tmp_path: Path) -> None:
 
 def test_npu_without_busy_counter_refuses_unless_disabled(tiny_gguf: Path, tmp_path: Path) -> None:
     from npud.config import load_config
-    from npud.server import prepare_busy_counter
+    from npud.daemon import prepare_busy_counter
 
     env = {"HOME": str(tmp_path), "OV_GENAI_NPU_SYSFS_ROOT": str(tmp_path / "empty-sys")}
     with pytest.raises(StartupError, match="--no-busy-check"):

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from npuclient import Client, InvalidParams, NotReady, QueueFull
-from npud.server import StartupError, bind_unix_socket
+from npud.engine import StartupError
+from npud.server import bind_unix_socket
 from npud.testing.fake import FakeBehaviour, FakeLoader
 from npud.testing.sysfs import make_npu_sysfs
 

@@ -1,0 +1,334 @@
+"""The daemon's lifecycle: startup, serve, graceful shutdown; systemd readiness, watchdog, idle exit.
+
+startup: preflight (device, model path, busy counter), listeners (bound here, or handed over by
+systemd), servers, then the worker starts loading the model while health already answers.
+serve: until SIGTERM/SIGINT, an idle timeout (socket activation only) or a worker crash.
+shutdown: stop accepting, fail queued jobs with ShuttingDown, let the running one finish up to
+``--shutdown-timeout``, deliver replies, close; signal handlers restored on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .busy import BusyCounter, BusyCounterError, discover_busy_file
+from .config import Config
+from .engine import EngineLoader, StartupError
+from .http import HttpShim, bind_http_socket, read_token_file
+from .npulock import NpuLock
+from .peercred import PeerPolicy
+from .rpc import Dispatcher
+from .server import RpcConnection, bind_unix_socket, is_abstract
+from .systemd import ActivatedSockets, Notifier
+from .worker import Worker
+
+log = logging.getLogger("npud")
+
+EXIT_OK = 0
+EXIT_STARTUP_FAILED = 1
+EXIT_WORKER_CRASHED = 70  # EX_SOFTWARE: systemd's Restart=on-failure brings a fresh daemon
+
+# How often STATUS= is refreshed (only sent when it changed) and EXTEND_TIMEOUT_USEC is sent.
+STATUS_INTERVAL_S = 1.0
+# While the model loads, each tick asks systemd for this much more time.
+LOAD_EXTEND_S = 30.0
+
+
+@dataclass
+class SystemdContext:
+    """What systemd handed us, read from the environment at the edge (cli)."""
+
+    activated: ActivatedSockets | None = None
+    notifier: Notifier = field(default_factory=lambda: Notifier(None))
+    watchdog_interval_s: float | None = None
+
+
+def prepare_busy_counter(config: Config) -> BusyCounter | None:
+    """On the NPU the busy counter is required (unless disabled); elsewhere it is not used."""
+    if not config.is_npu or not config.busy_check:
+        return None
+    path = Path(config.busy_file) if config.busy_file else discover_busy_file(config.sysfs_root)
+    if path is None:
+        raise StartupError(
+            f"NPU busy counter npu_busy_time_us not found under {config.sysfs_root}/class/accel "
+            "(it needs the intel_vpu driver of Linux 6.11 or later); without it npud cannot prove "
+            "that jobs ran on the NPU. Pass --no-busy-check to run anyway."
+        )
+    counter = BusyCounter(path)
+    try:
+        counter.read()
+    except BusyCounterError as exc:
+        raise StartupError(f"NPU busy counter unusable: {exc}") from None
+    return counter
+
+
+@dataclass
+class Listeners:
+    """The sockets a daemon serves, bound here or handed over by systemd."""
+
+    rpc: socket.socket
+    http: socket.socket | None = None
+    http_token: bytes | None = None
+    #: A filesystem socket this process created and must remove at exit (not systemd's).
+    owned_path: str | None = None
+    activated: bool = False
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.getsockname()[1] if self.http is not None else None
+
+    def close(self) -> None:
+        self.rpc.close()
+        if self.http is not None:
+            self.http.close()
+
+
+def open_listeners(config: Config, activated: ActivatedSockets | None = None) -> Listeners:
+    """The Unix socket and, unless disabled, the loopback HTTP shim.
+
+    Sockets passed by systemd are used as they are; the rest are bound here, the Unix socket
+    first: "another daemon is already listening" is the useful message when a second npud starts,
+    not the HTTP port clash that follows from it.
+    """
+    token = read_token_file(config.token_file) if config.http and config.token_file else None
+    if activated is not None:
+        rpc_sock, owned = activated.rpc, None
+    else:
+        rpc_sock = bind_unix_socket(config.socket)
+        owned = None if is_abstract(config.socket) else config.socket
+    http_sock = activated.http if activated is not None else None
+    if config.http and http_sock is None:
+        try:
+            http_sock = bind_http_socket(config.host, config.port)
+        except StartupError:
+            if activated is None:
+                rpc_sock.close()
+            raise
+    elif not config.http and http_sock is not None:
+        http_sock.close()  # passed by systemd but disabled here: do not serve it
+        http_sock = None
+    return Listeners(rpc_sock, http_sock, token, owned, activated is not None)
+
+
+class Daemon:
+    """Owns the worker, the dispatcher and the listening sockets for one run."""
+
+    def __init__(self, config: Config, loader: EngineLoader, listeners: Listeners,
+                 busy_counter: BusyCounter | None, systemd: SystemdContext | None = None) -> None:
+        self.config = config
+        self.policy = PeerPolicy.for_this_process(config.allow_uids, config.allow_gids)
+        npu_lock = NpuLock(config.lock_file, config.lock_timeout_s) if config.is_npu else None
+        self.worker = Worker(config, loader, busy_counter, npu_lock)
+        self.worker.on_crash = self._on_worker_crash
+        self.dispatcher = Dispatcher(config, self.worker, str(busy_counter.path) if busy_counter else None)
+        self.connections: set[RpcConnection] = set()
+        self.listeners = listeners
+        self.http_shim = (HttpShim(self.dispatcher, config.max_line_bytes, listeners.http_token)
+                          if listeners.http is not None else None)
+        self.systemd = systemd or SystemdContext()
+        self.exit_code = EXIT_OK
+        self._background: set[asyncio.Task[None]] = set()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("daemon is not running")
+        return self._loop
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def request_stop(self) -> None:
+        """Ask :meth:`serve` to shut down (thread-safe)."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    @property
+    def active_connections(self) -> int:
+        http = self.http_shim.active_connections if self.http_shim is not None else 0
+        return len(self.connections) + http
+
+    def _on_worker_crash(self) -> None:
+        self.exit_code = EXIT_WORKER_CRASHED
+        self.request_stop()
+
+    # ------------------------------------------------------------ serve
+
+    async def serve(self, on_ready: Callable[[], None] | None = None, handle_signals: bool = False) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        servers = [await self._loop.create_unix_server(lambda: RpcConnection(self), sock=self.listeners.rpc)]
+        if self.http_shim is not None and self.listeners.http is not None:
+            servers.append(await asyncio.start_server(self.http_shim.handle_connection, sock=self.listeners.http))
+        # Listening first, loading second: health answers "loading" while the model compiles.
+        self.worker.start()
+        self._log_listening()
+        notifier = self.systemd.notifier
+        notifier.notify("READY=1", f"STATUS={self._status_line()}")
+        self.spawn(self._report_status())
+        if self.systemd.watchdog_interval_s is not None:
+            self.spawn(self._feed_watchdog(self.systemd.watchdog_interval_s))
+        if self.config.exit_idle_after_s is not None:
+            self.spawn(self._exit_when_idle(self.config.exit_idle_after_s))
+        restore = self._install_signal_handlers() if handle_signals else None
+        try:
+            if on_ready is not None:
+                on_ready()
+            await self._stop.wait()
+            log.info("shutting down")
+            timeout_us = int((self.config.shutdown_timeout_s + 5) * 1_000_000)
+            notifier.notify("STOPPING=1", "STATUS=shutting down", f"EXTEND_TIMEOUT_USEC={timeout_us}")
+            await self._shutdown(servers)
+        finally:
+            if restore is not None:
+                restore()
+            if self.listeners.owned_path is not None:
+                _unlink_quietly(self.listeners.owned_path)
+            notifier.close()
+
+    def _log_listening(self) -> None:
+        where = "socket-activated fds" if self.listeners.activated else self.config.socket
+        http = f", http 127.0.0.1:{self.listeners.http_port}" if self.listeners.http else ""
+        log.info("npud %s listening on %s%s (device %s, model %s)",
+                 __version__, where, http, self.config.device, self.config.model)
+
+    def _status_line(self) -> str:
+        snap = self.worker.snapshot()
+        if snap.status == "loading":
+            return f"loading {self.config.model} on {self.config.device}"
+        if snap.status == "error":
+            return f"model failed to load: {snap.error}"
+        running = ", 1 running" if snap.running else ""
+        return f"ready, {snap.queue_depth} queued{running}, {snap.jobs_served} jobs served, {snap.jobs_failed} failed"
+
+    async def _report_status(self) -> None:
+        notifier = self.systemd.notifier
+        last = ""
+        while True:
+            line = self._status_line()
+            if self.worker.snapshot().status == "loading":
+                # An NPU compile can take minutes: keep systemd from timing us out meanwhile.
+                notifier.notify(f"EXTEND_TIMEOUT_USEC={int(LOAD_EXTEND_S * 1_000_000)}")
+            if line != last:
+                notifier.notify(f"STATUS={line}")
+                last = line
+            await asyncio.sleep(STATUS_INTERVAL_S)
+
+    async def _feed_watchdog(self, interval_s: float) -> None:
+        """WATCHDOG=1 only while the worker is alive and not stuck: a hung worker lets it fire."""
+        while True:
+            if self.worker.is_responsive():
+                self.systemd.notifier.notify("WATCHDOG=1")
+            else:
+                log.error("worker unresponsive: not feeding the systemd watchdog")
+            await asyncio.sleep(interval_s)
+
+    async def _exit_when_idle(self, idle_after_s: float) -> None:
+        """Exit after ``idle_after_s`` with no connection and no job, giving the NPU back.
+
+        Only with socket activation: systemd keeps the listening socket, queues new connections
+        in its backlog meanwhile and starts a fresh daemon for them, so no request is lost.
+        """
+        idle_since: float | None = None
+        tick = min(1.0, idle_after_s / 4)
+        while True:
+            now = time.monotonic()
+            if self.active_connections == 0 and self.worker.idle:
+                idle_since = idle_since if idle_since is not None else now
+                if now - idle_since >= idle_after_s:
+                    log.info("idle for %.0fs: exiting (systemd restarts npud on the next connection)", idle_after_s)
+                    if self._stop is not None:
+                        self._stop.set()
+                    return
+            else:
+                idle_since = None
+            await asyncio.sleep(tick)
+
+    async def _shutdown(self, servers: list[asyncio.AbstractServer]) -> None:
+        for server in servers:
+            server.close()  # stop accepting; existing connections stay to receive their replies
+        self.worker.stop()  # queued jobs fail with ShuttingDown at once
+        deadline = time.monotonic() + self.config.shutdown_timeout_s
+        finished = await asyncio.to_thread(self.worker.join, self.config.shutdown_timeout_s)
+        if not finished:
+            log.warning("running job did not finish within %.1fs; exiting anyway", self.config.shutdown_timeout_s)
+        pending = [asyncio.ensure_future(conn.drain()) for conn in list(self.connections)]
+        if pending:
+            await asyncio.wait(pending, timeout=max(0.1, deadline - time.monotonic()))
+        for conn in list(self.connections):
+            conn.close()
+        if self.http_shim is not None:
+            self.http_shim.close_connections()
+        for task in list(self._background):
+            task.cancel()
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        loop = self.loop
+        signals = (signal.SIGTERM, signal.SIGINT)
+        previous = {sig: signal.getsignal(sig) for sig in signals}
+        received = 0
+
+        def on_signal(sig: signal.Signals) -> None:
+            nonlocal received
+            received += 1
+            if received > 1:
+                log.warning("second %s: exiting at once", sig.name)
+                logging.shutdown()
+                os._exit(1)
+            log.info("received %s", sig.name)
+            if self._stop is not None:
+                self._stop.set()
+
+        for sig in signals:
+            loop.add_signal_handler(sig, on_signal, sig)
+
+        def restore() -> None:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, previous[sig])
+
+        return restore
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def run(config: Config, loader: EngineLoader, systemd: SystemdContext | None = None) -> int:
+    """Start, serve until told to stop, shut down. Returns the process exit code."""
+    systemd = systemd or SystemdContext()
+    try:
+        if config.exit_idle_after_s is not None and systemd.activated is None:
+            raise StartupError("--exit-idle-after needs socket activation: without it the socket "
+                               "would vanish with the daemon and clients would be refused")
+        loader.preflight(config)
+        busy_counter = prepare_busy_counter(config)
+        listeners = open_listeners(config, systemd.activated)
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        systemd.notifier.notify(f"STATUS=cannot start: {exc}")
+        return EXIT_STARTUP_FAILED
+    daemon = Daemon(config, loader, listeners, busy_counter, systemd)
+    asyncio.run(daemon.serve(handle_signals=True))
+    if not daemon.worker.join(0):
+        # A generation is stuck inside OpenVINO; interpreter teardown would wait on it forever.
+        logging.shutdown()
+        os._exit(daemon.exit_code)
+    return daemon.exit_code
