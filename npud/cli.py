@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from .config import ConfigError, load_config
 from .daemon import SystemdContext, run
-from .engine import OpenVinoLoader, StartupError
+from .engine import EngineLoader, OpenVinoLoader, StartupError
 from .systemd import Notifier, listen_fds, watchdog_interval_s
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -20,7 +20,7 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, loader: EngineLoader | None = None) -> int:
     try:
         config = load_config(argv, os.environ)
     except ConfigError as exc:
@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         notifier.notify(f"STATUS=cannot start: {exc}")
         return 1
     systemd = SystemdContext(activated, notifier, watchdog_interval_s(os.environ))
-    return run(config, OpenVinoLoader(), systemd)
+    return run(config, loader or OpenVinoLoader(), systemd)
 
 
 if __name__ == "__main__":

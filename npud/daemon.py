@@ -138,6 +138,7 @@ class Daemon:
         self.systemd = systemd or SystemdContext()
         self.exit_code = EXIT_OK
         self._background: set[asyncio.Task[None]] = set()
+        self._servers: list[asyncio.AbstractServer] = []
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -171,7 +172,8 @@ class Daemon:
     async def serve(self, on_ready: Callable[[], None] | None = None, handle_signals: bool = False) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        servers = [await self._loop.create_unix_server(lambda: RpcConnection(self), sock=self.listeners.rpc)]
+        servers = self._servers
+        servers.append(await self._loop.create_unix_server(lambda: RpcConnection(self), sock=self.listeners.rpc))
         if self.http_shim is not None and self.listeners.http is not None:
             servers.append(await asyncio.start_server(self.http_shim.handle_connection, sock=self.listeners.http))
         # Listening first, loading second: health answers "loading" while the model compiles.
@@ -240,23 +242,24 @@ class Daemon:
     async def _exit_when_idle(self, idle_after_s: float) -> None:
         """Exit after ``idle_after_s`` with no connection and no job, giving the NPU back.
 
-        Only with socket activation: systemd keeps the listening socket, queues new connections
-        in its backlog meanwhile and starts a fresh daemon for them, so no request is lost.
+        Only with socket activation: systemd keeps the listening socket and starts a fresh daemon
+        for the next connection. To lose nothing, accepting stops first; a connection accepted
+        just before that is still served normally, and the daemon exits once it is gone. Anything
+        that connects later waits in the listening socket's backlog for the next instance.
         """
-        idle_since: float | None = None
         tick = min(1.0, idle_after_s / 4)
-        while True:
-            now = time.monotonic()
-            if self.active_connections == 0 and self.worker.idle:
-                idle_since = idle_since if idle_since is not None else now
-                if now - idle_since >= idle_after_s:
-                    log.info("idle for %.0fs: exiting (systemd restarts npud on the next connection)", idle_after_s)
-                    if self._stop is not None:
-                        self._stop.set()
-                    return
-            else:
-                idle_since = None
+        idle_since: float | None = None
+        while idle_since is None or time.monotonic() - idle_since < idle_after_s:
             await asyncio.sleep(tick)
+            busy = self.active_connections > 0 or not self.worker.idle
+            idle_since = None if busy else (idle_since or time.monotonic())
+        for server in self._servers:
+            server.close()
+        log.info("idle for %.0fs: exiting (systemd starts npud again on the next connection)", idle_after_s)
+        while self.active_connections > 0 or not self.worker.idle:
+            await asyncio.sleep(tick)
+        if self._stop is not None:
+            self._stop.set()
 
     async def _shutdown(self, servers: list[asyncio.AbstractServer]) -> None:
         for server in servers:

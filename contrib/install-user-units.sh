@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install npud's systemd user units into ~/.config/systemd/user/ and print how to start them.
+# usage: contrib/install-user-units.sh [path/to/npud]   (default: the npud on PATH or in .venv)
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+npud="${1:-$(command -v npud || true)}"
+[ -n "$npud" ] || npud="$repo/.venv/bin/npud"
+if [ ! -x "$npud" ]; then
+    echo "npud not found; run contrib/bootstrap.sh first or pass its path" >&2
+    exit 1
+fi
+npud="$(cd "$(dirname "$npud")" && pwd)/$(basename "$npud")"
+config_home="${XDG_CONFIG_HOME:-$HOME/.config}"
+units="$config_home/systemd/user"
+mkdir -p "$units" "$config_home/npud"
+for unit in npud.socket npud-http.socket npud.service openvino-genai-npu-worker.service; do
+    sed "s|^ExecStart=/usr/bin/env npud|ExecStart=$npud|" "$repo/systemd/$unit" > "$units/$unit"
+done
+if [ ! -e "$config_home/npud/npud.env" ]; then
+    cp "$repo/contrib/npud.env.example" "$config_home/npud/npud.env"
+fi
+cat <<MSG
+Installed into $units (ExecStart=$npud).
+Settings: $config_home/npud/npud.env
+
+Socket-activated (recommended):
+  systemctl --user daemon-reload
+  systemctl --user enable --now npud.socket npud-http.socket
+Or always on:
+  systemctl --user daemon-reload
+  systemctl --user enable --now openvino-genai-npu-worker.service
+
+The NPU device /dev/accel/accel0 is root:render 0660: your user must be in the "render" group
+(sudo usermod -aG render \$USER, then log in again).
+MSG

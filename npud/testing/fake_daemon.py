@@ -1,0 +1,46 @@
+"""``python -m npud.testing.fake_daemon [npud flags]``: the real npud process with the fake engine.
+
+For tests that need a real child process (signals, socket activation, sd_notify, idle exit)
+without loading a model. Knobs, as environment variables:
+  NPUD_FAKE_HANG_FILE=PATH   every generation blocks until PATH exists
+  NPUD_FAKE_LOAD_FILE=PATH   the model load blocks until PATH exists
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from npud.cli import main
+from npud.testing.fake import FakeBehaviour, FakeLoader
+
+
+class FileGate:
+    """An Event-like gate that opens when a file appears (set from another process)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.path.exists():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def set(self) -> None:
+        self.path.touch()
+
+
+def fake_loader(environ: dict[str, str]) -> FakeLoader:
+    hang = environ.get("NPUD_FAKE_HANG_FILE")
+    load = environ.get("NPUD_FAKE_LOAD_FILE")
+    behaviour = FakeBehaviour(gate=FileGate(hang) if hang else None)  # type: ignore[arg-type]
+    return FakeLoader(behaviour, load_gate=FileGate(load) if load else None)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:], loader=fake_loader(dict(os.environ))))
