@@ -2,6 +2,7 @@
 
 from .client import Client, DaemonUnavailable, ProtocolViolation
 from .errors import (
+    DeadlineExceeded,
     DeviceBusy,
     GenerationFailed,
     InternalError,
@@ -14,14 +15,17 @@ from .errors import (
     ParseError,
     PeerNotAllowed,
     QueueFull,
+    RequestCancelled,
     RpcError,
     ShuttingDown,
+    TooManyRequests,
 )
 from .protocol import HealthResult, JobResult, ModelsResult
 
 __all__ = [
     "Client",
     "DaemonUnavailable",
+    "DeadlineExceeded",
     "DeviceBusy",
     "GenerationFailed",
     "HealthResult",
@@ -38,6 +42,8 @@ __all__ = [
     "PeerNotAllowed",
     "ProtocolViolation",
     "QueueFull",
+    "RequestCancelled",
     "RpcError",
     "ShuttingDown",
+    "TooManyRequests",
 ]

@@ -133,6 +133,27 @@ class ShuttingDown(RpcError):
     default_message = "daemon is shutting down"
 
 
+class DeadlineExceeded(RpcError):
+    """The job's deadline (``timeout_ms`` or the job's default) passed."""
+
+    code = -32007
+    default_message = "deadline exceeded"
+
+
+class RequestCancelled(RpcError):
+    """The request was cancelled by a ``cancel`` call on the same connection."""
+
+    code = -32008
+    default_message = "request cancelled"
+
+
+class TooManyRequests(RpcError):
+    """A connection or per-user limit was reached (connections, or requests in flight)."""
+
+    code = -32009
+    default_message = "too many requests"
+
+
 ERRORS_BY_CODE: dict[int, type[RpcError]] = {
     cls.code: cls
     for cls in (
@@ -148,6 +169,9 @@ ERRORS_BY_CODE: dict[int, type[RpcError]] = {
         PeerNotAllowed,
         DeviceBusy,
         ShuttingDown,
+        DeadlineExceeded,
+        RequestCancelled,
+        TooManyRequests,
     )
 }
 

@@ -23,6 +23,8 @@ MAX_INPUT_CHARS: Final = 6000
 MAX_NEW_TOKENS: Final = 256
 #: Default prompt budget in tokens, counted after the chat template (``MAX_PROMPT_LEN``).
 DEFAULT_MAX_PROMPT_TOKENS: Final = 1024
+#: Largest accepted per-job deadline (``timeout_ms``).
+MAX_TIMEOUT_MS: Final = 600_000
 
 JobName = Literal["title", "summary", "notification", "memory_candidate"]
 JOB_NAMES: Final[tuple[str, ...]] = ("title", "summary", "notification", "memory_candidate")
@@ -83,12 +85,26 @@ class GenerateParams(Struct, forbid_unknown_fields=True, omit_defaults=True):
     job: JobName
     input: str
     max_new_tokens: Union[int, UnsetType] = UNSET
+    #: Deadline in milliseconds from receipt; the job's default when absent.
+    timeout_ms: Union[int, UnsetType] = UNSET
 
 
-class InputParams(Struct, forbid_unknown_fields=True):
+class InputParams(Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Params of ``extract_memory_candidates`` and ``condense_notification``."""
 
     input: str
+    timeout_ms: Union[int, UnsetType] = UNSET
+
+
+class CancelParams(Struct, forbid_unknown_fields=True):
+    """Params of ``cancel``: the id of an earlier request on the same connection."""
+
+    id: Union[int, str]
+
+
+class CancelResult(Struct):
+    #: True if a queued or running job was found and stopped; false if it had already finished.
+    cancelled: bool
 
 
 class NoParams(Struct, forbid_unknown_fields=True):
@@ -164,6 +180,7 @@ class JobInfo(Struct):
     name: JobName
     default_max_new_tokens: int
     max_new_tokens: int
+    default_timeout_ms: int = 0
 
 
 class ModelInfo(Struct):
@@ -187,7 +204,7 @@ class LimitData(Struct):
 
     limit: int
     actual: int
-    unit: Literal["characters", "tokens", "bytes", "requests"]
+    unit: Literal["characters", "tokens", "bytes", "requests", "milliseconds", "connections"]
     field: str
 
 
@@ -200,6 +217,12 @@ class QueueFullData(Struct):
 class NotReadyData(Struct, omit_defaults=True):
     status: HealthStatus
     error: Union[str, UnsetType] = UNSET
+
+
+class DeadlineData(Struct):
+    timeout_ms: int
+    #: Where the deadline passed: waiting in the queue, or while generating.
+    stage: Literal["queued", "running"]
 
 
 class NotVerifiedData(Struct):

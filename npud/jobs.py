@@ -39,6 +39,9 @@ class JobSpec:
     default_max_new_tokens: int
     max_new_tokens: int
     postprocess: Callable[[str], JobOutput]
+    #: Deadline when the client gives no ``timeout_ms``: generous for the NPU (a 1.5B model makes
+    #: about 20 tokens/s), and short enough that a hung job is reported, not waited on forever.
+    default_timeout_ms: int
     # Small models loop on short outputs ("Wedding Wedding Wedding"); these stop it. They stay
     # off for list-shaped output, where the repeated "- The user" prefix is legitimate.
     repetition_penalty: float = 1.0
@@ -165,6 +168,7 @@ JOBS: dict[str, JobSpec] = {
             default_max_new_tokens=24,
             max_new_tokens=32,
             postprocess=clean_title,
+            default_timeout_ms=30_000,
             repetition_penalty=1.1,
             no_repeat_ngram_size=3,
         ),
@@ -184,6 +188,7 @@ JOBS: dict[str, JobSpec] = {
             default_max_new_tokens=128,
             max_new_tokens=MAX_NEW_TOKENS,
             postprocess=clean_summary,
+            default_timeout_ms=120_000,
             repetition_penalty=1.1,
         ),
         JobSpec(
@@ -200,6 +205,7 @@ JOBS: dict[str, JobSpec] = {
             default_max_new_tokens=48,
             max_new_tokens=64,
             postprocess=clean_notification,
+            default_timeout_ms=30_000,
             repetition_penalty=1.1,
             no_repeat_ngram_size=3,
         ),
@@ -221,6 +227,7 @@ JOBS: dict[str, JobSpec] = {
             default_max_new_tokens=128,
             max_new_tokens=MAX_NEW_TOKENS,
             postprocess=clean_candidates,
+            default_timeout_ms=120_000,
         ),
     )
 }

@@ -49,11 +49,11 @@ class NpuLock:
             return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
 
     @contextmanager
-    def hold(self, cancel: threading.Event | None = None) -> Iterator[float]:
-        """Hold the lock; yields the seconds spent waiting for it."""
+    def hold(self, cancel: threading.Event | None = None, timeout_s: float | None = None) -> Iterator[float]:
+        """Hold the lock; yields the seconds spent waiting for it (at most ``timeout_s``)."""
         fd = self._open()
         try:
-            waited = self._acquire(fd, cancel)
+            waited = self._acquire(fd, cancel, self.timeout_s if timeout_s is None else timeout_s)
             try:
                 yield waited
             finally:
@@ -61,7 +61,7 @@ class NpuLock:
         finally:
             os.close(fd)
 
-    def _acquire(self, fd: int, cancel: threading.Event | None) -> float:
+    def _acquire(self, fd: int, cancel: threading.Event | None, timeout_s: float) -> float:
         start = time.monotonic()
         interval = self.POLL_MIN_S
         while True:
@@ -72,9 +72,9 @@ class NpuLock:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise
             waited = time.monotonic() - start
-            if waited >= self.timeout_s:
+            if waited >= timeout_s:
                 raise LockTimeout(self.path, waited)
-            pause = min(interval, self.timeout_s - waited)
+            pause = min(interval, timeout_s - waited)
             if cancel is not None:
                 if cancel.wait(pause):
                     raise LockTimeout(self.path, time.monotonic() - start)

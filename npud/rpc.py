@@ -14,19 +14,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from msgspec import UNSET
+from msgspec import UNSET, UnsetType
 
 from npuclient.errors import (
+    DeadlineExceeded,
     InternalError,
     InvalidParams,
     InvalidRequest,
     MethodNotFound,
     ParseError,
+    RequestCancelled,
     RpcError,
 )
 from npuclient.protocol import (
     MAX_INPUT_CHARS,
+    MAX_TIMEOUT_MS,
     BusyCounterInfo,
+    CancelParams,
+    CancelResult,
+    DeadlineData,
     ErrorResponse,
     GenerateParams,
     HealthResult,
@@ -54,7 +60,11 @@ from .worker import Job, Worker
 
 log = logging.getLogger("npud.rpc")
 
-QUIET_METHODS = frozenset({"health", "models"})
+QUIET_METHODS = frozenset({"health", "models", "cancel"})
+
+# A generation that has not stopped this long after its deadline is hung inside the pipeline (the
+# streamer stops a live one at the next token): its client gets DeadlineExceeded anyway.
+HANG_GRACE_S = 5.0
 
 # A batch fans out into that many requests from one line; bound it like the line itself.
 MAX_BATCH = 32
@@ -133,6 +143,14 @@ def check_input(text: str) -> None:
         )
 
 
+def check_timeout_ms(value: int | None) -> None:
+    if value is not None and not 1 <= value <= MAX_TIMEOUT_MS:
+        raise InvalidParams(
+            f"timeout_ms must be between 1 and {MAX_TIMEOUT_MS}",
+            LimitData(limit=MAX_TIMEOUT_MS, actual=value, unit="milliseconds", field="timeout_ms"),
+        )
+
+
 def check_max_new_tokens(spec: JobSpec, value: int | None) -> None:
     if value is None:
         return
@@ -143,15 +161,25 @@ def check_max_new_tokens(spec: JobSpec, value: int | None) -> None:
         )
 
 
+def _opt(value: int | UnsetType) -> int | None:
+    return None if value is UNSET else value  # type: ignore[return-value]
+
+
 # ---------------------------------------------------------------- dispatch
+
+
+PendingJobs = dict[Any, Job]
 
 
 @dataclass
 class CallContext:
-    """Per-request facts for the log line (sizes and outcome, never content)."""
+    """Per-request facts for the log line (sizes and outcome, never content), and the connection's
+    pending jobs by request id (for ``cancel``; None on transports without it)."""
 
     peer: PeerCred | None
     transport: str = "unix"
+    pending: PendingJobs | None = None
+    request_id: Any = None
     method: str = "-"
     job: str = "-"
     input_chars: int = 0
@@ -175,35 +203,40 @@ class Dispatcher:
             "generate": self._generate,
             "extract_memory_candidates": self._extract_memory_candidates,
             "condense_notification": self._condense_notification,
+            "cancel": self._cancel,
         }
 
     @property
     def methods(self) -> tuple[str, ...]:
         return tuple(self._methods)
 
-    async def handle_line(self, line: bytes, peer: PeerCred | None) -> bytes | None:
+    async def handle_line(self, line: bytes, peer: PeerCred | None,
+                          pending: PendingJobs | None = None) -> bytes | None:
         """The reply line for a request line, or None (notifications only)."""
         parsed = parse_line(line)
         if isinstance(parsed, ErrorResponse):
             self._log(CallContext(peer), parsed)
             return encode_line(parsed)
         if not parsed.is_batch:
-            reply = await self._handle_item(parsed.items[0], peer)
+            reply = await self._handle_item(parsed.items[0], peer, pending)
             return encode_line(reply) if reply is not None else None
-        replies = await asyncio.gather(*(self._handle_item(item, peer) for item in parsed.items))
+        replies = await asyncio.gather(*(self._handle_item(item, peer, pending) for item in parsed.items))
         present = [r for r in replies if r is not None]
         return encode_line(present) if present else None
 
-    async def _handle_item(self, item: Request | ErrorResponse, peer: PeerCred | None) -> Reply | None:
+    async def _handle_item(self, item: Request | ErrorResponse, peer: PeerCred | None,
+                           pending: PendingJobs | None) -> Reply | None:
         if isinstance(item, ErrorResponse):
             self._log(CallContext(peer), item)
             return item
-        reply = await self.call(item, peer)
+        reply = await self.call(item, peer, pending=pending)
         return None if item.is_notification else reply
 
-    async def call(self, request: Request, peer: PeerCred | None, transport: str = "unix") -> Reply:
+    async def call(self, request: Request, peer: PeerCred | None, transport: str = "unix",
+                   pending: PendingJobs | None = None) -> Reply:
         """Run one request and log it; the entry point for every transport."""
-        ctx = CallContext(peer, transport=transport)
+        ctx = CallContext(peer, transport=transport, pending=pending,
+                          request_id=None if request.id is UNSET else request.id)
         reply = await self.handle_request(request, ctx)
         self._log(ctx, reply)
         return reply
@@ -257,7 +290,7 @@ class Dispatcher:
             ),
             jobs=[
                 JobInfo(name=spec.name, default_max_new_tokens=spec.default_max_new_tokens,
-                        max_new_tokens=spec.max_new_tokens)
+                        max_new_tokens=spec.max_new_tokens, default_timeout_ms=spec.default_timeout_ms)
                 for spec in JOBS.values()
             ],
         )
@@ -266,29 +299,56 @@ class Dispatcher:
     async def _generate(self, request: Request, ctx: CallContext) -> JobResult:
         params = convert_params(request, GenerateParams)
         max_new = None if params.max_new_tokens is UNSET else params.max_new_tokens
-        return await self.run_job(JOBS[params.job], params.input, max_new, ctx)
+        return await self.run_job(JOBS[params.job], params.input, max_new, _opt(params.timeout_ms), ctx)
 
     async def _extract_memory_candidates(self, request: Request, ctx: CallContext) -> JobResult:
         params = convert_params(request, InputParams)
-        return await self.run_job(JOBS["memory_candidate"], params.input, None, ctx)
+        return await self.run_job(JOBS["memory_candidate"], params.input, None, _opt(params.timeout_ms), ctx)
 
     async def _condense_notification(self, request: Request, ctx: CallContext) -> JobResult:
         params = convert_params(request, InputParams)
-        return await self.run_job(JOBS["notification"], params.input, None, ctx)
+        return await self.run_job(JOBS["notification"], params.input, None, _opt(params.timeout_ms), ctx)
 
-    async def run_job(self, spec: JobSpec, text: str, max_new_tokens: int | None, ctx: CallContext) -> JobResult:
+    async def _cancel(self, request: Request, ctx: CallContext) -> CancelResult:
+        """Cancel an earlier request of the same connection (ids are only unique per connection)."""
+        params = convert_params(request, CancelParams)
+        job = ctx.pending.get(params.id) if ctx.pending is not None else None
+        if job is None or not self._worker.withdraw(job):
+            return CancelResult(cancelled=False)
+        if not job.future.done():
+            job.future.set_exception(RequestCancelled(f"cancelled by request {ctx.request_id!r}"))
+        return CancelResult(cancelled=True)
+
+    async def run_job(self, spec: JobSpec, text: str, max_new_tokens: int | None, timeout_ms: int | None,
+                      ctx: CallContext) -> JobResult:
         ctx.job, ctx.input_chars = spec.name, len(text)
         check_input(text)
         check_max_new_tokens(spec, max_new_tokens)
+        check_timeout_ms(timeout_ms)
+        timeout_ms = timeout_ms or spec.default_timeout_ms
         loop = asyncio.get_running_loop()
-        job = Job(spec=spec, input=text, max_new_tokens=max_new_tokens, loop=loop, future=loop.create_future())
+        job = Job(spec=spec, input=text, max_new_tokens=max_new_tokens, loop=loop, future=loop.create_future(),
+                  received_at=self._worker.now(), timeout_ms=timeout_ms)
         self._worker.submit(job)
+        key = ctx.request_id
+        registered = ctx.pending is not None and key is not None and key not in ctx.pending
+        if registered and ctx.pending is not None:
+            ctx.pending[key] = job
         try:
-            return await job.future
+            return await asyncio.wait_for(asyncio.shield(job.future), timeout_ms / 1000 + HANG_GRACE_S)
+        except asyncio.TimeoutError:
+            # The worker did not stop the job at its deadline: the pipeline is hung. Answer anyway.
+            self._worker.withdraw(job)
+            log.error("job %s did not stop at its deadline: the pipeline looks hung", spec.name)
+            raise DeadlineExceeded(f"deadline of {timeout_ms} ms passed; the generation did not stop",
+                                   DeadlineData(timeout_ms, "running")) from None
         except asyncio.CancelledError:
             # The client went away (or the daemon is stopping): free the slot, stop the generation.
             self._worker.withdraw(job)
             raise
+        finally:
+            if registered and ctx.pending is not None:
+                ctx.pending.pop(key, None)
 
     # ------------------------------------------------------------ logging
 

@@ -24,7 +24,7 @@ from npuclient.protocol import LimitData, encode_line
 from .config import Config
 from .engine import StartupError
 from .peercred import PeerCred, PeerPolicy, peer_credentials
-from .rpc import Dispatcher
+from .rpc import Dispatcher, PendingJobs
 
 log = logging.getLogger("npud")
 
@@ -114,6 +114,7 @@ class RpcConnection(asyncio.Protocol):
         self._tasks: set[asyncio.Task[None]] = set()
         self._peer: PeerCred | None = None
         self._half_closed = False
+        self._pending: PendingJobs = {}  # request id -> job, for `cancel` from this connection
 
     # -- asyncio callbacks
 
@@ -201,7 +202,7 @@ class RpcConnection(asyncio.Protocol):
         task.add_done_callback(self._tasks.discard)
 
     async def _serve_line(self, line: bytes) -> None:
-        reply = await self._daemon.dispatcher.handle_line(line, self._peer)
+        reply = await self._daemon.dispatcher.handle_line(line, self._peer, self._pending)
         if reply is not None:
             self._write(reply)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from msgspec import UNSET
 
 from npuclient.errors import (
+    DeadlineExceeded,
     DeviceBusy,
     GenerationFailed,
     InternalError,
@@ -31,6 +32,7 @@ from npuclient.errors import (
     ShuttingDown,
 )
 from npuclient.protocol import (
+    DeadlineData,
     HealthStatus,
     JobResult,
     JobTiming,
@@ -58,15 +60,23 @@ MIN_SERVICE_ESTIMATE_MS = 100.0
 
 @dataclass
 class Job:
-    """One queued generation. ``future`` lives on the event loop; the worker resolves it there."""
+    """One queued generation. ``future`` lives on the event loop; the worker resolves it there.
+
+    Times are on the worker's clock (:meth:`Worker.now`).
+    """
 
     spec: JobSpec
     input: str
     max_new_tokens: int | None
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[JobResult]
-    received_at: float = field(default_factory=time.monotonic)
+    received_at: float
+    timeout_ms: int
     cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def deadline(self) -> float:
+        return self.received_at + self.timeout_ms / 1000
 
 
 @dataclass(frozen=True)
@@ -160,14 +170,21 @@ class Worker:
             self._queue.append(job)
             self._cond.notify()
 
-    def withdraw(self, job: Job) -> None:
-        """Forget a job whose client went away; a running job stops at its next token."""
+    def now(self) -> float:
+        return self._clock()
+
+    def withdraw(self, job: Job) -> bool:
+        """Forget a job whose client went away; a running job stops at its next token.
+
+        Returns True if the job had not finished yet.
+        """
         job.cancel.set()
         with self._cond:
             try:
                 self._queue.remove(job)
             except ValueError:
                 pass
+        return not job.future.done()
 
     def stop(self) -> None:
         """Refuse new jobs, fail queued ones with ShuttingDown, let the running one finish."""
@@ -291,11 +308,17 @@ class Worker:
             return job
 
     def _process(self, job: Job) -> None:
-        if job.cancel.is_set():  # withdrawn between dequeue and here: nobody waits for it
+        started = self._clock()
+        if job.cancel.is_set() or started >= job.deadline:
+            # Withdrawn, or expired while queued: the NPU is not touched.
             with self._cond:
                 self._running_since = None
+                self._failed += not job.cancel.is_set()
+            if not job.cancel.is_set():
+                _resolve(job, DeadlineExceeded(
+                    f"deadline of {job.timeout_ms} ms passed while queued",
+                    DeadlineData(job.timeout_ms, "queued")))
             return
-        started = self._clock()
         try:
             outcome: JobResult | RpcError = self._execute(job, started)
         except RpcError as exc:
@@ -333,6 +356,10 @@ class Worker:
             )
         max_new_tokens = self._max_new_tokens(spec, job.max_new_tokens, prompt_tokens)
         generation, busy_delta = self._generate_on_device(engine, prompt, spec, max_new_tokens, job)
+        if generation.finish_reason == "cancelled" and not job.cancel.is_set():
+            raise DeadlineExceeded(
+                f"deadline of {job.timeout_ms} ms passed after {generation.generated_tokens} tokens",
+                DeadlineData(job.timeout_ms, "running"))
         output = spec.postprocess(generation.text)
         if output.is_empty and generation.finish_reason != "cancelled":
             raise GenerationFailed("the model produced no usable output")
@@ -378,14 +405,25 @@ class Worker:
         self, engine: Engine, prompt: str, spec: JobSpec, max_new_tokens: int, job: Job
     ) -> tuple[Generation, int | None]:
         settings = DecodeSettings.for_job(spec, max_new_tokens)
+        clock, deadline = self._clock, job.deadline
+
+        # Polled by the streamer at every token: the client left, or the deadline passed.
+        def should_stop() -> bool:
+            return job.cancel.is_set() or clock() >= deadline
+
         if self._npu_lock is None:
-            return engine.generate(prompt, settings, job.cancel.is_set), None
+            return engine.generate(prompt, settings, should_stop), None
+        remaining = deadline - clock()
         try:
-            with self._npu_lock.hold(cancel=self._stopping):
+            with self._npu_lock.hold(cancel=self._stopping, timeout_s=min(self._npu_lock.timeout_s, remaining)):
                 before = self._read_busy()
-                generation = engine.generate(prompt, settings, job.cancel.is_set)
+                generation = engine.generate(prompt, settings, should_stop)
                 after = self._read_busy()
         except LockTimeout as exc:
+            if remaining < self._npu_lock.timeout_s:
+                raise DeadlineExceeded(
+                    f"deadline of {job.timeout_ms} ms passed waiting for the NPU lock",
+                    DeadlineData(job.timeout_ms, "queued")) from None
             raise DeviceBusy(str(exc)) from None
         return generation, self._verify_busy(before, after)
 

@@ -21,7 +21,7 @@ print("ok", len(ERRORS_BY_CODE))
 def test_npuclient_imports_without_openvino() -> None:
     proc = subprocess.run([sys.executable, "-c", BLOCK_OPENVINO], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok 12"
+    assert proc.stdout.strip() == "ok 15"
 
 
 def test_daemon_modules_import_openvino_lazily() -> None:
