@@ -168,6 +168,8 @@ class Client:
     def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            # Blocking: a Unix socket whose backlog is momentarily full makes a non-blocking connect
+            # fail with EAGAIN, while a blocking one waits for the daemon to accept.
             sock.connect(socket_address(self.socket_name))
         except OSError as exc:
             sock.close()

@@ -50,6 +50,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 18820
     token_file: str | None = None
+    max_connections: int = 256
+    max_connections_per_uid: int = 64
+    max_in_flight: int = 16
+    idle_timeout_s: float = 300.0
+    line_timeout_s: float = 10.0
+    write_buffer_bytes: int = 1024 * 1024
     exit_idle_after_s: float | None = None
     stuck_after_s: float = 300.0
     log_level: str = "INFO"
@@ -172,6 +178,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("port", "--port", "PORT", _port, "HTTP shim port (0: any free port)"),
     Option("token_file", "--token-file", "TOKEN_FILE", str,
            "require 'Authorization: Bearer <token>' on HTTP, token read from this 0600 file"),
+    Option("max_connections", "--max-connections", "MAX_CONNECTIONS", _positive_int,
+           "open connections in total (socket and HTTP each); more are refused"),
+    Option("max_connections_per_uid", "--max-connections-per-uid", "MAX_CONNECTIONS_PER_UID", _positive_int,
+           "open socket connections per peer uid"),
+    Option("max_in_flight", "--max-in-flight", "MAX_IN_FLIGHT", _positive_int,
+           "unanswered requests per connection (pipelining bound); more get -32009"),
+    Option("idle_timeout_s", "--idle-timeout", "IDLE_TIMEOUT", _positive_float,
+           "close a connection with nothing pending and no traffic for this many seconds"),
+    Option("line_timeout_s", "--line-timeout", "LINE_TIMEOUT", _positive_float,
+           "close a connection whose partial line is not completed within this many seconds"),
+    Option("write_buffer_bytes", "--write-buffer-limit", "WRITE_BUFFER_LIMIT", _positive_int,
+           "disconnect a client that leaves more than this many reply bytes unread"),
     Option("exit_idle_after_s", "--exit-idle-after", "EXIT_IDLE_AFTER", _positive_float,
            "socket activation only: exit after this many idle seconds (frees NPU memory; systemd restarts on demand)"),
     Option("stuck_after_s", "--stuck-after", "STUCK_AFTER", _positive_float,

@@ -133,7 +133,8 @@ class Daemon:
         self.dispatcher = Dispatcher(config, self.worker, str(busy_counter.path) if busy_counter else None)
         self.connections: set[RpcConnection] = set()
         self.listeners = listeners
-        self.http_shim = (HttpShim(self.dispatcher, config.max_line_bytes, listeners.http_token)
+        self.http_shim = (HttpShim(self.dispatcher, config.max_line_bytes, listeners.http_token,
+                                   config.max_connections)
                           if listeners.http is not None else None)
         self.systemd = systemd or SystemdContext()
         self.exit_code = EXIT_OK
@@ -177,8 +178,8 @@ class Daemon:
         if self.http_shim is not None and self.listeners.http is not None:
             servers.append(await asyncio.start_server(self.http_shim.handle_connection, sock=self.listeners.http))
         # Listening first, loading second: health answers "loading" while the model compiles.
-        self.worker.start()
         self._log_listening()
+        self.worker.start()
         notifier = self.systemd.notifier
         notifier.notify("READY=1", f"STATUS={self._status_line()}")
         self.spawn(self._report_status())

@@ -35,6 +35,7 @@ from npuclient.errors import (
     ParseError,
     QueueFull,
     ShuttingDown,
+    TooManyRequests,
 )
 from npuclient.protocol import (
     ENCODER,
@@ -57,6 +58,9 @@ log = logging.getLogger("npud.http")
 
 # h11 buffers at most this much of a request head; a body is bounded by the daemon's line limit.
 MAX_HEAD_BYTES = 16 * 1024
+# Lingering close after an early error reply: discard at most this much for at most this long.
+LINGER_S = 2.0
+LINGER_MAX_BYTES = 4 * 1024 * 1024
 # An idle keep-alive connection is closed after this long.
 KEEPALIVE_IDLE_S = 30.0
 # Retry-After (seconds) for 503s whose wait cannot be computed from the queue.
@@ -90,6 +94,7 @@ STATUS_BY_CODE = {
     -32700: 400, -32600: 400, -32602: 400, -32601: 404,
     -32000: 503, -32001: 503, -32005: 503, -32006: 503,
     -32002: 500, -32003: 500, -32603: 500, -32004: 403,
+    -32007: 504, -32008: 409, -32009: 503,
 }
 
 
@@ -174,9 +179,11 @@ def plain_error(status: int, message: str, extra_headers: list[tuple[bytes, byte
 
 
 class HttpShim:
-    def __init__(self, dispatcher: Dispatcher, max_body_bytes: int, token: bytes | None) -> None:
+    def __init__(self, dispatcher: Dispatcher, max_body_bytes: int, token: bytes | None,
+                 max_connections: int = 256) -> None:
         self._dispatcher = dispatcher
         self._max_body = max_body_bytes
+        self._max_connections = max_connections
         self._token = token
         self._openapi = ENCODER.encode(openapi_document())
         self._writers: set[asyncio.StreamWriter] = set()
@@ -190,8 +197,18 @@ class HttpShim:
             writer.close()
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        if len(self._writers) >= self._max_connections:
+            reply = error_reply(TooManyRequests(f"too many connections ({self._max_connections})").to_object(), 503)
+            try:
+                await self._one_exchange(conn, reader)
+                await self._send(conn, writer, reply)
+            except (ConnectionError, h11.ProtocolError, asyncio.TimeoutError):
+                pass
+            writer.close()
+            return
+        self._writers.add(writer)
+        unread_body = False
         try:
             while True:
                 reply, keep_going = await self._one_exchange(conn, reader)
@@ -199,11 +216,14 @@ class HttpShim:
                     break
                 await self._send(conn, writer, reply)
                 if not keep_going or conn.our_state is h11.MUST_CLOSE:
+                    unread_body = not keep_going
                     break
                 conn.start_next_cycle()
         except (ConnectionError, h11.LocalProtocolError, asyncio.TimeoutError):
             pass
         finally:
+            if unread_body:
+                await _lingering_close(reader, writer)
             self._writers.discard(writer)
             writer.close()
 
@@ -258,8 +278,8 @@ class HttpShim:
                 return plain_error(415, "send Content-Type: application/json")
             try:
                 params = msgspec.json.decode(body)
-            except (msgspec.DecodeError, RecursionError) as exc:
-                return error_reply(ParseError(f"parse error: {exc}").to_object())
+            except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+                return error_reply(ParseError("parse error: the body is not valid JSON").to_object())
             if not isinstance(params, dict):
                 return error_reply(InvalidParams("the body must be a JSON object").to_object())
         rpc = Request(jsonrpc="2.0", method=route.rpc_method, params=params, id=None)
@@ -282,6 +302,27 @@ class HttpShim:
         writer.write(conn.send(h11.Data(data=reply.body)))
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
+
+
+async def _lingering_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """After an early error (413, 400) the client may still be sending its body. Closing with
+    unread data makes TCP reset the connection, and the client may lose our reply; so half-close,
+    then read and discard for a bounded time before closing."""
+    try:
+        if writer.can_write_eof():
+            writer.write_eof()
+        deadline = asyncio.get_running_loop().time() + LINGER_S
+        discarded = 0
+        while discarded < LINGER_MAX_BYTES:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            chunk = await asyncio.wait_for(reader.read(65536), remaining)
+            if not chunk:
+                break
+            discarded += len(chunk)
+    except (ConnectionError, asyncio.TimeoutError, OSError):
+        pass
 
 
 def _content_length(request: h11.Request) -> int | None:

@@ -105,9 +105,15 @@ def parse_line(line: bytes) -> ParsedLine | ErrorResponse:
     """Decode one line into requests, or the single error reply for the whole line."""
     try:
         value = _JSON_DECODER.decode(line)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        # msgspec's messages name a byte offset, never the content.
-        message = "parse error: JSON nested too deeply" if isinstance(exc, RecursionError) else f"parse error: {exc}"
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        # msgspec's messages name a byte offset, never the content. Invalid UTF-8 inside a string
+        # raises UnicodeDecodeError, not DecodeError (found by the fuzz tests).
+        if isinstance(exc, RecursionError):
+            message = "parse error: JSON nested too deeply"
+        elif isinstance(exc, UnicodeDecodeError):
+            message = f"parse error: invalid UTF-8 at byte {exc.start}"
+        else:
+            message = f"parse error: {exc}"
         return ParseError(message).reply()
     if not isinstance(value, list):
         return ParsedLine([_to_request(value)], is_batch=False)
@@ -223,6 +229,23 @@ class Dispatcher:
         replies = await asyncio.gather(*(self._handle_item(item, peer, pending) for item in parsed.items))
         present = [r for r in replies if r is not None]
         return encode_line(present) if present else None
+
+    def refuse_line(self, line: bytes, error: RpcError, peer: PeerCred | None) -> bytes | None:
+        """Answer every request of a line with ``error`` without running it (a limit was hit)."""
+        parsed = parse_line(line)
+        if isinstance(parsed, ErrorResponse):
+            replies: list[Reply] = [parsed]
+        else:
+            replies = [item if isinstance(item, ErrorResponse) else error.reply(item.id)
+                       for item in parsed.items
+                       if isinstance(item, ErrorResponse) or not item.is_notification]
+        for reply in replies:
+            self._log(CallContext(peer), reply)
+        if not replies:
+            return None
+        if isinstance(parsed, ParsedLine) and parsed.is_batch:
+            return encode_line(replies)
+        return encode_line(replies[0])
 
     async def _handle_item(self, item: Request | ErrorResponse, peer: PeerCred | None,
                            pending: PendingJobs | None) -> Reply | None:

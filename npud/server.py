@@ -17,7 +17,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from npuclient.errors import InvalidRequest, PeerNotAllowed
+from npuclient.errors import InvalidRequest, PeerNotAllowed, RpcError, TooManyRequests
 from npuclient.framing import LineBuffer, LineTooLong
 from npuclient.protocol import LimitData, encode_line
 
@@ -33,6 +33,7 @@ log = logging.getLogger("npud")
 HALF_CLOSE_POLL_S = 0.5
 # How long a rejected peer's connection is drained before it is closed.
 REJECT_LINGER_S = 1.0
+LISTEN_BACKLOG = 1024
 
 
 # ---------------------------------------------------------------- sockets
@@ -77,7 +78,8 @@ def bind_unix_socket(name: str) -> socket.socket:
                 sock.bind(address)
             finally:
                 os.umask(old_umask)
-        sock.listen(128)
+        # Bursts of clients (or a flood of idle ones) must queue, not fail with EAGAIN.
+        sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
@@ -115,6 +117,13 @@ class RpcConnection(asyncio.Protocol):
         self._peer: PeerCred | None = None
         self._half_closed = False
         self._pending: PendingJobs = {}  # request id -> job, for `cancel` from this connection
+        self._last_activity = 0.0
+        self._partial_since: float | None = None  # when the current incomplete line began
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def peer(self) -> PeerCred | None:
+        return self._peer
 
     # -- asyncio callbacks
 
@@ -126,15 +135,27 @@ class RpcConnection(asyncio.Protocol):
         except OSError:
             peer = None
         if peer is None or not self._daemon.policy.allows(peer):
-            self._reject(peer)
+            self._reject(peer, PeerNotAllowed(
+                "peer not allowed: ask the daemon's owner to add your uid with --allow-uid",
+                {"uid": peer.uid} if peer else {}))
+            return
+        over = self._connection_limit(peer)
+        if over is not None:
+            self._reject(peer, over)
             return
         self._peer = peer
         self._daemon.connections.add(self)
+        # A client that stops reading must not make us buffer its replies without bound.
+        self._transport.set_write_buffer_limits(high=self._daemon.config.write_buffer_bytes)
+        self._last_activity = self._daemon.loop.time()
+        self._arm_timer()
         log.debug("connection pid=%d uid=%d", peer.pid, peer.uid)
 
     def data_received(self, data: bytes) -> None:
         if self._peer is None:
             return
+        now = self._daemon.loop.time()
+        self._last_activity = now
         try:
             lines = self._buffer.feed(data)
         except LineTooLong as exc:
@@ -142,8 +163,20 @@ class RpcConnection(asyncio.Protocol):
                 self._spawn(line)
             self._refuse_oversize(exc.limit)
             return
+        if not self._buffer.pending_bytes:
+            self._partial_since = None
+        elif lines or self._partial_since is None:
+            self._partial_since = now
         for line in lines:
             self._spawn(line)
+
+    def pause_writing(self) -> None:
+        """The reply buffer passed --write-buffer-limit: the client is not reading. Drop it."""
+        log.warning("disconnecting pid=%s: %d reply bytes unread",
+                    self._peer.pid if self._peer else "-", self._daemon.config.write_buffer_bytes)
+        self._cancel_all()
+        if self._transport is not None:
+            self._transport.abort()
 
     def eof_received(self) -> bool:
         if self._peer is None:
@@ -163,17 +196,51 @@ class RpcConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_all()
+        if self._timer is not None:
+            self._timer.cancel()
         self._daemon.connections.discard(self)
+
+    # -- limits
+
+    def _connection_limit(self, peer: PeerCred) -> TooManyRequests | None:
+        config = self._daemon.config
+        total = len(self._daemon.connections)
+        if total >= config.max_connections:
+            return TooManyRequests(
+                f"too many connections ({config.max_connections})",
+                LimitData(limit=config.max_connections, actual=total + 1, unit="connections", field="connections"))
+        same_uid = sum(1 for conn in self._daemon.connections if conn.peer and conn.peer.uid == peer.uid)
+        if same_uid >= config.max_connections_per_uid:
+            return TooManyRequests(
+                f"too many connections for uid {peer.uid} ({config.max_connections_per_uid})",
+                LimitData(limit=config.max_connections_per_uid, actual=same_uid + 1, unit="connections",
+                          field="connections_per_uid"))
+        return None
+
+    def _arm_timer(self) -> None:
+        config = self._daemon.config
+        self._timer = self._daemon.loop.call_later(min(config.idle_timeout_s, config.line_timeout_s), self._on_timer)
+
+    def _on_timer(self) -> None:
+        """Close slow (slowloris) and idle connections; otherwise check again later."""
+        config, now = self._daemon.config, self._daemon.loop.time()
+        if self._partial_since is not None and now - self._partial_since >= config.line_timeout_s:
+            log.warning("closing connection pid=%s: a line took longer than %.0fs to arrive",
+                        self._peer.pid if self._peer else "-", config.line_timeout_s)
+            self._cancel_all()
+            self.close()
+            return
+        if not self._tasks and now - self._last_activity >= config.idle_timeout_s:
+            log.debug("closing idle connection pid=%s", self._peer.pid if self._peer else "-")
+            self.close()
+            return
+        self._arm_timer()
 
     # -- helpers
 
-    def _reject(self, peer: PeerCred | None) -> None:
+    def _reject(self, peer: PeerCred | None, error: RpcError) -> None:
         who = f"pid={peer.pid} uid={peer.uid} gid={peer.gid}" if peer else "unknown peer"
-        log.warning("rejected connection from %s: not allowed", who)
-        error = PeerNotAllowed(
-            "peer not allowed: ask the daemon's owner to add your uid with --allow-uid",
-            {"uid": peer.uid} if peer else {},
-        )
+        log.warning("rejected connection from %s: %s", who, error.message)
         self._write(encode_line(error.reply()))
         if self._transport is not None:
             # Half-close and drain rather than close: closing a Unix socket with unread data
@@ -197,6 +264,15 @@ class RpcConnection(asyncio.Protocol):
     def _spawn(self, line: bytes) -> None:
         if not line.strip():
             return  # blank lines (a stray Enter in socat) are not messages
+        limit = self._daemon.config.max_in_flight
+        if len(self._tasks) >= limit:
+            error = TooManyRequests(
+                f"too many requests in flight on this connection ({limit}); wait for replies",
+                LimitData(limit=limit, actual=len(self._tasks) + 1, unit="requests", field="in_flight"))
+            refusal = self._daemon.dispatcher.refuse_line(line, error, self._peer)
+            if refusal is not None:
+                self._write(refusal)
+            return
         task = self._daemon.loop.create_task(self._serve_line(line))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

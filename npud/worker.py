@@ -136,6 +136,7 @@ class Worker:
         self._served = 0
         self._failed = 0
         self.crashed = False
+        self._current: Job | None = None  # the job being processed (answered if the worker dies)
         #: Called (from the worker thread) if the worker dies of a bug; the daemon then exits non-zero.
         self.on_crash: Callable[[], None] | None = None
 
@@ -263,6 +264,8 @@ class Worker:
                 self.crashed = True
                 self._stopping.set()
                 drained = list(self._queue)
+                if self._current is not None:
+                    drained.append(self._current)
                 self._queue.clear()
                 self._running_since = None
             self._load_finished.set()
@@ -305,6 +308,7 @@ class Worker:
                 self._cond.wait()
             job = self._queue.popleft()
             self._running_since = self._clock()
+            self._current = job
             return job
 
     def _process(self, job: Job) -> None:
@@ -336,6 +340,7 @@ class Worker:
                 else:
                     self._service_ms += SERVICE_TIME_SMOOTHING * (elapsed_ms - self._service_ms)
         with self._cond:
+            self._current = None
             if isinstance(outcome, RpcError):
                 self._failed += 1
             else:

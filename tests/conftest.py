@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import sys
 import threading
 import uuid
@@ -102,8 +103,9 @@ class RawConnection:
     @classmethod
     def open(cls, name: str, timeout: float = 30) -> RawConnection:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
+        # Blocking connect: a Unix socket with a full backlog makes a non-blocking one fail (EAGAIN).
         sock.connect(socket_address(name))
+        sock.settimeout(timeout)
         return cls(sock)
 
     def __enter__(self) -> RawConnection:
@@ -183,3 +185,13 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def npud_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "npud", *args]
+
+
+def wait_until_ready(proc: subprocess.Popen[str]) -> None:
+    """Read a child npud's log until the model is ready (the daemon says so; no polling)."""
+    if proc.stderr is None:
+        raise RuntimeError("start the daemon with stderr=subprocess.PIPE")
+    for line in proc.stderr:
+        if "ready on CPU" in line:
+            return
+    raise RuntimeError(f"npud exited with status {proc.wait()} before it was ready")

@@ -31,6 +31,7 @@ def _error(line: bytes) -> ErrorResponse:
         (b'{"jsonrpc":"2.0","id":1,"method":"health"', -32700, None),  # truncated
         (b"[" * 20000 + b"]" * 20000, -32700, None),  # nested too deeply
         (b'"\\ud800"', -32700, None),  # lone surrogate
+        (b'"\x80"', -32700, None),  # invalid UTF-8 inside a string
         (b"[]", -32600, None),  # empty batch
         (b"42", -32600, None),
         (b'{"jsonrpc":"1.0","id":1,"method":"health"}', -32600, 1),

@@ -33,9 +33,15 @@ class FakeBehaviour:
     gate: threading.Event | None = None  # if set, generate() blocks until it is set (or stopped)
     busy_file: Path | None = None  # a synthetic npu_busy_time_us to advance
     busy_step_us: int = 1500  # how far a generation advances it (0: a silent CPU fallback)
+    ignore_stop: bool = False  # a hung pipeline: the gate wait ignores should_stop
+    crash_with: BaseException | None = None  # raised past the worker's error handling (a worker bug)
     started: threading.Event = field(default_factory=threading.Event)
     calls: list[str] = field(default_factory=list)  # prompts seen (kept in memory, never logged)
     threads: set[str] = field(default_factory=set)  # names of threads that called into the engine
+
+
+class WorkerBug(BaseException):
+    """Not an Exception: escapes the worker's per-job error handling, like a bug in the worker would."""
 
 
 class FakeEngine:
@@ -53,9 +59,11 @@ class FakeEngine:
         b.threads.add(threading.current_thread().name)
         b.calls.append(prompt)
         b.started.set()
+        if b.crash_with is not None:
+            raise b.crash_with
         if b.gate is not None:
             while not b.gate.wait(0.01):
-                if should_stop():
+                if should_stop() and not b.ignore_stop:
                     return Generation("", "cancelled", len(prompt.split()), 0)
         if b.fail_with is not None:
             raise b.fail_with

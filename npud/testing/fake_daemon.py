@@ -4,6 +4,7 @@ For tests that need a real child process (signals, socket activation, sd_notify,
 without loading a model. Knobs, as environment variables:
   NPUD_FAKE_HANG_FILE=PATH   every generation blocks until PATH exists
   NPUD_FAKE_LOAD_FILE=PATH   the model load blocks until PATH exists
+  NPUD_FAKE_CRASH=1          the first generation kills the worker thread (a worker bug)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 from npud.cli import main
-from npud.testing.fake import FakeBehaviour, FakeLoader
+from npud.testing.fake import FakeBehaviour, FakeLoader, WorkerBug
 
 
 class FileGate:
@@ -39,6 +40,8 @@ def fake_loader(environ: dict[str, str]) -> FakeLoader:
     hang = environ.get("NPUD_FAKE_HANG_FILE")
     load = environ.get("NPUD_FAKE_LOAD_FILE")
     behaviour = FakeBehaviour(gate=FileGate(hang) if hang else None)  # type: ignore[arg-type]
+    if environ.get("NPUD_FAKE_CRASH"):
+        behaviour.crash_with = WorkerBug("injected worker crash")
     return FakeLoader(behaviour, load_gate=FileGate(load) if load else None)  # type: ignore[arg-type]
 
 

@@ -1,0 +1,361 @@
+"""Deadlines, cancellation, connection limits and injected faults, through a real socket.
+After each: the exact error, and the daemon still serving."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from npud import rpc
+from npud.testing.fake import FakeBehaviour, FakeLoader
+
+from .conftest import RawConnection, RunningDaemon, unique_socket
+from .test_systemd import FAKE_DAEMON, daemon_env
+
+
+def title(text: str = "x", **extra: Any) -> dict[str, Any]:
+    return {"job": "title", "input": text, **extra}
+
+
+def request(i: Any, method: str = "generate", params: Any = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"jsonrpc": "2.0", "id": i, "method": method}
+    body["params"] = params if params is not None else title()
+    if method in ("health", "models"):
+        body.pop("params")
+    return body
+
+
+def assert_serving(daemon: RunningDaemon) -> None:
+    assert daemon.call("health", request_id="after")["result"]["status"] == "ready"
+    assert daemon.call("generate", title("after"))["result"]["job"] == "title"
+
+
+# ---------------------------------------------------------------- deadlines
+
+
+def test_deadline_while_running_and_while_queued(daemon_factory: Any) -> None:
+    behaviour = FakeBehaviour(gate=threading.Event())  # never opened: only deadlines end these jobs
+    daemon = daemon_factory(FakeLoader(behaviour))
+    with daemon.connect() as conn:
+        conn.send_json(request(1, params=title(timeout_ms=300)))
+        assert behaviour.started.wait(10)
+        conn.send_json(request(2, params=title("queued", timeout_ms=50)))
+        replies = {r["id"]: r for r in (conn.read_json(), conn.read_json())}
+    running, queued = replies[1]["error"], replies[2]["error"]
+    assert running["code"] == -32007 and running["data"] == {"timeout_ms": 300, "stage": "running"}
+    assert queued["code"] == -32007 and queued["data"] == {"timeout_ms": 50, "stage": "queued"}
+    assert len(behaviour.calls) == 1  # the queued job never reached the engine
+    behaviour.gate = None
+    assert_serving(daemon)
+
+
+def test_timeout_ms_is_validated_and_works_over_http(daemon_factory: Any) -> None:
+    behaviour = FakeBehaviour(gate=threading.Event())
+    daemon = daemon_factory(FakeLoader(behaviour), http=True)
+    error = daemon.call("generate", title(timeout_ms=0))["error"]
+    assert error["code"] == -32602 and error["data"]["field"] == "timeout_ms"
+    assert daemon.call("condense_notification", {"input": "x", "timeout_ms": 600_001})["error"]["code"] == -32602
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.http_port, timeout=30)
+    conn.request("POST", "/v1/worker/condense-notification", body=json.dumps({"input": "x", "timeout_ms": 100}),
+                 headers={"Content-Type": "application/json"})
+    reply = conn.getresponse()
+    assert reply.status == 504 and json.loads(reply.read())["error"]["code"] == -32007
+    conn.close()
+    behaviour.gate = None
+    assert_serving(daemon)
+
+
+def test_hung_pipeline_still_answers_the_client(daemon_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rpc, "HANG_GRACE_S", 0.2)
+    gate = threading.Event()
+    behaviour = FakeBehaviour(gate=gate, ignore_stop=True)  # the pipeline ignores the streamer
+    daemon = daemon_factory(FakeLoader(behaviour))
+    error = daemon.call("generate", title(timeout_ms=100))["error"]
+    assert error["code"] == -32007 and "did not stop" in error["message"]
+    assert daemon.call("health")["result"]["queue"]["running"] is True  # honest: the worker is stuck
+    gate.set()
+    behaviour.gate = None
+    assert_serving(daemon)
+
+
+# ---------------------------------------------------------------- cancel
+
+
+def test_cancel_by_request_id(daemon_factory: Any) -> None:
+    behaviour = FakeBehaviour(gate=threading.Event())
+    daemon = daemon_factory(FakeLoader(behaviour))
+    with daemon.connect() as conn, daemon.connect() as other:
+        conn.send_json(request("job-1"))
+        assert behaviour.started.wait(10)
+        conn.send_json(request("job-2"))
+        # Ids are per connection: another connection cannot cancel this one's jobs.
+        assert other.call("cancel", {"id": "job-1"})["result"] == {"cancelled": False}
+        conn.send_json(request("c1", "cancel", {"id": "job-2"}))  # the queued one
+        conn.send_json(request("c2", "cancel", {"id": "job-1"}))  # the running one
+        replies = {r["id"]: r for r in (conn.read_json() for _ in range(4))}
+        assert replies["c1"]["result"] == {"cancelled": True} and replies["c2"]["result"] == {"cancelled": True}
+        assert replies["job-1"]["error"]["code"] == -32008 and replies["job-2"]["error"]["code"] == -32008
+        assert conn.call("cancel", {"id": "job-1"})["result"] == {"cancelled": False}  # already over
+        assert conn.call("cancel", {"id": 99})["result"] == {"cancelled": False}
+        assert conn.call("cancel", {})["error"]["code"] == -32602
+    assert len(behaviour.calls) == 1  # job-2 never ran
+    behaviour.gate = None
+    assert_serving(daemon)
+
+
+# ---------------------------------------------------------------- connection limits
+
+
+def test_connection_limits(daemon_factory: Any) -> None:
+    daemon = daemon_factory(max_connections=3, max_connections_per_uid=3)
+    held = [daemon.connect() for _ in range(3)]
+    try:
+        for conn in held:
+            assert conn.call("health")["result"]["status"] == "ready"
+        with daemon.connect() as refused:
+            error = refused.read_json()["error"]
+            assert error["code"] == -32009 and error["data"]["field"] == "connections"
+            assert refused.at_eof()
+    finally:
+        for conn in held:
+            conn.sock.close()
+    per_uid = daemon_factory(max_connections=10, max_connections_per_uid=2)
+    held = [per_uid.connect() for _ in range(2)]
+    try:
+        for conn in held:
+            conn.call("health")
+        with per_uid.connect() as refused:
+            error = refused.read_json()["error"]
+            assert error["data"]["field"] == "connections_per_uid" and error["data"]["limit"] == 2
+    finally:
+        for conn in held:
+            conn.sock.close()
+    assert per_uid.call("health")["result"]["status"] == "ready"  # slots free again
+
+
+def test_in_flight_limit(daemon_factory: Any) -> None:
+    gate = threading.Event()
+    behaviour = FakeBehaviour(gate=gate)
+    daemon = daemon_factory(FakeLoader(behaviour), max_in_flight=2)
+    with daemon.connect() as conn:
+        conn.send_json(request(1))
+        assert behaviour.started.wait(10)
+        conn.send_json(request(2))
+        conn.send_json(request(3))
+        error = conn.read_json()
+        assert error["id"] == 3 and error["error"]["code"] == -32009 and error["error"]["data"]["field"] == "in_flight"
+        conn.send(b'[{"jsonrpc":"2.0","id":4,"method":"health"},{"jsonrpc":"2.0","method":"health"}]\n')
+        assert [r["id"] for r in conn.read_json()] == [4]  # a refused batch answers each request once
+        gate.set()
+        assert {conn.read_json()["id"], conn.read_json()["id"]} == {1, 2}
+    assert_serving(daemon)
+
+
+def test_slowloris_partial_line_is_closed(daemon_factory: Any) -> None:
+    daemon = daemon_factory(line_timeout_s=0.2)
+    with daemon.connect() as slow:
+        slow.send(b'{"jsonrpc":"2.0","id":1,"meth')
+        assert slow.at_eof()  # closed by the daemon, no reply to half a message
+    assert_serving(daemon)
+
+
+def test_idle_connection_is_closed_but_a_busy_one_is_not(daemon_factory: Any) -> None:
+    gate = threading.Event()
+    behaviour = FakeBehaviour(gate=gate)
+    daemon = daemon_factory(FakeLoader(behaviour), idle_timeout_s=0.2)
+    with daemon.connect() as busy, daemon.connect() as idle:
+        busy.send_json(request(1, params=title(timeout_ms=2000)))
+        assert idle.at_eof()  # the idle one goes after 0.2 s...
+        gate.set()
+        assert busy.read_json()["result"]["job"] == "title"  # ...the one waiting for a job stays
+    behaviour.gate = None
+    assert_serving(daemon)
+
+
+def test_client_that_does_not_read_is_disconnected(daemon_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    daemon = daemon_factory(write_buffer_bytes=4096, max_in_flight=10_000)
+    batch = b"[" + b",".join([b'{"jsonrpc":"2.0","id":1,"method":"models"}'] * 32) + b"]\n"
+    with daemon.connect() as greedy:
+        greedy.sock.settimeout(30)
+        try:
+            for _ in range(200):  # ~3 MB of replies requested, none read
+                greedy.send(batch)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # dropped while still sending: that is the point
+    assert any("reply bytes unread" in r.getMessage() for r in caplog.records)
+    assert_serving(daemon)
+
+
+def test_hundreds_of_idle_connections(daemon_factory: Any) -> None:
+    daemon = daemon_factory(max_connections=1000, max_connections_per_uid=1000)
+    conns = [RawConnection.open(daemon.socket) for _ in range(300)]
+    try:
+        assert_serving(daemon)
+        assert conns[-1].call("health")["result"]["status"] == "ready"
+    finally:
+        for conn in conns:
+            conn.sock.close()
+
+
+def test_http_connection_limit(daemon_factory: Any) -> None:
+    daemon = daemon_factory(http=True, max_connections=2)
+    held = [socket.create_connection(("127.0.0.1", daemon.http_port)) for _ in range(2)]
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.http_port, timeout=30)
+        conn.request("GET", "/healthz")
+        reply = conn.getresponse()
+        assert reply.status == 503 and json.loads(reply.read())["error"]["code"] == -32009
+        conn.close()
+    finally:
+        for sock in held:
+            sock.close()
+
+
+# ---------------------------------------------------------------- faults in a real process
+
+
+def test_worker_crash_exits_70_and_answers_the_client(tmp_path: Path) -> None:
+    name = unique_socket()
+    proc = subprocess.Popen([*FAKE_DAEMON, "--socket", name, "--no-http"], env=daemon_env(tmp_path, NPUD_FAKE_CRASH="1"),
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "ready on CPU" in line:
+                break
+        with RawConnection.open(name) as conn:
+            error = conn.call("generate", title())["error"]
+        assert error["code"] == -32603 and "worker crashed" in error["message"]
+        assert proc.wait(30) == 70
+        assert "worker thread crashed" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigterm_under_load_answers_every_request(tmp_path: Path) -> None:
+    name = unique_socket()
+    proc = subprocess.Popen([*FAKE_DAEMON, "--socket", name, "--no-http", "--queue-depth", "64"],
+                            env=daemon_env(tmp_path, OV_GENAI_NPU_LOG_LEVEL="INFO"), stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "ready on CPU" in line:
+                break
+        outcomes: list[str] = []
+        lock = threading.Lock()
+        started = threading.Barrier(21)
+
+        def client(i: int) -> None:
+            with RawConnection.open(name) as conn:
+                started.wait()
+                for n in range(20):
+                    try:
+                        reply = conn.call("generate", title(f"{i}-{n}"), request_id=n)
+                    except (ConnectionError, OSError):
+                        with lock:
+                            outcomes.append("closed")
+                        return
+                    kind = "ok" if "result" in reply else str(reply["error"]["code"])
+                    with lock:
+                        outcomes.append(kind)
+                    if kind != "ok":
+                        return
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(20)]
+        for thread in threads:
+            thread.start()
+        started.wait()
+        proc.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(30)
+        assert proc.wait(30) == 0
+        assert set(outcomes) <= {"ok", "-32006", "closed"}
+        assert "-32603" not in outcomes
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# ---------------------------------------------------------------- privacy
+
+
+def test_nothing_is_logged_from_either_transport(tmp_path: Path) -> None:
+    """DEBUG logs of a real npud process, valid and invalid requests on both transports."""
+    marker = "SECRET-7Qx9-MARKER"
+    name = unique_socket()
+    proc = subprocess.Popen([*FAKE_DAEMON, "--socket", name, "--port", "0", "--max-prompt-len", "200"],
+                            env=daemon_env(tmp_path), stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        port = None
+        for line in proc.stderr:
+            if "http 127.0.0.1:" in line:
+                port = int(line.split("http 127.0.0.1:")[1].split()[0])
+            if "ready on CPU" in line:
+                break
+        assert port is not None
+        with RawConnection.open(name) as conn:
+            conn.call("generate", title(marker))
+            conn.call("generate", title(marker * 200))
+            conn.call("generate", {"job": marker, "input": marker})
+            conn.call(marker, {"input": marker})
+            conn.call("cancel", {"id": marker})
+            conn.send(f'{{"id":"{marker}",'.encode() + b"\n")
+            conn.read_json()
+            conn.send(f'[{{"jsonrpc":"2.0","id":"{marker}","method":"{marker}"}}]'.encode() + b"\n")
+            conn.read_json()
+        for path, body in (("/v1/worker/generate", {"job": "title", "input": marker}),
+                           ("/v1/worker/generate", {"job": marker, "input": marker}),
+                           (f"/{marker}", {"input": marker}),
+                           ("/v1/worker/condense-notification", marker)):
+            http_conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            http_conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json",
+                                                                           "X-Marker": marker})
+            http_conn.getresponse().read()
+            http_conn.close()
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert proc.wait(30) == 0
+        assert "via=http" in rest and "via=unix" in rest  # requests were logged...
+        assert marker not in rest  # ...without any of their content
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_peer_check_happens_before_any_byte_is_read(daemon_factory: Any) -> None:
+    """A rejected peer's bytes never reach the parser: the rejection comes unprompted."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to connect as another uid")
+    daemon = daemon_factory()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            with RawConnection.open(daemon.socket) as conn:  # sends nothing at all
+                os.write(write_end, conn.read_line())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        line = reader.read()
+    os.waitpid(pid, 0)
+    assert json.loads(line)["error"]["code"] == -32004
