@@ -361,10 +361,6 @@ class Worker:
             )
         max_new_tokens = self._max_new_tokens(spec, job.max_new_tokens, prompt_tokens)
         generation, busy_delta = self._generate_on_device(engine, prompt, spec, max_new_tokens, job)
-        if generation.finish_reason == "cancelled" and not job.cancel.is_set():
-            raise DeadlineExceeded(
-                f"deadline of {job.timeout_ms} ms passed after {generation.generated_tokens} tokens",
-                DeadlineData(job.timeout_ms, "running"))
         output = spec.postprocess(generation.text)
         if output.is_empty and generation.finish_reason != "cancelled":
             raise GenerationFailed("the model produced no usable output")
@@ -417,7 +413,9 @@ class Worker:
             return job.cancel.is_set() or clock() >= deadline
 
         if self._npu_lock is None:
-            return engine.generate(prompt, settings, should_stop), None
+            generation = engine.generate(prompt, settings, should_stop)
+            self._check_deadline(job, generation)
+            return generation, None
         remaining = deadline - clock()
         try:
             with self._npu_lock.hold(cancel=self._stopping, timeout_s=min(self._npu_lock.timeout_s, remaining)):
@@ -430,7 +428,16 @@ class Worker:
                     f"deadline of {job.timeout_ms} ms passed waiting for the NPU lock",
                     DeadlineData(job.timeout_ms, "queued")) from None
             raise DeviceBusy(str(exc)) from None
+        # A job stopped by its deadline failed whatever the counter says.
+        self._check_deadline(job, generation)
         return generation, self._verify_busy(before, after)
+
+    @staticmethod
+    def _check_deadline(job: Job, generation: Generation) -> None:
+        if generation.finish_reason == "cancelled" and not job.cancel.is_set():
+            raise DeadlineExceeded(
+                f"deadline of {job.timeout_ms} ms passed after {generation.generated_tokens} tokens",
+                DeadlineData(job.timeout_ms, "running"))
 
     def _read_busy(self) -> int | None:
         if self._busy is None:

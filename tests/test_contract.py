@@ -75,6 +75,10 @@ def scenario_daemon(name: str, factory: Any, tmp_path: Path) -> Iterator[Running
         behaviour.busy_step_us = 0
     elif name == "failing":
         behaviour.fail_with = RuntimeError("Infer Request is busy")
+    elif name == "deadline":
+        behaviour.gate = gate  # never opened before the deadline: the streamer stops the job
+    elif name == "one_connection":
+        options["max_connections"] = 1
     elif name == "queue_full":
         options["queue_depth"] = 1
         behaviour.gate = gate
@@ -132,7 +136,8 @@ ALL = examples()
 
 def test_contract_has_examples_for_every_error_code() -> None:
     text = "\n".join(line for _, _, expected in ALL for line in expected)
-    for code in (-32700, -32600, -32601, -32602, -32000, -32001, -32002, -32003, -32004, -32005, -32006):
+    for code in (-32700, -32600, -32601, -32602, -32000, -32001, -32002, -32003, -32004, -32005, -32006,
+                 -32007, -32009):
         assert f'"code":{code}' in text, code
     assert len(ALL) >= 15
 
@@ -145,6 +150,11 @@ def test_contract_example(scenario: str, sent: list[str], expected: list[str], d
             if os.getuid() != 0:
                 pytest.skip("needs root to connect as another uid")
             replies = [read_as_nobody(daemon.socket)]
+        elif scenario == "one_connection":
+            with daemon.connect() as first:
+                assert first.call("health")["result"]["status"] == "ready"
+                with daemon.connect() as second:
+                    replies = [second.read_line()]
         else:
             with daemon.connect() as conn:
                 replies = []
