@@ -161,6 +161,25 @@ class Limits(Struct):
     max_new_tokens: int
 
 
+class HistogramStats(Struct):
+    count: int
+    sum: float
+
+
+class Stats(Struct):
+    """Counters since start (the same numbers as ``GET /metrics``)."""
+
+    #: "method:outcome" -> count; outcome is "ok" or the error's class name.
+    requests: dict[str, int]
+    #: Connections refused before any request, by reason.
+    rejections: dict[str, int]
+    tokens_in: dict[str, int]
+    tokens_out: dict[str, int]
+    npu_busy_us: dict[str, int]
+    #: "stage:job" -> count and sum of milliseconds; stage is queue, generate or total.
+    latency_ms: dict[str, HistogramStats]
+
+
 class HealthResult(Struct, omit_defaults=True, kw_only=True):
     status: HealthStatus
     model: str
@@ -174,6 +193,7 @@ class HealthResult(Struct, omit_defaults=True, kw_only=True):
     #: ``None`` until the model has loaded.
     load_time_ms: Union[float, None]
     error: Union[str, UnsetType] = UNSET
+    stats: Union[Stats, UnsetType] = UNSET
 
 
 class JobInfo(Struct):

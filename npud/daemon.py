@@ -25,6 +25,7 @@ from .busy import BusyCounter, BusyCounterError, discover_busy_file
 from .config import Config
 from .engine import EngineLoader, StartupError
 from .http import HttpShim, bind_http_socket, read_token_file
+from .metrics import Metrics
 from .npulock import NpuLock
 from .peercred import PeerPolicy
 from .rpc import Dispatcher
@@ -130,7 +131,9 @@ class Daemon:
         npu_lock = NpuLock(config.lock_file, config.lock_timeout_s) if config.is_npu else None
         self.worker = Worker(config, loader, busy_counter, npu_lock)
         self.worker.on_crash = self._on_worker_crash
-        self.dispatcher = Dispatcher(config, self.worker, str(busy_counter.path) if busy_counter else None)
+        self.metrics = Metrics()
+        self.dispatcher = Dispatcher(config, self.worker, str(busy_counter.path) if busy_counter else None,
+                                     self.metrics)
         self.connections: set[RpcConnection] = set()
         self.listeners = listeners
         self.http_shim = (HttpShim(self.dispatcher, config.max_line_bytes, listeners.http_token,

@@ -72,7 +72,7 @@ RETRY_SHUTTING_DOWN_S = 5
 @dataclass(frozen=True)
 class Route:
     method: str
-    rpc_method: str | None  # None: served by the shim itself (openapi.json)
+    rpc_method: str | None  # None: served by the shim itself (openapi.json, metrics)
     params_type: type[Any] | None
     result_type: type[Any] | None
     summary: str
@@ -87,6 +87,7 @@ ROUTES: dict[str, Route] = {
     "/v1/worker/condense-notification": Route(
         "POST", "condense_notification", InputParams, JobResult, "A notification in one sentence"),
     "/openapi.json": Route("GET", None, None, None, "This document"),
+    "/metrics": Route("GET", None, None, None, "Prometheus text exposition"),
 }
 
 # JSON-RPC error code -> HTTP status.
@@ -270,6 +271,9 @@ class HttpShim:
             return plain_error(405, f"use {route.method}", [(b"allow", route.method.encode())])
         if self._token is not None and not self._authorized(request):
             return plain_error(401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")])
+        if path == "/metrics":
+            return HttpReply(200, self._metrics_text().encode(),
+                             [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])
         if route.rpc_method is None:
             return HttpReply(200, self._openapi, [(b"content-type", b"application/json")])
         params: Any = msgspec.UNSET
@@ -287,6 +291,11 @@ class HttpShim:
         if isinstance(reply, ErrorResponse):
             return error_reply(reply.error)
         return HttpReply(200, ENCODER.encode(reply.result), [(b"content-type", b"application/json")])
+
+    def _metrics_text(self) -> str:
+        snap = self._dispatcher.worker.snapshot()
+        return self._dispatcher.metrics.exposition(snap.queue_depth, self._dispatcher.worker.capacity, snap.running,
+                                                   snap.load_time_ms, snap.status)
 
     def _authorized(self, request: h11.Request) -> bool:
         for name, value in request.headers:

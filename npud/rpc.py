@@ -55,6 +55,7 @@ from . import __version__
 from .config import Config
 from .engine import model_id_for
 from .jobs import JOBS, JobSpec
+from .metrics import Metrics
 from .peercred import PeerCred
 from .worker import Job, Worker
 
@@ -198,9 +199,11 @@ Handler = Callable[[Request, CallContext], Awaitable[Any]]
 class Dispatcher:
     """Maps methods to handlers; one instance serves every transport."""
 
-    def __init__(self, config: Config, worker: Worker, busy_file: str | None) -> None:
+    def __init__(self, config: Config, worker: Worker, busy_file: str | None, metrics: Metrics | None = None) -> None:
         self._config = config
         self._worker = worker
+        self.worker = worker
+        self.metrics = metrics or Metrics()
         self._busy_file = busy_file
         self._started_at = time.monotonic()
         self._methods: dict[str, Handler] = {
@@ -296,6 +299,7 @@ class Dispatcher:
             jobs_failed=snap.jobs_failed,
             load_time_ms=None if snap.load_time_ms is None else round(snap.load_time_ms, 1),
             error=snap.error if snap.error is not None else UNSET,
+            stats=self.metrics.stats(),
         )
 
     async def _models(self, request: Request, ctx: CallContext) -> ModelsResult:
@@ -381,9 +385,11 @@ class Dispatcher:
         peer += f" via={ctx.transport}"
         elapsed = (time.monotonic() - ctx.started) * 1000
         if isinstance(reply, ErrorResponse):
+            self.metrics.record_request(ctx.method, reply.error.code, None)
             outcome = f"error={reply.error.code}"
             extra = ""
         else:
+            self.metrics.record_request(ctx.method, None, reply.result)
             outcome = "ok"
             result = reply.result
             extra = (

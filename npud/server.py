@@ -24,6 +24,7 @@ from npuclient.protocol import LimitData, encode_line
 from .config import Config
 from .engine import StartupError
 from .peercred import PeerCred, PeerPolicy, peer_credentials
+from .metrics import Metrics
 from .rpc import Dispatcher, PendingJobs
 
 log = logging.getLogger("npud")
@@ -99,6 +100,7 @@ class RpcHost(Protocol):
     policy: PeerPolicy
     dispatcher: Dispatcher
     connections: set[RpcConnection]
+    metrics: Metrics
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
@@ -135,12 +137,14 @@ class RpcConnection(asyncio.Protocol):
         except OSError:
             peer = None
         if peer is None or not self._daemon.policy.allows(peer):
+            self._daemon.metrics.record_rejection("peer_not_allowed")
             self._reject(peer, PeerNotAllowed(
                 "peer not allowed: ask the daemon's owner to add your uid with --allow-uid",
                 {"uid": peer.uid} if peer else {}))
             return
         over = self._connection_limit(peer)
         if over is not None:
+            self._daemon.metrics.record_rejection(str(over.data_field("field")))
             self._reject(peer, over)
             return
         self._peer = peer
@@ -172,6 +176,7 @@ class RpcConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The reply buffer passed --write-buffer-limit: the client is not reading. Drop it."""
+        self._daemon.metrics.record_rejection("unread_replies")
         log.warning("disconnecting pid=%s: %d reply bytes unread",
                     self._peer.pid if self._peer else "-", self._daemon.config.write_buffer_bytes)
         self._cancel_all()
@@ -225,6 +230,7 @@ class RpcConnection(asyncio.Protocol):
         """Close slow (slowloris) and idle connections; otherwise check again later."""
         config, now = self._daemon.config, self._daemon.loop.time()
         if self._partial_since is not None and now - self._partial_since >= config.line_timeout_s:
+            self._daemon.metrics.record_rejection("slow_line")
             log.warning("closing connection pid=%s: a line took longer than %.0fs to arrive",
                         self._peer.pid if self._peer else "-", config.line_timeout_s)
             self._cancel_all()
@@ -250,6 +256,7 @@ class RpcConnection(asyncio.Protocol):
 
     def _refuse_oversize(self, limit: int) -> None:
         """Answer what came before, then the error, then close: the stream cannot be resynchronised."""
+        self._daemon.metrics.record_rejection("line_too_long")
         log.warning("closing connection pid=%s: line longer than %d bytes",
                     self._peer.pid if self._peer else "-", limit)
         error = InvalidRequest(

@@ -284,3 +284,39 @@ def test_openapi_is_valid_and_matches_what_the_shim_returns(shim: Any) -> None:
     check("/v1/worker/generate", "post", "400", bad.body)
     with pytest.raises(jsonschema.ValidationError):  # the schema is strict enough to catch a wrong body
         check("/healthz", "get", "200", {"status": "sleeping"})
+
+
+def test_metrics_scrape_parses_and_matches_health_stats(daemon_factory: Any, tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    busy = make_npu_sysfs(tmp_path / "sys")
+    behaviour = FakeBehaviour(busy_file=busy, busy_step_us=700)
+    daemon = daemon_factory(FakeLoader(behaviour), http=True, device="NPU", sysfs_root=str(tmp_path / "sys"))
+    port = daemon.http_port
+    marker = "METRICS-MARKER-55"
+    for _ in range(3):
+        assert request(port, "POST", "/v1/worker/generate", {"job": "title", "input": marker}).status == 200
+    assert daemon.call("generate", {"job": "summary", "input": marker})["result"]["npu_busy_delta_us"] == 700
+    daemon.call("generate", {"job": "title", "input": "x" * 6001})
+    daemon.call(marker)
+    raw = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    raw.request("GET", "/metrics")
+    response = raw.getresponse()
+    assert response.getheader("content-type").startswith("text/plain; version=0.0.4")
+    text = response.read().decode()
+    raw.close()
+    assert marker not in text  # labels never carry content
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert samples[("npud_requests_total", (("method", "generate"), ("outcome", "ok")))] == 4
+    assert samples[("npud_requests_total", (("method", "generate"), ("outcome", "InvalidParams")))] == 1
+    assert samples[("npud_requests_total", (("method", "-"), ("outcome", "MethodNotFound")))] == 1
+    assert samples[("npud_npu_busy_microseconds_total", (("job", "title"),))] == 2100
+    assert samples[("npud_generated_tokens_total", (("job", "title"),))] == 15
+    assert samples[("npud_job_total_milliseconds_count", (("job", "title"),))] == 3
+    assert samples[("npud_job_total_milliseconds_bucket", (("job", "title"), ("le", "+Inf")))] == 3
+    assert samples[("npud_queue_capacity", ())] == 8 and samples[("npud_model_ready", ())] == 1
+    assert families["npud_job_queue_milliseconds"].type == "histogram"
+    stats = daemon.call("health")["result"]["stats"]
+    assert stats["requests"]["generate:ok"] == 4 and stats["npu_busy_us"] == {"title": 2100, "summary": 700}
+    assert stats["latency_ms"]["total:title"]["count"] == 3

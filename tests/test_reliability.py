@@ -141,7 +141,9 @@ def test_connection_limits(daemon_factory: Any) -> None:
     finally:
         for conn in held:
             conn.sock.close()
-    assert per_uid.call("health")["result"]["status"] == "ready"  # slots free again
+    health = per_uid.call("health")["result"]
+    assert health["status"] == "ready"  # slots free again
+    assert health["stats"]["rejections"] == {"connections_per_uid": 1}
 
 
 def test_in_flight_limit(daemon_factory: Any) -> None:
