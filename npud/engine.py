@@ -205,6 +205,7 @@ class OpenVinoEngine:
         self._pipeline = pipeline
         self._tokenizer = pipeline.get_tokenizer()
         self.model_id = model_id
+        self._streamer_class = _stop_streamer_class(og)
         self._finish_reasons: dict[Any, FinishReason] = {
             og.GenerationFinishReason.STOP: "stop",
             og.GenerationFinishReason.LENGTH: "length",
@@ -226,11 +227,12 @@ class OpenVinoEngine:
         config.repetition_penalty = settings.repetition_penalty
         if settings.no_repeat_ngram_size:
             config.no_repeat_ngram_size = settings.no_repeat_ngram_size
-        running, cancel = og.StreamingStatus.RUNNING, og.StreamingStatus.CANCEL
-
-        # OpenVINO GenAI swallows exceptions raised in a streamer, so stopping is done by status.
-        def streamer(_chunk: str) -> Any:
-            return cancel if should_stop() else running
+        # Stopping at the next token (deadline, cancel, client gone) needs a streamer. A token-level
+        # StreamerBase is used rather than a text callback: it skips the incremental detokenization
+        # (measured: about half the per-token cost). OpenVINO GenAI swallows exceptions raised in a
+        # streamer, and write() must return a StreamingStatus (a bool aborts the process), so
+        # stopping is done by status.
+        streamer = self._streamer_class(should_stop)
 
         # A list input returns DecodedResults (with finish reasons and metrics); a str would not.
         result = self._pipeline.generate([prompt], config, streamer)
@@ -241,6 +243,24 @@ class OpenVinoEngine:
             prompt_tokens=int(metrics.get_num_input_tokens()),
             generated_tokens=int(metrics.get_num_generated_tokens()),
         )
+
+
+def _stop_streamer_class(og: Any) -> Any:
+    """A StreamerBase that asks ``should_stop`` at every token (built lazily: OpenVINO is optional)."""
+    running, cancel = og.StreamingStatus.RUNNING, og.StreamingStatus.CANCEL
+
+    class StopStreamer(og.StreamerBase):  # type: ignore[misc,name-defined]
+        def __init__(self, should_stop: Callable[[], bool]) -> None:
+            super().__init__()
+            self._should_stop = should_stop
+
+        def write(self, token: Any) -> Any:
+            return cancel if self._should_stop() else running
+
+        def end(self) -> None:
+            pass
+
+    return StopStreamer
 
 
 class OpenVinoLoader:

@@ -198,6 +198,9 @@ class HttpShim:
             writer.close()
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # replies are complete messages
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         if len(self._writers) >= self._max_connections:
             reply = error_reply(TooManyRequests(f"too many connections ({self._max_connections})").to_object(), 503)
@@ -307,9 +310,13 @@ class HttpShim:
         headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode()),
                    (b"server", f"npud/{__version__}".encode()), (b"cache-control", b"no-store")]
         reason = HTTPStatus(reply.status).phrase.encode()
-        writer.write(conn.send(h11.Response(status_code=reply.status, headers=headers, reason=reason)))
-        writer.write(conn.send(h11.Data(data=reply.body)))
-        writer.write(conn.send(h11.EndOfMessage()))
+        # One write: head and body in separate segments would meet the client's delayed ACK
+        # (Nagle), a 40 ms stall per request (measured by the benchmark before this was joined).
+        writer.write(b"".join((
+            conn.send(h11.Response(status_code=reply.status, headers=headers, reason=reason)) or b"",
+            conn.send(h11.Data(data=reply.body)) or b"",
+            conn.send(h11.EndOfMessage()) or b"",
+        )))
         await writer.drain()
 
 

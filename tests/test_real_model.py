@@ -218,3 +218,26 @@ def test_smollm2_title_through_the_daemon(shared_cache: Path, tmp_path: Path) ->
     words = re.findall(r"[A-Za-z]+", text)
     assert len(words) >= 2 and sum(len(w) for w in words) >= 0.6 * len(text.replace(" ", ""))
     assert sys.modules.get("llm") is None  # the llm tool is never imported
+
+
+def test_real_pipeline_stops_at_the_next_token_when_asked(tiny_gguf: Path) -> None:
+    """The streamer path that deadlines and cancel rely on, on the real OpenVINO GenAI pipeline."""
+    from npud.engine import DecodeSettings, OpenVinoEngine
+    from npud.jobs import JOBS
+
+    import openvino_genai as og
+
+    engine = OpenVinoEngine(og.LLMPipeline(str(tiny_gguf), "CPU"), "tiny")
+    prompt, _ = engine.render_prompt(JOBS["summary"].messages("Sparse is better than dense."))
+    settings = DecodeSettings.for_job(JOBS["summary"], 200)
+    free = engine.generate(prompt, settings, lambda: False)
+    calls = []
+
+    def stop_after_three() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    stopped = engine.generate(prompt, settings, stop_after_three)
+    assert free.generated_tokens > 10
+    assert stopped.finish_reason == "cancelled" and stopped.generated_tokens <= 5
+    assert free.text.startswith(stopped.text)
