@@ -161,6 +161,38 @@ class Limits(Struct):
     max_new_tokens: int
 
 
+class CompileCacheInfo(Struct):
+    key: str
+    path: str
+    #: Compiled blobs from an earlier load were there before this load.
+    hit: bool
+
+
+class DeviceInfo(Struct, kw_only=True):
+    """Facts about the device and runtime: read once at load, except the ``live`` ones."""
+
+    device: str
+    full_device_name: Union[str, None] = None
+    openvino_version: str
+    genai_version: str
+    npu_driver_version: Union[str, None] = None
+    #: "major.minor", decoded from NPU_COMPILER_VERSION (major << 16 | minor).
+    npu_compiler_version: Union[str, None] = None
+    device_total_mem_bytes: Union[int, None] = None
+    device_alloc_mem_bytes: Union[int, None] = None
+    busy_file: Union[str, None] = None
+    #: live: growth of the busy counter since the daemon started.
+    busy_time_since_start_us: Union[int, None] = None
+    #: live: 0 while the NPU is runtime-suspended.
+    current_frequency_mhz: Union[int, None] = None
+    max_frequency_mhz: Union[int, None] = None
+    max_prompt_len: int
+    min_response_len: Union[int, None] = None
+    prefill_hint: Union[str, None] = None
+    generate_hint: Union[str, None] = None
+    compile_cache: Union[CompileCacheInfo, None] = None
+
+
 class HistogramStats(Struct):
     count: int
     sum: float
@@ -194,6 +226,8 @@ class HealthResult(Struct, omit_defaults=True, kw_only=True):
     load_time_ms: Union[float, None]
     error: Union[str, UnsetType] = UNSET
     stats: Union[Stats, UnsetType] = UNSET
+    #: ``None`` until the model has loaded.
+    device_info: Union[DeviceInfo, None, UnsetType] = UNSET
 
 
 class JobInfo(Struct):
@@ -210,6 +244,7 @@ class ModelInfo(Struct):
     status: HealthStatus
     limits: Limits
     jobs: list[JobInfo]
+    device_info: Union[DeviceInfo, None] = None
 
 
 class ModelsResult(Struct):

@@ -65,3 +65,27 @@ class BusyCounter:
             return int(text.strip())
         except ValueError:
             raise BusyCounterError(f"{self.path} does not hold an integer") from None
+
+
+def read_int(path: Path) -> int | None:
+    """A sysfs integer attribute, or None when absent or unreadable (e.g. older kernels)."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def verify_delta(before: int | None, after: int | None) -> tuple[int | None, str | None]:
+    """(delta, None) when the counter proves NPU work, else (delta or None, reason).
+
+    Reasons: ``unreadable`` (a read failed), ``went_backwards`` (driver reload), ``no_growth``
+    (the work ran somewhere else).
+    """
+    if before is None or after is None:
+        return None, "unreadable"
+    delta = after - before
+    if delta < 0:
+        return delta, "went_backwards"
+    if delta == 0:
+        return 0, "no_growth"
+    return delta, None

@@ -33,6 +33,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     device: str = "NPU"
     cache_dir: str
     lock_file: str
+    cache_max_mb: int = 2048
     lock_timeout_s: float = 60.0
     queue_depth: int = 8
     busy_file: str | None = None
@@ -146,6 +147,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("device", "--device", "DEVICE", str, "OpenVINO device: NPU or CPU; never falls back"),
     Option("cache_dir", "--cache-dir", "CACHE", str,
            "cache root: compiled blobs in <root>/compiled (OpenVINO CACHE_DIR), converted models in <root>/models"),
+    Option("cache_max_mb", "--cache-max-mb", "CACHE_MAX_MB", _positive_int,
+           "compile cache size cap; other configurations' blobs are pruned, oldest first"),
     Option("lock_file", "--lock-file", "LOCK_FILE", str,
            "flock file that serialises NPU use across processes"),
     Option("lock_timeout_s", "--lock-timeout", "LOCK_TIMEOUT", _positive_float,

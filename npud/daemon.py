@@ -132,7 +132,7 @@ class Daemon:
         self.worker = Worker(config, loader, busy_counter, npu_lock)
         self.worker.on_crash = self._on_worker_crash
         self.metrics = Metrics()
-        self.dispatcher = Dispatcher(config, self.worker, str(busy_counter.path) if busy_counter else None,
+        self.dispatcher = Dispatcher(config, self.worker, busy_counter,
                                      self.metrics)
         self.connections: set[RpcConnection] = set()
         self.listeners = listeners

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from npuclient.protocol import FinishReason
 
+from npuclient.protocol import CompileCacheInfo, DeviceInfo, FinishReason
+
+from . import compile_cache
 from .config import BUILTIN_SMOLLM2, Config
 
 if TYPE_CHECKING:
@@ -67,6 +69,8 @@ class Engine(Protocol):
     """What the worker needs from a loaded model."""
 
     model_id: str
+    #: Static facts read once at load (versions, device properties, compile cache).
+    device_info: DeviceInfo
 
     def render_prompt(self, messages: Sequence[Message]) -> tuple[str, int]:
         """The prompt after the chat template, and its length in tokens."""
@@ -175,17 +179,77 @@ def resolve_model_path(config: Config) -> Path:
     return convert_gguf_to_ir(gguf, config.model_store_dir / key)
 
 
-def pipeline_properties(config: Config) -> dict[str, Any]:
-    """Properties for ``LLMPipeline``: NPU-only ones go to the NPU alone (the CPU plugin raises)."""
-    props: dict[str, Any] = {"CACHE_DIR": str(config.compile_cache_dir)}
-    if config.is_npu:
-        props.update(
-            MAX_PROMPT_LEN=config.max_prompt_tokens,
-            MIN_RESPONSE_LEN=config.min_response_len,
-            PREFILL_HINT=config.prefill_hint,
-            GENERATE_HINT=config.generate_hint,
-        )
-    return props
+def npu_properties(config: Config) -> dict[str, Any]:
+    """The NPU-only properties (the CPU plugin raises on them)."""
+    if not config.is_npu:
+        return {}
+    return {
+        "MAX_PROMPT_LEN": config.max_prompt_tokens,
+        "MIN_RESPONSE_LEN": config.min_response_len,
+        "PREFILL_HINT": config.prefill_hint,
+        "GENERATE_HINT": config.generate_hint,
+    }
+
+
+def pipeline_properties(config: Config, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Properties for ``LLMPipeline``: NPU-only ones go to the NPU alone; ``CACHE_DIR`` everywhere."""
+    return {"CACHE_DIR": str(cache_dir or config.compile_cache_dir), **npu_properties(config)}
+
+
+def decode_compiler_version(value: Any) -> str | None:
+    """NPU_COMPILER_VERSION is ``major << 16 | minor``."""
+    if isinstance(value, int):
+        return f"{value >> 16}.{value & 0xFFFF}"
+    return None if value is None else str(value)
+
+
+NPU_FACTS = ("NPU_DRIVER_VERSION", "NPU_COMPILER_VERSION", "NPU_DEVICE_TOTAL_MEM_SIZE", "NPU_DEVICE_ALLOC_MEM_SIZE")
+
+
+def read_device_properties(device: str, names: Sequence[str]) -> dict[str, Any]:
+    """Read-only device properties from OpenVINO; a property the device lacks is left out."""
+    import openvino as ov
+
+    core = ov.Core()
+    found: dict[str, Any] = {}
+    for name in names:
+        try:
+            found[name] = core.get_property(device, name)
+        except RuntimeError:
+            pass
+    return found
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def device_info(config: Config, props: dict[str, Any], cache: CompileCacheInfo | None) -> DeviceInfo:
+    import openvino as ov
+    import openvino_genai as og
+
+    return DeviceInfo(
+        device=config.device,
+        full_device_name=_str_or_none(props.get("FULL_DEVICE_NAME")),
+        openvino_version=ov.__version__,
+        genai_version=og.__version__,
+        npu_driver_version=_str_or_none(props.get("NPU_DRIVER_VERSION")),
+        npu_compiler_version=decode_compiler_version(props.get("NPU_COMPILER_VERSION")),
+        device_total_mem_bytes=_as_int(props.get("NPU_DEVICE_TOTAL_MEM_SIZE")),
+        device_alloc_mem_bytes=_as_int(props.get("NPU_DEVICE_ALLOC_MEM_SIZE")),
+        max_prompt_len=config.max_prompt_tokens,
+        min_response_len=config.min_response_len if config.is_npu else None,
+        prefill_hint=config.prefill_hint if config.is_npu else None,
+        generate_hint=config.generate_hint if config.is_npu else None,
+        compile_cache=cache,
+    )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def available_devices() -> list[str]:
@@ -198,13 +262,16 @@ def available_devices() -> list[str]:
 
 
 class OpenVinoEngine:
-    def __init__(self, pipeline: Any, model_id: str) -> None:
+    def __init__(self, pipeline: Any, model_id: str, info: DeviceInfo | None = None) -> None:
+        import openvino as ov
         import openvino_genai as og
 
         self._og = og
         self._pipeline = pipeline
         self._tokenizer = pipeline.get_tokenizer()
         self.model_id = model_id
+        self.device_info = info or DeviceInfo(device="CPU", openvino_version=ov.__version__,
+                                              genai_version=og.__version__, max_prompt_len=0)
         self._streamer_class = _stop_streamer_class(og)
         self._finish_reasons: dict[Any, FinishReason] = {
             og.GenerationFinishReason.STOP: "stop",
@@ -264,11 +331,26 @@ def _stop_streamer_class(og: Any) -> Any:
 
 
 class OpenVinoLoader:
-    """Loads models with OpenVINO GenAI."""
+    """Loads models with OpenVINO GenAI.
+
+    The pipeline class, the device list and the device-property reader can be replaced: the NPU
+    stand-in of the tests (:mod:`npud.testing.npu`) plugs in there, so this very code runs in NPU
+    mode on a machine without an NPU.
+    """
+
+    def __init__(
+        self,
+        pipeline_factory: Callable[..., Any] | None = None,
+        devices: Callable[[], list[str]] = available_devices,
+        device_properties: Callable[[str, Sequence[str]], dict[str, Any]] = read_device_properties,
+    ) -> None:
+        self._pipeline_factory = pipeline_factory
+        self._devices = devices
+        self._device_properties = device_properties
 
     def preflight(self, config: Config) -> None:
         check_model_spec(config.model)
-        devices = available_devices()
+        devices = self._devices()
         device = config.device.upper()
         # AUTO would quietly pick another device, so only a device OpenVINO lists is accepted.
         if device not in devices:
@@ -280,9 +362,32 @@ class OpenVinoLoader:
     def load(self, config: Config) -> Engine:
         import openvino_genai as og
 
+        factory = self._pipeline_factory or og.LLMPipeline
         try:
             path = resolve_model_path(config)
-            pipeline = og.LLMPipeline(str(path), config.device, **pipeline_properties(config))
+            names = ("FULL_DEVICE_NAME", *NPU_FACTS) if config.is_npu else ("FULL_DEVICE_NAME",)
+            props = self._device_properties(config.device, names)
+            entry = self._cache_entry(config, path, props)
+            pipeline = factory(str(path), config.device, **pipeline_properties(config, entry.path))
         except (RuntimeError, OSError, StartupError) as exc:
             raise ModelLoadError(f"{type(exc).__name__}: {exc}") from exc
-        return OpenVinoEngine(pipeline, model_id_for(config.model))
+        cache = CompileCacheInfo(key=entry.key, path=str(entry.path), hit=entry.hit)
+        log.info("compile cache %s (%s)", entry.key, "hit" if entry.hit else "miss")
+        return OpenVinoEngine(pipeline, model_id_for(config.model), device_info(config, props, cache))
+
+    @staticmethod
+    def _cache_entry(config: Config, path: Path, props: dict[str, Any]) -> compile_cache.CacheEntry:
+        import openvino as ov
+        import openvino_genai as og
+
+        source = compile_cache.CacheKeySource(
+            openvino=ov.__version__,
+            openvino_genai=og.__version__,
+            device=config.device.upper(),
+            npu_driver=_str_or_none(props.get("NPU_DRIVER_VERSION")),
+            npu_compiler=decode_compiler_version(props.get("NPU_COMPILER_VERSION")),
+            model_path=str(path.resolve()),
+            model_files=compile_cache.model_files(path),
+            properties=npu_properties(config),
+        )
+        return compile_cache.prepare(config.compile_cache_dir, source, config.cache_max_mb * 1024 * 1024)

@@ -33,6 +33,7 @@ from npuclient.protocol import (
     CancelParams,
     CancelResult,
     DeadlineData,
+    DeviceInfo,
     ErrorResponse,
     GenerateParams,
     HealthResult,
@@ -52,6 +53,7 @@ from npuclient.protocol import (
 )
 
 from . import __version__
+from .busy import BusyCounter, read_int
 from .config import Config
 from .engine import model_id_for
 from .jobs import JOBS, JobSpec
@@ -199,12 +201,14 @@ Handler = Callable[[Request, CallContext], Awaitable[Any]]
 class Dispatcher:
     """Maps methods to handlers; one instance serves every transport."""
 
-    def __init__(self, config: Config, worker: Worker, busy_file: str | None, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: Config, worker: Worker, busy: BusyCounter | None, metrics: Metrics | None = None) -> None:
         self._config = config
         self._worker = worker
         self.worker = worker
         self.metrics = metrics or Metrics()
-        self._busy_file = busy_file
+        self._busy = busy
+        self._busy_file = str(busy.path) if busy is not None else None
+        self._busy_at_start = read_int(busy.path) if busy is not None else None
         self._started_at = time.monotonic()
         self._methods: dict[str, Handler] = {
             "health": self._health,
@@ -300,6 +304,7 @@ class Dispatcher:
             load_time_ms=None if snap.load_time_ms is None else round(snap.load_time_ms, 1),
             error=snap.error if snap.error is not None else UNSET,
             stats=self.metrics.stats(),
+            device_info=self._device_info(snap.device_info),
         )
 
     async def _models(self, request: Request, ctx: CallContext) -> ModelsResult:
@@ -315,6 +320,7 @@ class Dispatcher:
                 max_prompt_tokens=self._config.max_prompt_tokens,
                 max_new_tokens=max(spec.max_new_tokens for spec in JOBS.values()),
             ),
+            device_info=self._device_info(snap.device_info),
             jobs=[
                 JobInfo(name=spec.name, default_max_new_tokens=spec.default_max_new_tokens,
                         max_new_tokens=spec.max_new_tokens, default_timeout_ms=spec.default_timeout_ms)
@@ -322,6 +328,21 @@ class Dispatcher:
             ],
         )
         return ModelsResult(models=[info])
+
+    def _device_info(self, info: DeviceInfo | None) -> DeviceInfo | None:
+        """Static facts from the load, plus the live sysfs ones (cheap reads, never on the job path)."""
+        if info is None or self._busy is None:
+            return info
+        device_dir = self._busy.path.parent
+        now = read_int(self._busy.path)
+        since_start = now - self._busy_at_start if now is not None and self._busy_at_start is not None else None
+        return msgspec.structs.replace(
+            info,
+            busy_file=self._busy_file,
+            busy_time_since_start_us=since_start,
+            current_frequency_mhz=read_int(device_dir / "npu_current_frequency_mhz"),
+            max_frequency_mhz=read_int(device_dir / "npu_max_frequency_mhz"),
+        )
 
     async def _generate(self, request: Request, ctx: CallContext) -> JobResult:
         params = convert_params(request, GenerateParams)

@@ -33,6 +33,7 @@ from npuclient.errors import (
 )
 from npuclient.protocol import (
     DeadlineData,
+    DeviceInfo,
     HealthStatus,
     JobResult,
     JobTiming,
@@ -43,7 +44,7 @@ from npuclient.protocol import (
     TokenCounts,
 )
 
-from .busy import BusyCounter, BusyCounterError
+from .busy import BusyCounter, BusyCounterError, verify_delta
 from .config import Config
 from .engine import DecodeSettings, Engine, EngineLoader, Generation, ModelLoadError
 from .jobs import JobSpec
@@ -89,6 +90,17 @@ class WorkerSnapshot:
     jobs_failed: int
     load_time_ms: float | None
     model_id: str | None
+    device_info: DeviceInfo | None
+
+
+def check_prompt_budget(prompt_tokens: int, limit: int) -> None:
+    """Refuse a prompt over the budget before the device sees it (the NPU would raise, the CPU
+    would run it silently past the model's context)."""
+    if prompt_tokens > limit:
+        raise InvalidParams(
+            f"prompt is {prompt_tokens} tokens after the chat template; the limit is {limit}",
+            LimitData(limit=limit, actual=prompt_tokens, unit="tokens", field="input"),
+        )
 
 
 def _resolve(job: Job, outcome: JobResult | BaseException) -> None:
@@ -230,6 +242,7 @@ class Worker:
                 jobs_failed=self._failed,
                 load_time_ms=self._load_time_ms,
                 model_id=self._engine.model_id if self._engine else None,
+                device_info=self._engine.device_info if self._engine else None,
             )
 
     def _retry_after_ms(self, ahead: int) -> int:
@@ -353,12 +366,7 @@ class Worker:
             raise NotReady()
         spec = job.spec
         prompt, prompt_tokens = engine.render_prompt(spec.messages(job.input))
-        if prompt_tokens > self._config.max_prompt_tokens:
-            raise InvalidParams(
-                f"prompt is {prompt_tokens} tokens after the chat template; the limit is "
-                f"{self._config.max_prompt_tokens}",
-                LimitData(limit=self._config.max_prompt_tokens, actual=prompt_tokens, unit="tokens", field="input"),
-            )
+        check_prompt_budget(prompt_tokens, self._config.max_prompt_tokens)
         max_new_tokens = self._max_new_tokens(spec, job.max_new_tokens, prompt_tokens)
         generation, busy_delta = self._generate_on_device(engine, prompt, spec, max_new_tokens, job)
         output = spec.postprocess(generation.text)
@@ -451,25 +459,16 @@ class Worker:
         """The busy delta, or NotVerified when it does not prove NPU work."""
         if self._busy is None:
             return None
-        path = str(self._busy.path)
-        if before is None or after is None:
-            raise NotVerified(
-                "NPU busy counter could not be read", NotVerifiedData(None, path, "unreadable")
-            )
-        delta = after - before
-        if delta < 0:
-            raise NotVerified(
-                "NPU busy counter went backwards (driver reloaded?)",
-                NotVerifiedData(delta, path, "went_backwards"),
-            )
-        if delta == 0:
-            raise NotVerified(
-                "NPU busy counter did not grow: the job did not run on the NPU",
-                NotVerifiedData(0, path, "no_growth"),
-            )
-        return delta
+        delta, reason = verify_delta(before, after)
+        if reason is None:
+            return delta
+        messages = {
+            "unreadable": "NPU busy counter could not be read",
+            "went_backwards": "NPU busy counter went backwards (driver reloaded?)",
+            "no_growth": "NPU busy counter did not grow: the job did not run on the NPU",
+        }
+        raise NotVerified(messages[reason], NotVerifiedData(delta, str(self._busy.path), reason))  # type: ignore[arg-type]
 
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
-

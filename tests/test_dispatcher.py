@@ -47,7 +47,7 @@ def run_with_dispatcher(
         worker.start()
         if wait_loaded:
             await asyncio.to_thread(worker.wait_loaded, 30)
-        dispatcher = Dispatcher(config, worker, str(busy.path) if busy else None)
+        dispatcher = Dispatcher(config, worker, busy)
         try:
             await body(dispatcher, worker)
         finally:

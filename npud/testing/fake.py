@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from npuclient.protocol import DeviceInfo
 from npud.config import Config
 from npud.engine import DecodeSettings, Engine, Generation, ModelLoadError
 from npud.jobs import Message
@@ -45,9 +46,11 @@ class WorkerBug(BaseException):
 
 
 class FakeEngine:
-    def __init__(self, behaviour: FakeBehaviour, model_id: str = "fake-model") -> None:
+    def __init__(self, behaviour: FakeBehaviour, model_id: str = "fake-model", info: DeviceInfo | None = None) -> None:
         self.behaviour = behaviour
         self.model_id = model_id
+        self.device_info = info or DeviceInfo(device="CPU", openvino_version="fake", genai_version="fake",
+                                              max_prompt_len=1024)
 
     def render_prompt(self, messages: Sequence[Message]) -> tuple[str, int]:
         self.behaviour.threads.add(threading.current_thread().name)
@@ -109,4 +112,11 @@ class FakeLoader:
             self.load_gate.wait()
         if self.load_error is not None:
             raise ModelLoadError(self.load_error)
-        return FakeEngine(self.behaviour, self.model_id)
+        info = DeviceInfo(
+            device=config.device, openvino_version="fake", genai_version="fake",
+            max_prompt_len=config.max_prompt_tokens,
+            min_response_len=config.min_response_len if config.is_npu else None,
+            prefill_hint=config.prefill_hint if config.is_npu else None,
+            generate_hint=config.generate_hint if config.is_npu else None,
+        )
+        return FakeEngine(self.behaviour, self.model_id, info)
