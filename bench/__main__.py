@@ -205,11 +205,9 @@ def socket_activated_start(model: str, cache: Path, first: dict[str, Any]) -> tu
     job_client.sock.sendall(job_client.request_bytes(first["method"], first["params"]))
     health_client.read_line()
     to_health = time.perf_counter() - start
-    while True:  # jobs are refused with NotReady while loading; a client would retry like this
-        reply = msgspec.json.decode(job_client.read_line())
-        if "result" in reply:
-            break
-        job_client.sock.sendall(job_client.request_bytes(first["method"], first["params"]))
+    reply = msgspec.json.decode(job_client.read_line())  # the job waits in the queue while the model loads
+    if "result" not in reply:
+        raise RuntimeError(f"cold start job failed: {reply}")
     to_result = time.perf_counter() - start
     for c in (health_client, job_client):
         c.close()
@@ -306,7 +304,9 @@ def main() -> int:
         print("overhead (smollm2)…", file=sys.stderr)
         results["overhead_smollm2"] = overhead("smollm2-135m", smollm2_ir, cache, max(5, int(30 * scale)))
         daemon = DaemonProcess(["--device", "CPU", "--model", "smollm2-135m", "--cache-dir", str(cache),
-                                "--queue-depth", "1", "--max-in-flight", "4096"])
+                                "--queue-depth", "1", "--max-in-flight", "4096",
+                                # the pipelined burst is sent before any reply is read
+                                "--write-buffer-limit", str(64 * 1024 * 1024)])
         try:
             print("control plane…", file=sys.stderr)
             results["control_plane"] = control_plane(daemon, int(3000 * scale))

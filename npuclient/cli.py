@@ -5,7 +5,7 @@ Exit codes (stable, documented in README):
   1  other failure (internal error, protocol violation, timeout)
   2  invalid input (usage, invalid params or request)
   3  daemon unreachable or this user not allowed
-  4  busy, retry later (queue full, NPU lock held elsewhere, model still loading, shutting down)
+  4  busy, retry later (queue full, NPU lock held elsewhere, shutting down, deadline exceeded)
   5  generation failed (pipeline error, model failed to load)
   6  NPU execution not verified (busy counter delta <= 0)
 """
@@ -22,6 +22,7 @@ import msgspec
 
 from .client import CallTimeout, Client, DaemonUnavailable, default_socket
 from .errors import (
+    DeadlineExceeded,
     DeviceBusy,
     GenerationFailed,
     InvalidParams,
@@ -35,6 +36,7 @@ from .errors import (
     QueueFull,
     RpcError,
     ShuttingDown,
+    TooManyRequests,
 )
 from .protocol import JOB_NAMES, HealthResult, JobResult, ModelsResult
 
@@ -56,9 +58,9 @@ def exit_code_for(exc: NpuClientError) -> int:
         return EXIT_INVALID_INPUT
     if isinstance(exc, (DaemonUnavailable, PeerNotAllowed)):
         return EXIT_UNREACHABLE
-    if isinstance(exc, NotReady):
-        return EXIT_BUSY if exc.data_field("status") == "loading" else EXIT_GENERATION_FAILED
-    if isinstance(exc, (QueueFull, DeviceBusy, ShuttingDown)):
+    if isinstance(exc, NotReady):  # the model failed to load
+        return EXIT_GENERATION_FAILED
+    if isinstance(exc, (QueueFull, DeviceBusy, ShuttingDown, DeadlineExceeded, TooManyRequests)):
         return EXIT_BUSY
     if isinstance(exc, GenerationFailed):
         return EXIT_GENERATION_FAILED

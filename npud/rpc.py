@@ -196,6 +196,14 @@ class CallContext:
 
 
 Handler = Callable[[Request, CallContext], Awaitable[Any]]
+SyncHandler = Callable[[Request, CallContext], Any]
+
+
+@dataclass(frozen=True)
+class Immediate:
+    """A line answered without waiting: the reply bytes, or None for a notification."""
+
+    data: bytes | None
 
 
 class Dispatcher:
@@ -210,26 +218,51 @@ class Dispatcher:
         self._busy_file = str(busy.path) if busy is not None else None
         self._busy_at_start = read_int(busy.path) if busy is not None else None
         self._started_at = time.monotonic()
-        self._methods: dict[str, Handler] = {
+        # Control-plane methods are plain functions, answered without a task or a loop iteration:
+        # health must stay instant whatever the worker does. Job methods wait for the worker.
+        self._sync_methods: dict[str, SyncHandler] = {
             "health": self._health,
             "models": self._models,
+            "cancel": self._cancel,
+        }
+        self._job_methods: dict[str, Handler] = {
             "generate": self._generate,
             "extract_memory_candidates": self._extract_memory_candidates,
             "condense_notification": self._condense_notification,
-            "cancel": self._cancel,
         }
 
     @property
     def methods(self) -> tuple[str, ...]:
-        return tuple(self._methods)
+        order = ("health", "models", "generate", "extract_memory_candidates", "condense_notification", "cancel")
+        return tuple(m for m in order if m in self._sync_methods or m in self._job_methods)
+
+    def handle_line_now(self, line: bytes, peer: PeerCred | None,
+                        pending: PendingJobs | None = None) -> Immediate | ParsedLine:
+        """Answer at once what needs no waiting (parse errors, control-plane calls); otherwise
+        return the parsed line for :meth:`handle_parsed`."""
+        parsed = parse_line(line)
+        if isinstance(parsed, ErrorResponse):
+            self._log(CallContext(peer), parsed)
+            return Immediate(encode_line(parsed))
+        item = parsed.items[0]
+        if parsed.is_batch or (isinstance(item, Request) and item.method in self._job_methods):
+            return parsed
+        if isinstance(item, ErrorResponse):
+            self._log(CallContext(peer), item)
+            return Immediate(encode_line(item))
+        reply = self.call_now(item, peer, pending=pending)
+        return Immediate(None if item.is_notification else encode_line(reply))
 
     async def handle_line(self, line: bytes, peer: PeerCred | None,
                           pending: PendingJobs | None = None) -> bytes | None:
         """The reply line for a request line, or None (notifications only)."""
-        parsed = parse_line(line)
-        if isinstance(parsed, ErrorResponse):
-            self._log(CallContext(peer), parsed)
-            return encode_line(parsed)
+        now = self.handle_line_now(line, peer, pending)
+        if isinstance(now, Immediate):
+            return now.data
+        return await self.handle_parsed(now, peer, pending)
+
+    async def handle_parsed(self, parsed: ParsedLine, peer: PeerCred | None,
+                            pending: PendingJobs | None = None) -> bytes | None:
         if not parsed.is_batch:
             reply = await self._handle_item(parsed.items[0], peer, pending)
             return encode_line(reply) if reply is not None else None
@@ -265,30 +298,49 @@ class Dispatcher:
     async def call(self, request: Request, peer: PeerCred | None, transport: str = "unix",
                    pending: PendingJobs | None = None) -> Reply:
         """Run one request and log it; the entry point for every transport."""
-        ctx = CallContext(peer, transport=transport, pending=pending,
-                          request_id=None if request.id is UNSET else request.id)
-        reply = await self.handle_request(request, ctx)
+        if request.method not in self._job_methods:
+            return self.call_now(request, peer, transport, pending)
+        ctx = self._context(request, peer, transport, pending)
+        request_id = ctx.request_id
+        try:
+            ctx.method = request.method
+            reply: Reply = SuccessResponse(id=request_id, result=await self._job_methods[request.method](request, ctx))
+        except Exception as exc:
+            reply = self._error_reply(exc, request_id, ctx)
         self._log(ctx, reply)
         return reply
 
-    async def handle_request(self, request: Request, ctx: CallContext) -> Reply:
-        request_id = None if request.id is UNSET else request.id
-        handler = self._methods.get(request.method)
+    def call_now(self, request: Request, peer: PeerCred | None, transport: str = "unix",
+                 pending: PendingJobs | None = None) -> Reply:
+        """Run a control-plane request (or an unknown method) synchronously and log it."""
+        ctx = self._context(request, peer, transport, pending)
+        request_id = ctx.request_id
         try:
+            handler = self._sync_methods.get(request.method)
             if handler is None:
-                raise MethodNotFound("method not found", {"methods": list(self._methods)})
+                raise MethodNotFound("method not found", {"methods": list(self.methods)})
             ctx.method = request.method
-            result = await handler(request, ctx)
-        except RpcError as exc:
-            return exc.reply(request_id)
+            reply: Reply = SuccessResponse(id=request_id, result=handler(request, ctx))
         except Exception as exc:
-            log.exception("internal error in %s (%s)", ctx.method, type(exc).__name__)
-            return InternalError(f"internal error: {type(exc).__name__}").reply(request_id)
-        return SuccessResponse(id=request_id, result=result)
+            reply = self._error_reply(exc, request_id, ctx)
+        self._log(ctx, reply)
+        return reply
+
+    @staticmethod
+    def _context(request: Request, peer: PeerCred | None, transport: str, pending: PendingJobs | None) -> CallContext:
+        return CallContext(peer, transport=transport, pending=pending,
+                           request_id=None if request.id is UNSET else request.id)
+
+    @staticmethod
+    def _error_reply(exc: Exception, request_id: RequestId, ctx: CallContext) -> ErrorResponse:
+        if isinstance(exc, RpcError):
+            return exc.reply(request_id)
+        log.exception("internal error in %s (%s)", ctx.method, type(exc).__name__)
+        return InternalError(f"internal error: {type(exc).__name__}").reply(request_id)
 
     # ------------------------------------------------------------ methods
 
-    async def _health(self, request: Request, ctx: CallContext) -> HealthResult:
+    def _health(self, request: Request, ctx: CallContext) -> HealthResult:
         convert_params(request, NoParams)
         snap = self._worker.snapshot()
         return HealthResult(
@@ -307,7 +359,7 @@ class Dispatcher:
             device_info=self._device_info(snap.device_info),
         )
 
-    async def _models(self, request: Request, ctx: CallContext) -> ModelsResult:
+    def _models(self, request: Request, ctx: CallContext) -> ModelsResult:
         convert_params(request, NoParams)
         snap = self._worker.snapshot()
         info = ModelInfo(
@@ -357,7 +409,7 @@ class Dispatcher:
         params = convert_params(request, InputParams)
         return await self.run_job(JOBS["notification"], params.input, None, _opt(params.timeout_ms), ctx)
 
-    async def _cancel(self, request: Request, ctx: CallContext) -> CancelResult:
+    def _cancel(self, request: Request, ctx: CallContext) -> CancelResult:
         """Cancel an earlier request of the same connection (ids are only unique per connection)."""
         params = convert_params(request, CancelParams)
         job = ctx.pending.get(params.id) if ctx.pending is not None else None

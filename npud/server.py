@@ -25,7 +25,7 @@ from .config import Config
 from .engine import StartupError
 from .peercred import PeerCred, PeerPolicy, peer_credentials
 from .metrics import Metrics
-from .rpc import Dispatcher, PendingJobs
+from .rpc import Dispatcher, Immediate, ParsedLine, PendingJobs
 
 log = logging.getLogger("npud")
 
@@ -280,12 +280,17 @@ class RpcConnection(asyncio.Protocol):
             if refusal is not None:
                 self._write(refusal)
             return
-        task = self._daemon.loop.create_task(self._serve_line(line))
+        now = self._daemon.dispatcher.handle_line_now(line, self._peer, self._pending)
+        if isinstance(now, Immediate):  # control plane: answered in this very callback
+            if now.data is not None:
+                self._write(now.data)
+            return
+        task = self._daemon.loop.create_task(self._serve_parsed(now))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve_line(self, line: bytes) -> None:
-        reply = await self._daemon.dispatcher.handle_line(line, self._peer, self._pending)
+    async def _serve_parsed(self, parsed: ParsedLine) -> None:
+        reply = await self._daemon.dispatcher.handle_parsed(parsed, self._peer, self._pending)
         if reply is not None:
             self._write(reply)
 

@@ -166,11 +166,10 @@ class Worker:
         with self._cond:
             if self._stopping.is_set():
                 raise ShuttingDown()
-            if self._status != "ready":
-                raise NotReady(
-                    "model failed to load" if self._status == "error" else "model is loading",
-                    NotReadyData(status=self._status, error=self._error or UNSET),
-                )
+            if self._status == "error":
+                raise NotReady("model failed to load", NotReadyData(status="error", error=self._error or UNSET))
+            # While the model loads, jobs queue like any other (their deadlines run): a client
+            # that started npud through socket activation simply waits for its first answer.
             if len(self._queue) >= self.capacity:
                 raise QueueFull(
                     f"queue full ({self.capacity} waiting); retry later",
@@ -203,11 +202,15 @@ class Worker:
         """Refuse new jobs, fail queued ones with ShuttingDown, let the running one finish."""
         with self._cond:
             self._stopping.set()
+            self._cond.notify_all()
+        self._fail_queued(ShuttingDown("daemon is shutting down; the job was not started"))
+
+    def _fail_queued(self, error: RpcError) -> None:
+        with self._cond:
             drained = list(self._queue)
             self._queue.clear()
-            self._cond.notify_all()
         for job in drained:
-            _resolve(job, ShuttingDown("daemon is shutting down; the job was not started"))
+            _resolve(job, error)
 
     def join(self, timeout: float | None) -> bool:
         """Wait for the thread; True if it ended."""
@@ -264,6 +267,8 @@ class Worker:
             loaded = self._load()
             self._load_finished.set()
             if not loaded:
+                self._fail_queued(NotReady("model failed to load",
+                                           NotReadyData(status="error", error=self._error or UNSET)))
                 return
             while True:
                 job = self._next_job()

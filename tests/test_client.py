@@ -129,11 +129,10 @@ def test_queue_full_not_ready_and_shutting_down(daemon_factory: Any) -> None:
     kinds = sorted(type(o).__name__ for o in outcomes)
     assert kinds == ["JobResult", "ShuttingDown"]
 
-    loading = daemon_factory(FakeLoader(load_gate=threading.Event()), wait_ready=False)
-    with Client(loading.socket) as client, pytest.raises(NotReady) as info:
+    failed = daemon_factory(FakeLoader(load_error="weights missing"))
+    with Client(failed.socket) as client, pytest.raises(NotReady) as info:
         client.generate("title", "x")
-    assert info.value.data_field("status") == "loading"
-    loading.daemon.worker._loader.load_gate.set()  # type: ignore[attr-defined]
+    assert info.value.data_field("status") == "error" and info.value.data_field("error") == "weights missing"
 
 
 def _try(fn: Any, *args: Any) -> Any:

@@ -148,19 +148,36 @@ def test_batch_and_notifications(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- readiness
 
 
-def test_loading_then_ready(tmp_path: Path) -> None:
+def test_jobs_wait_in_the_queue_while_the_model_loads(tmp_path: Path) -> None:
     gate = threading.Event()
 
     async def body(d: Dispatcher, w: Worker) -> None:
         assert (await call(d, "health"))["result"]["status"] == "loading"
-        error = (await call(d, "generate", title()))["error"]
-        assert error == {"code": -32001, "message": "model is loading", "data": {"status": "loading"}}
+        waiting = asyncio.ensure_future(call(d, "generate", title()))
+        while w.snapshot().queue_depth < 1:
+            await asyncio.sleep(0)
+        assert not waiting.done() and (await call(d, "health"))["result"]["queue"]["depth"] == 1
         gate.set()
-        await asyncio.to_thread(w.wait_loaded, 10)
+        assert (await waiting)["result"]["job"] == "title"  # answered once the model is ready
         assert (await call(d, "health"))["result"]["status"] == "ready"
-        assert "result" in await call(d, "generate", title())
 
     run_with_dispatcher(make_config(tmp_path), FakeLoader(load_gate=gate), body, wait_loaded=False)
+
+
+def test_jobs_queued_during_a_failed_load_get_not_ready(tmp_path: Path) -> None:
+    gate = threading.Event()
+    loader = FakeLoader(load_gate=gate, load_error="no such weights")
+
+    async def body(d: Dispatcher, w: Worker) -> None:
+        waiting = asyncio.ensure_future(call(d, "generate", title()))
+        while w.snapshot().queue_depth < 1:
+            await asyncio.sleep(0)
+        gate.set()
+        error = (await waiting)["error"]
+        assert error == {"code": -32001, "message": "model failed to load",
+                         "data": {"status": "error", "error": "no such weights"}}
+
+    run_with_dispatcher(make_config(tmp_path), loader, body, wait_loaded=False)
 
 
 def test_load_failure_is_reported_and_health_keeps_answering(tmp_path: Path) -> None:

@@ -191,11 +191,10 @@ def test_service_errors_and_retry_after(daemon_factory: Any, tmp_path: Path) -> 
     failed = request(port, "POST", "/v1/worker/generate", body)
     assert failed.status == 500 and failed.body["error"]["code"] == -32003
 
-    loading = daemon_factory(FakeLoader(load_gate=threading.Event()), http=True, wait_ready=False)
-    reply = request(loading.http_port, "POST", "/v1/worker/generate", body)
+    broken = daemon_factory(FakeLoader(load_error="weights missing"), http=True)
+    reply = request(broken.http_port, "POST", "/v1/worker/generate", body)
     assert reply.status == 503 and reply.headers["retry-after"] == "5" and reply.body["error"]["code"] == -32001
-    assert request(loading.http_port, "GET", "/healthz").body["status"] == "loading"
-    loading.daemon.worker._loader.load_gate.set()  # type: ignore[attr-defined]
+    assert request(broken.http_port, "GET", "/healthz").body["status"] == "error"
 
     busy = make_npu_sysfs(tmp_path / "sys")
     npu = daemon_factory(FakeLoader(FakeBehaviour(busy_file=busy, busy_step_us=0)), http=True, device="NPU",

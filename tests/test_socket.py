@@ -120,17 +120,19 @@ def test_queue_full_over_the_socket(daemon_factory: Any) -> None:
     assert_serving(daemon)
 
 
-def test_not_ready_over_the_socket(daemon_factory: Any) -> None:
+def test_job_sent_while_loading_is_answered_when_ready(daemon_factory: Any) -> None:
     gate = threading.Event()
     daemon = daemon_factory(FakeLoader(load_gate=gate), wait_ready=False)
     try:
-        with Client(daemon.socket) as client:
+        with Client(daemon.socket) as client, daemon.connect() as conn:
             assert client.health().status == "loading"
-            with pytest.raises(NotReady):
-                client.generate("title", "hello")
+            conn.send_json({"jsonrpc": "2.0", "id": 1, "method": "generate", "params": title()})
+            while client.health().queue.depth < 1:
+                pass
+            gate.set()
+            assert conn.read_json()["result"]["job"] == "title"
     finally:
         gate.set()
-    assert daemon.daemon.worker.wait_loaded(10)
     assert daemon.call("health")["result"]["status"] == "ready"
 
 
