@@ -7,7 +7,6 @@ Nothing below this module reads the environment: :class:`Config` is passed down.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path

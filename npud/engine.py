@@ -266,7 +266,6 @@ class OpenVinoEngine:
         import openvino as ov
         import openvino_genai as og
 
-        self._og = og
         self._pipeline = pipeline
         self._tokenizer = pipeline.get_tokenizer()
         self.model_id = model_id
@@ -286,7 +285,6 @@ class OpenVinoEngine:
         return prompt, int(tokens.get_shape()[-1])
 
     def generate(self, prompt: str, settings: DecodeSettings, should_stop: Callable[[], bool]) -> Generation:
-        og = self._og
         config = self._pipeline.get_generation_config()
         config.max_new_tokens = settings.max_new_tokens
         config.do_sample = False

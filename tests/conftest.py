@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,3 +195,30 @@ def wait_until_ready(proc: subprocess.Popen[str]) -> None:
         if "ready on CPU" in line:
             return
     raise RuntimeError(f"npud exited with status {proc.wait()} before it was ready")
+
+
+NOBODY = 65534
+
+
+def as_nobody(action: Callable[[], bytes]) -> bytes:
+    """Run ``action`` in a forked child that dropped to uid/gid 65534 and return its bytes (or the
+    repr of its exception). The peer-credential tests need a real other user; CI runs as root."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to act as another uid")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            os.write(write_end, action())
+        except BaseException as exc:
+            os.write(write_end, repr(exc).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        data = reader.read()
+    os.waitpid(pid, 0)
+    return data

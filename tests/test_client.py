@@ -36,7 +36,7 @@ from npuclient.protocol import HealthResult, JobResult, ModelsResult
 from npud.testing.fake import FakeBehaviour, FakeLoader
 from npud.testing.sysfs import make_npu_sysfs
 
-from .conftest import REPO, make_config, start_daemon, unique_socket
+from .conftest import REPO, as_nobody, make_config, start_daemon, unique_socket
 
 
 def test_operations_return_typed_results(daemon_factory: Any) -> None:
@@ -143,29 +143,16 @@ def _try(fn: Any, *args: Any) -> Any:
 
 
 def test_peer_not_allowed(daemon_factory: Any) -> None:
-    if os.getuid() != 0:
-        pytest.skip("needs root to connect as another uid")
     daemon = daemon_factory()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
+
+    def health_as_nobody() -> bytes:
         try:
-            os.setgid(65534)
-            os.setuid(65534)
-            try:
-                Client(daemon.socket, timeout=10).health()
-                os.write(write_end, b"allowed")
-            except PeerNotAllowed as exc:
-                os.write(write_end, f"PeerNotAllowed {exc.data_field('uid')}".encode())
-            except BaseException as exc:
-                os.write(write_end, repr(exc).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        answer = reader.read()
-    os.waitpid(pid, 0)
-    assert answer == b"PeerNotAllowed 65534"
+            Client(daemon.socket, timeout=10).health()
+            return b"allowed"
+        except PeerNotAllowed as exc:
+            return f"PeerNotAllowed {exc.data_field('uid')}".encode()
+
+    assert as_nobody(health_as_nobody) == b"PeerNotAllowed 65534"
 
 
 def test_daemon_not_running_has_a_hint() -> None:

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from npuclient import Client, InvalidParams, NotReady, QueueFull
+from npuclient import Client, QueueFull
 from npud.engine import StartupError
 from npud.server import bind_unix_socket
 from npud.testing.fake import FakeBehaviour, FakeLoader
 from npud.testing.sysfs import make_npu_sysfs
 
-from .conftest import RawConnection, RunningDaemon, unique_socket
+from .conftest import NOBODY, RawConnection, RunningDaemon, as_nobody
 
 
 def assert_serving(daemon: RunningDaemon) -> None:
@@ -284,42 +284,24 @@ def test_client_that_disconnects_while_running_stops_the_generation(daemon_facto
 
 
 def test_other_uid_is_rejected_then_allowed(daemon_factory: Any) -> None:
-    if os.getuid() != 0:
-        pytest.skip("needs root to connect as another uid")
-    nobody = 65534
-
-    def connect_as_nobody(name: str) -> bytes:
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: drop to nobody, connect, report what the daemon said
-            try:
-                os.close(read_end)
-                os.setgid(nobody)
-                os.setuid(nobody)
-                with RawConnection.open(name) as conn:
-                    try:
-                        conn.send(b'{"jsonrpc":"2.0","id":1,"method":"health"}\n')
-                    except BrokenPipeError:
-                        pass  # a rejected peer may find the socket already closed: the reply is waiting
-                    line = conn.read_line()
-                    conn.sock.shutdown(socket.SHUT_WR)  # done: the daemon closes its side too
-                    os.write(write_end, line + b"\n" + (b"EOF" if conn.at_eof() else b"OPEN"))
-            except BaseException as exc:
-                os.write(write_end, repr(exc).encode())
-            finally:
-                os._exit(0)
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as reader:
-            data = reader.read()
-        os.waitpid(pid, 0)
-        return data
+    def health_request(name: str) -> Any:
+        def action() -> bytes:
+            with RawConnection.open(name) as conn:
+                try:
+                    conn.send(b'{"jsonrpc":"2.0","id":1,"method":"health"}\n')
+                except BrokenPipeError:
+                    pass  # a rejected peer may find the socket already closed: the reply is waiting
+                line = conn.read_line()
+                conn.sock.shutdown(socket.SHUT_WR)  # done: the daemon closes its side too
+                return line + b"\n" + (b"EOF" if conn.at_eof() else b"OPEN")
+        return action
 
     daemon = daemon_factory()
-    line, state = connect_as_nobody(daemon.socket).rsplit(b"\n", 1)
+    line, state = as_nobody(health_request(daemon.socket)).rsplit(b"\n", 1)
     assert b'"code":-32004' in line and b'"uid":65534' in line and state == b"EOF"
     assert_serving(daemon)
-    allowed = daemon_factory(allow_uids=(nobody,))
-    line, _ = connect_as_nobody(allowed.socket).rsplit(b"\n", 1)
+    allowed = daemon_factory(allow_uids=(NOBODY,))
+    line, _ = as_nobody(health_request(allowed.socket)).rsplit(b"\n", 1)
     assert b'"status":"ready"' in line
 
 
