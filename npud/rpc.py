@@ -211,7 +211,6 @@ class Dispatcher:
 
     def __init__(self, config: Config, worker: Worker, busy: BusyCounter | None, metrics: Metrics | None = None) -> None:
         self._config = config
-        self._worker = worker
         self.worker = worker
         self.metrics = metrics or Metrics()
         self._busy = busy
@@ -342,14 +341,14 @@ class Dispatcher:
 
     def _health(self, request: Request, ctx: CallContext) -> HealthResult:
         convert_params(request, NoParams)
-        snap = self._worker.snapshot()
+        snap = self.worker.snapshot()
         return HealthResult(
             status=snap.status,
             model=snap.model_id or model_id_for(self._config.model),
             device=self._config.device,
             version=__version__,
             uptime_s=round(time.monotonic() - self._started_at, 3),
-            queue=QueueInfo(depth=snap.queue_depth, capacity=self._worker.capacity, running=snap.running),
+            queue=QueueInfo(depth=snap.queue_depth, capacity=self.worker.capacity, running=snap.running),
             busy_counter=BusyCounterInfo(enabled=self._busy_file is not None, path=self._busy_file),
             jobs_served=snap.jobs_served,
             jobs_failed=snap.jobs_failed,
@@ -361,7 +360,7 @@ class Dispatcher:
 
     def _models(self, request: Request, ctx: CallContext) -> ModelsResult:
         convert_params(request, NoParams)
-        snap = self._worker.snapshot()
+        snap = self.worker.snapshot()
         info = ModelInfo(
             id=snap.model_id or model_id_for(self._config.model),
             source=self._config.model,
@@ -413,7 +412,7 @@ class Dispatcher:
         """Cancel an earlier request of the same connection (ids are only unique per connection)."""
         params = convert_params(request, CancelParams)
         job = ctx.pending.get(params.id) if ctx.pending is not None else None
-        if job is None or not self._worker.withdraw(job):
+        if job is None or not self.worker.withdraw(job):
             return CancelResult(cancelled=False)
         if not job.future.done():
             job.future.set_exception(RequestCancelled(f"cancelled by request {ctx.request_id!r}"))
@@ -428,8 +427,8 @@ class Dispatcher:
         timeout_ms = timeout_ms or spec.default_timeout_ms
         loop = asyncio.get_running_loop()
         job = Job(spec=spec, input=text, max_new_tokens=max_new_tokens, loop=loop, future=loop.create_future(),
-                  received_at=self._worker.now(), timeout_ms=timeout_ms)
-        self._worker.submit(job)
+                  received_at=self.worker.now(), timeout_ms=timeout_ms)
+        self.worker.submit(job)
         key = ctx.request_id
         registered = ctx.pending is not None and key is not None and key not in ctx.pending
         if registered and ctx.pending is not None:
@@ -438,13 +437,13 @@ class Dispatcher:
             return await asyncio.wait_for(asyncio.shield(job.future), timeout_ms / 1000 + HANG_GRACE_S)
         except asyncio.TimeoutError:
             # The worker did not stop the job at its deadline: the pipeline is hung. Answer anyway.
-            self._worker.withdraw(job)
+            self.worker.withdraw(job)
             log.error("job %s did not stop at its deadline: the pipeline looks hung", spec.name)
             raise DeadlineExceeded(f"deadline of {timeout_ms} ms passed; the generation did not stop",
                                    DeadlineData(timeout_ms, "running")) from None
         except asyncio.CancelledError:
             # The client went away (or the daemon is stopping): free the slot, stop the generation.
-            self._worker.withdraw(job)
+            self.worker.withdraw(job)
             raise
         finally:
             if registered and ctx.pending is not None:
