@@ -361,3 +361,25 @@ def test_idle_exit_and_reactivation_lose_no_request(tmp_path: Path) -> None:
         assert all(code == 0 for code in activator.exit_codes)
     finally:
         activator.stop()
+
+
+def test_status_follows_the_load_and_extends_the_timeout(tmp_path: Path, notify: NotifyListener) -> None:
+    """While the model loads (an NPU compile can take minutes): STATUS says so and
+    EXTEND_TIMEOUT_USEC keeps systemd waiting; then STATUS follows the queue."""
+    name = unique_socket()
+    loaded = tmp_path / "loaded"
+    env = daemon_env(tmp_path, NOTIFY_SOCKET=notify.name, NPUD_FAKE_LOAD_FILE=str(loaded))
+    proc = subprocess.Popen([*FAKE_DAEMON, "--socket", name, "--no-http"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        seen = notify.wait_for("EXTEND_TIMEOUT_USEC=")
+        assert seen[0] == "READY=1" and any(line.startswith("STATUS=loading fake-model on CPU") for line in seen)
+        with RawConnection.open(name) as conn:
+            assert conn.call("health")["result"]["status"] == "loading"  # served while loading
+            loaded.touch()
+            assert any(line.startswith("STATUS=ready, 0 queued") for line in notify.wait_for("STATUS=ready"))
+            conn.call("generate", {"job": "title", "input": "x"})
+        assert "STATUS=ready, 0 queued, 1 jobs served, 0 failed" in notify.wait_for("STATUS=ready, 0 queued, 1 jobs")
+    finally:
+        loaded.touch()
+        proc.terminate()
+        assert proc.wait(30) == 0
