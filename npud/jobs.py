@@ -87,9 +87,20 @@ def _cap_at_word(text: str, limit: int) -> str:
     return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:-–")
 
 
+# A title cut by the token limit can end mid-phrase ("Tips for a Quicker, Smarter, and").
+_DANGLING = frozenset({"and", "or", "with", "for", "the", "a", "an", "of", "to", "in", "on", "by", "from", "&"})
+
+
+def _drop_dangling(title: str) -> str:
+    words = title.split()
+    while len(words) > 1 and words[-1].lower().strip(",;:-–") in _DANGLING:
+        words.pop()
+    return " ".join(words).rstrip(" ,;:-–")
+
+
 def clean_title(raw: str) -> JobOutput:
     title = _strip_decoration(_first_line(raw)).rstrip(".")
-    return JobOutput(_cap_at_word(title, TITLE_MAX_CHARS))
+    return JobOutput(_drop_dangling(_cap_at_word(title, TITLE_MAX_CHARS)))
 
 
 def clean_summary(raw: str) -> JobOutput:

@@ -16,6 +16,9 @@ from npud.jobs import JOBS, TITLE_MAX_CHARS, clean_candidates, clean_notificatio
         ("**Debugging CI**\nThis conversation is about CI.", "Debugging CI"),
         ("\n\n  “Quoted Title”  \n", "Quoted Title"),
         ("# Heading Title", "Heading Title"),
+        ("Tips for a Quicker, Smarter, and", "Tips for a Quicker, Smarter"),  # cut by the token limit
+        ("Fixing the Build of", "Fixing the Build"),
+        ("And", "And"),  # never emptied
         ("", ""),
     ],
 )
