@@ -126,3 +126,26 @@ def test_entry_point_is_installed() -> None:
     script = os.path.join(os.path.dirname(sys.executable), "npuctl")
     proc = subprocess.run([script, "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "Exit codes" in proc.stdout
+
+
+def test_wait_shows_progress_on_a_terminal(daemon_factory: Any) -> None:
+    import pty
+
+    gate = threading.Event()
+    daemon = daemon_factory(FakeLoader(load_gate=gate), wait_ready=False)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "npuclient.cli", "--socket", daemon.socket, "--wait", "health"],
+                            stdout=subprocess.PIPE, stderr=follower, text=True)
+    os.close(follower)
+    try:
+        seen = b""
+        while b"loading fake-model on CPU" not in seen:  # the progress line, drawn on the terminal
+            seen += os.read(leader, 1024)
+        gate.set()
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        gate.set()
+        os.close(leader)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and out.startswith("ready: fake-model on CPU")
