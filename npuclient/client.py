@@ -100,6 +100,32 @@ def _decode_reply(line: bytes) -> Response:
         raise ProtocolViolation(f"invalid reply from npud: {exc}") from None
 
 
+def _request_line(method: str, params: dict[str, Any] | None, request_id: int) -> bytes:
+    return encode_line(_OutgoingRequest(JSONRPC_VERSION, method, request_id,
+                                        params if params is not None else msgspec.UNSET))
+
+
+class _ReplyLines:
+    """Sans-IO side of both clients: bytes from the socket in, complete reply lines out."""
+
+    def __init__(self) -> None:
+        self._buffer = LineBuffer(MAX_REPLY_BYTES)
+        self._lines: list[bytes] = []
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._lines)
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self._lines.extend(line for line in self._buffer.feed(chunk) if line.strip())
+        except LineTooLong:
+            raise ProtocolViolation(f"reply longer than {MAX_REPLY_BYTES} bytes") from None
+
+    def pop(self) -> bytes | None:
+        return self._lines.pop(0) if self._lines else None
+
+
 def _unavailable(name: str, exc: OSError) -> DaemonUnavailable:
     return DaemonUnavailable(f"cannot connect to npud on {name}: {exc.strerror or exc}. {START_HINT}")
 
@@ -115,8 +141,7 @@ class Client:
         self.socket_name = socket_name or default_socket()
         self.timeout = timeout
         self._sock: socket.socket | None = None
-        self._buffer = LineBuffer(MAX_REPLY_BYTES)
-        self._lines: list[bytes] = []
+        self._replies = _ReplyLines()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -151,8 +176,7 @@ class Client:
         """Send one request and wait for its reply."""
         with self._lock:
             request_id = next(self._ids)
-            data = encode_line(_OutgoingRequest(JSONRPC_VERSION, method, request_id,
-                                                params if params is not None else msgspec.UNSET))
+            data = _request_line(method, params, request_id)
             reply = self._roundtrip(data, request_id, self.timeout if timeout is None else timeout)
         return _decode_result(reply, method, result_type)
 
@@ -162,8 +186,7 @@ class Client:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        self._buffer = LineBuffer(MAX_REPLY_BYTES)
-        self._lines = []
+        self._replies = _ReplyLines()
 
     def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -180,7 +203,7 @@ class Client:
     def _usable_connection(self) -> socket.socket:
         """The open connection, or a new one if there is none or the daemon closed ours."""
         sock = self._sock
-        if sock is not None and not self._lines:
+        if sock is not None and not self._replies.pending:
             sock.settimeout(0)  # with a timeout set, Python would poll first and ignore DONTWAIT
             try:
                 peeked = sock.recv(1, socket.MSG_PEEK)
@@ -224,16 +247,13 @@ class Client:
             raise
 
     def _read_line(self, sock: socket.socket) -> bytes:
-        while not self._lines:
+        while (line := self._replies.pop()) is None:
             chunk = sock.recv(65536)
             if not chunk:
                 self._drop()
                 raise DaemonUnavailable("npud closed the connection before replying")
-            try:
-                self._lines.extend(line for line in self._buffer.feed(chunk) if line.strip())
-            except LineTooLong:
-                raise ProtocolViolation(f"reply longer than {MAX_REPLY_BYTES} bytes") from None
-        return self._lines.pop(0)
+            self._replies.feed(chunk)
+        return line
 
 
 class AsyncClient:
@@ -244,8 +264,7 @@ class AsyncClient:
         self.timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._buffer = LineBuffer(MAX_REPLY_BYTES)
-        self._lines: list[bytes] = []
+        self._replies = _ReplyLines()
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
 
@@ -279,8 +298,7 @@ class AsyncClient:
                    timeout: float | None = None) -> T:
         async with self._lock:
             request_id = next(self._ids)
-            data = encode_line(_OutgoingRequest(JSONRPC_VERSION, method, request_id,
-                                                params if params is not None else msgspec.UNSET))
+            data = _request_line(method, params, request_id)
             limit = self.timeout if timeout is None else timeout
             try:
                 reply = await asyncio.wait_for(self._roundtrip(data, request_id), limit)
@@ -291,8 +309,7 @@ class AsyncClient:
 
     async def _drop(self) -> None:
         writer, self._reader, self._writer = self._writer, None, None
-        self._buffer = LineBuffer(MAX_REPLY_BYTES)
-        self._lines = []
+        self._replies = _ReplyLines()
         if writer is not None:
             writer.close()
             try:
@@ -311,7 +328,7 @@ class AsyncClient:
             raise _unavailable(self.socket_name, exc) from None
 
     async def _roundtrip(self, data: bytes, request_id: int) -> Response:
-        if self._writer is not None and self._reader is not None and self._reader.at_eof() and not self._lines:
+        if self._writer is not None and self._reader is not None and self._reader.at_eof() and not self._replies.pending:
             await self._drop()  # the daemon restarted since our last call
         if self._writer is None:
             await self._connect()
@@ -349,15 +366,12 @@ class AsyncClient:
             await self._writer.drain()
 
     async def _read_line(self) -> bytes:
-        while not self._lines:
+        while (line := self._replies.pop()) is None:
             if self._reader is None:
                 raise DaemonUnavailable("not connected")
             chunk = await self._reader.read(65536)
             if not chunk:
                 await self._drop()
                 raise DaemonUnavailable("npud closed the connection before replying")
-            try:
-                self._lines.extend(line for line in self._buffer.feed(chunk) if line.strip())
-            except LineTooLong:
-                raise ProtocolViolation(f"reply longer than {MAX_REPLY_BYTES} bytes") from None
-        return self._lines.pop(0)
+            self._replies.feed(chunk)
+        return line
