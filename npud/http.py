@@ -64,7 +64,7 @@ LINGER_MAX_BYTES = 4 * 1024 * 1024
 # An idle keep-alive connection is closed after this long.
 KEEPALIVE_IDLE_S = 30.0
 # Retry-After (seconds) for 503s whose wait cannot be computed from the queue.
-RETRY_LOADING_S = 5
+RETRY_NOT_READY_S = 5  # the model failed to load: a restart (systemd) may fix it
 RETRY_DEVICE_BUSY_S = 1
 RETRY_SHUTTING_DOWN_S = 5
 
@@ -151,13 +151,10 @@ def _error_body(error: ErrorObject) -> bytes:
 
 def _retry_after(error: ErrorObject) -> int | None:
     if error.code == QueueFull.code:
-        data = error.data
-        millis = getattr(data, "retry_after_ms", None)
-        if millis is None and isinstance(data, dict):
-            millis = data.get("retry_after_ms")
+        millis = QueueFull(error.message, error.data).retry_after_ms
         return max(1, math.ceil((millis or 1000) / 1000))
     if error.code == NotReady.code:
-        return RETRY_LOADING_S
+        return RETRY_NOT_READY_S
     if error.code == DeviceBusy.code:
         return RETRY_DEVICE_BUSY_S
     if error.code == ShuttingDown.code:

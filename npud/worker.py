@@ -147,7 +147,6 @@ class Worker:
         self._service_ms: float | None = None
         self._served = 0
         self._failed = 0
-        self.crashed = False
         self._current: Job | None = None  # the job being processed (answered if the worker dies)
         #: Called (from the worker thread) if the worker dies of a bug; the daemon then exits non-zero.
         self.on_crash: Callable[[], None] | None = None
@@ -279,16 +278,14 @@ class Worker:
             # A bug in the worker itself: never leave a daemon that accepts jobs nobody runs.
             log.critical("worker thread crashed", exc_info=True)
             with self._cond:
-                self.crashed = True
                 self._stopping.set()
-                drained = list(self._queue)
-                if self._current is not None:
-                    drained.append(self._current)
-                self._queue.clear()
+                current, self._current = self._current, None
                 self._running_since = None
             self._load_finished.set()
-            for job in drained:
-                _resolve(job, InternalError("the worker crashed; npud is restarting"))
+            error = InternalError("the worker crashed; npud is restarting")
+            self._fail_queued(error)
+            if current is not None:
+                _resolve(current, error)
             if self.on_crash is not None:
                 self.on_crash()
 
