@@ -31,7 +31,7 @@ from .peercred import PeerPolicy
 from .rpc import Dispatcher
 from .server import RpcConnection, bind_unix_socket, is_abstract
 from .systemd import ActivatedSockets, Notifier
-from .worker import Worker
+from .worker import Worker, WorkerSnapshot
 
 log = logging.getLogger("npud")
 
@@ -184,7 +184,7 @@ class Daemon:
         self._log_listening()
         self.worker.start()
         notifier = self.systemd.notifier
-        notifier.notify("READY=1", f"STATUS={self._status_line()}")
+        notifier.notify("READY=1", f"STATUS={self._status_line(self.worker.snapshot())}")
         self.spawn(self._report_status())
         if self.systemd.watchdog_interval_s is not None:
             self.spawn(self._feed_watchdog(self.systemd.watchdog_interval_s))
@@ -212,8 +212,7 @@ class Daemon:
         log.info("npud %s listening on %s%s (device %s, model %s)",
                  __version__, where, http, self.config.device, self.config.model)
 
-    def _status_line(self) -> str:
-        snap = self.worker.snapshot()
+    def _status_line(self, snap: WorkerSnapshot) -> str:
         if snap.status == "loading":
             return f"loading {self.config.model} on {self.config.device}"
         if snap.status == "error":
@@ -225,8 +224,9 @@ class Daemon:
         notifier = self.systemd.notifier
         last = ""
         while True:
-            line = self._status_line()
-            if self.worker.snapshot().status == "loading":
+            snap = self.worker.snapshot()
+            line = self._status_line(snap)
+            if snap.status == "loading":
                 # An NPU compile can take minutes: keep systemd from timing us out meanwhile.
                 notifier.notify(f"EXTEND_TIMEOUT_USEC={int(LOAD_EXTEND_S * 1_000_000)}")
             if line != last:
