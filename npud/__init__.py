@@ -1,3 +1,5 @@
 """npud: a local daemon for small, bounded LLM jobs on an Intel NPU through OpenVINO GenAI."""
 
-__version__ = "0.1.0"
+from npuclient._version import __version__
+
+__all__ = ["__version__"]

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from npuclient._version import __version__
 from npuclient.framing import DEFAULT_MAX_LINE_BYTES
 from npuclient.protocol import DEFAULT_MAX_PROMPT_TOKENS
 
@@ -215,6 +216,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         description="Local daemon for small, bounded LLM jobs on an Intel NPU (OpenVINO GenAI).",
         epilog="Every option can also be set with the environment variable shown; a flag wins.",
     )
+    parser.add_argument("--version", action="version", version=f"npud {__version__}")
     for opt in OPTIONS:
         env_name = ENV_PREFIX + opt.env
         default = defaults.get(opt.field)
