@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,6 +95,11 @@ def squatter(name: str) -> Iterator[Squatter]:
             pass
 
 
+def npuctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "npuclient.cli", *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
 def assert_refused(error: ServerNotTrusted) -> None:
     assert isinstance(error, DaemonUnavailable)  # callers that fall back when npud is down keep doing so
     assert error.uid == NOBODY and error.gid == NOBODY and error.pid > 0
@@ -125,6 +132,20 @@ def test_async_client_sends_nothing_to_a_squatter() -> None:
     assert_refused(error)
 
 
+def test_npuctl_sends_nothing_to_a_squatter() -> None:
+    name = unique_socket()
+    with squatter(name) as squat:
+        proc = npuctl("generate", "--job", "title", "--input", "my private text", "--socket", name)
+        assert squat.report() == b"received:"
+    assert proc.returncode == 3, proc.stderr
+    assert "uid 65534" in proc.stderr and "--server-uid nobody" in proc.stderr and proc.stdout == ""
+    # --wait does not keep polling a squatter as if npud were still starting: refused at once.
+    with squatter(name) as squat:
+        proc = npuctl("--wait", "--timeout", "60", "health", "--socket", name)
+        assert squat.report() == b"received:"
+    assert proc.returncode == 3 and "uid 65534" in proc.stderr
+
+
 def test_squatter_after_a_daemon_restart_is_refused(tmp_path: Path) -> None:
     """The window the issue describes: npud stopped, someone else took its name, and a client
     that was talking to npud reconnects transparently."""
@@ -140,7 +161,7 @@ def test_squatter_after_a_daemon_restart_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_configured_server_user_is_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Trusting a system service's user: by name or uid, by argument or environment."""
+    """Trusting a system service's user: by name or uid, by argument, environment or option."""
     name = unique_socket()
     with squatter(name) as squat:
         with Client(name, timeout=30, server_uids=["nobody"]) as client, pytest.raises(NotReady, match="forged"):
@@ -157,6 +178,12 @@ def test_a_configured_server_user_is_trusted(monkeypatch: pytest.MonkeyPatch) ->
     with squatter(name) as squat:
         asyncio.run(main())
         assert squat.report().startswith(b"received:")
+    monkeypatch.delenv("OV_GENAI_NPU_SERVER_UID")
+
+    with squatter(name) as squat:
+        proc = npuctl("health", "--socket", name, "--server-uid", "nobody")  # option after the command
+        assert squat.report().startswith(b"received:")
+    assert proc.returncode == 5 and "forged by the squatter" in proc.stderr
 
 
 def test_an_explicit_argument_replaces_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,6 +201,11 @@ def test_unknown_server_user_is_an_error_up_front(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("OV_GENAI_NPU_SERVER_UID", "no-such-user-npud")
     with pytest.raises(InvalidServerUid):
         Client("@x")
+    env = {**os.environ, "OV_GENAI_NPU_SERVER_UID": "no-such-user-npud"}
+    proc = npuctl("health", "--socket", unique_socket(), env=env)
+    assert proc.returncode == 2 and "no-such-user-npud" in proc.stderr
+    proc = npuctl("--server-uid", "1000,no-such-user-npud", "health", "--socket", unique_socket())
+    assert proc.returncode == 2 and "no-such-user-npud" in proc.stderr
 
 
 @pytest.mark.parametrize(
