@@ -1,28 +1,35 @@
 """npuclient: the wire contract of npud and a small client. Never imports OpenVINO."""
 
-from .client import Client, DaemonUnavailable, ProtocolViolation
+from .client import AsyncClient, Client
 from .errors import (
+    CallTimeout,
+    DaemonUnavailable,
     DeadlineExceeded,
     DeviceBusy,
     GenerationFailed,
     InternalError,
     InvalidParams,
     InvalidRequest,
+    InvalidServerUid,
     MethodNotFound,
     NotReady,
     NotVerified,
     NpuClientError,
     ParseError,
     PeerNotAllowed,
+    ProtocolViolation,
     QueueFull,
     RequestCancelled,
     RpcError,
+    ServerNotTrusted,
     ShuttingDown,
     TooManyRequests,
 )
 from .protocol import HealthResult, JobResult, ModelsResult
 
 __all__ = [
+    "AsyncClient",
+    "CallTimeout",
     "Client",
     "DaemonUnavailable",
     "DeadlineExceeded",
@@ -32,6 +39,7 @@ __all__ = [
     "InternalError",
     "InvalidParams",
     "InvalidRequest",
+    "InvalidServerUid",
     "JobResult",
     "MethodNotFound",
     "ModelsResult",
@@ -44,6 +52,7 @@ __all__ = [
     "QueueFull",
     "RequestCancelled",
     "RpcError",
+    "ServerNotTrusted",
     "ShuttingDown",
     "TooManyRequests",
 ]

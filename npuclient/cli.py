@@ -3,8 +3,8 @@
 Exit codes (stable, documented in README):
   0  success
   1  other failure (internal error, protocol violation, timeout)
-  2  invalid input (usage, invalid params or request)
-  3  daemon unreachable or this user not allowed
+  2  invalid input (usage, invalid params or request, unknown --server-uid user)
+  3  daemon unreachable (also: --wait never reached it), server not trusted, or this user not allowed
   4  busy, retry later (queue full, NPU lock held elsewhere, shutting down, deadline exceeded)
   5  generation failed (pipeline error, model failed to load)
   6  NPU execution not verified (busy counter delta <= 0)
@@ -20,13 +20,16 @@ from typing import Any, TextIO
 
 import msgspec
 
-from .client import CallTimeout, Client, DaemonUnavailable, default_socket
+from .client import DEFAULT_TIMEOUT_S, SOCKET_ENV, Client, default_socket
 from .errors import (
+    CallTimeout,
+    DaemonUnavailable,
     DeadlineExceeded,
     DeviceBusy,
     GenerationFailed,
     InvalidParams,
     InvalidRequest,
+    InvalidServerUid,
     MethodNotFound,
     NotReady,
     NotVerified,
@@ -35,10 +38,12 @@ from .errors import (
     PeerNotAllowed,
     QueueFull,
     RpcError,
+    ServerNotTrusted,
     ShuttingDown,
     TooManyRequests,
 )
-from .protocol import JOB_NAMES, HealthResult, JobResult, ModelsResult
+from .protocol import JOB_NAMES, MAX_TIMEOUT_MS, HealthResult, JobResult, ModelsResult
+from .trust import SERVER_UID_ENV
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -54,9 +59,9 @@ WAIT_POLL_S = 0.2
 def exit_code_for(exc: NpuClientError) -> int:
     if isinstance(exc, NotVerified):
         return EXIT_NOT_VERIFIED
-    if isinstance(exc, (InvalidParams, InvalidRequest, ParseError, MethodNotFound)):
+    if isinstance(exc, (InvalidParams, InvalidRequest, ParseError, MethodNotFound, InvalidServerUid)):
         return EXIT_INVALID_INPUT
-    if isinstance(exc, (DaemonUnavailable, PeerNotAllowed)):
+    if isinstance(exc, (DaemonUnavailable, PeerNotAllowed)):  # ServerNotTrusted is a DaemonUnavailable
         return EXIT_UNREACHABLE
     if isinstance(exc, NotReady):  # the model failed to load
         return EXIT_GENERATION_FAILED
@@ -67,29 +72,60 @@ def exit_code_for(exc: NpuClientError) -> int:
     return EXIT_FAILURE
 
 
+def add_global_options(parser: argparse.ArgumentParser, after_command: bool = False) -> None:
+    """The options of every command. They are accepted before and after the command name: the
+    copy on each subcommand defaults to SUPPRESS, so it only overrides what was actually given."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if after_command else value
+
+    parser.add_argument("--socket", default=default(None),
+                        help=f"npud socket (default: ${SOCKET_ENV} or {default_socket({})})")
+    parser.add_argument("--timeout", type=float, default=default(DEFAULT_TIMEOUT_S), metavar="SECONDS",
+                        help="how long npuctl waits for each reply, and with --wait for the model "
+                        f"(default {DEFAULT_TIMEOUT_S:.0f}); on expiry it disconnects and npud withdraws "
+                        "the job. Not the job's deadline on the daemon: see --deadline-ms")
+    parser.add_argument("--json", action="store_true", default=default(False), help="print the raw JSON result")
+    parser.add_argument("--wait", action="store_true", default=default(False),
+                        help="first wait (up to --timeout) until the model is ready")
+    parser.add_argument("--server-uid", default=default(None), metavar="USER[,USER...]",
+                        help="also trust a server running as these users (names or uids), e.g. npud's "
+                        f"system service user (default: ${SERVER_UID_ENV}); your own uid and root are "
+                        "always trusted, any other server is refused before anything is sent")
+
+
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, help="the text, or - to read standard input")
+    parser.add_argument("--deadline-ms", type=int, default=None, metavar="MS",
+                        help=f"the job's deadline on the daemon (the contract's timeout_ms, 1..{MAX_TIMEOUT_MS}), "
+                        "counted from receipt: when it passes npud withdraws or stops the job and answers "
+                        "'deadline exceeded' (exit 4). Default: the job's own (30000 for title and "
+                        "notification, 120000 for summary and memory candidates). Keep --timeout longer")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="npuctl",
-        description="Talk to npud: health, models, and jobs (title, summary, notification, memory candidates).",
-        epilog="Exit codes: 0 ok, 1 other failure, 2 invalid input, 3 daemon unreachable or not allowed, "
-        "4 busy (retry later), 5 generation failed, 6 NPU execution not verified.",
+        description="Talk to npud: health, models, and jobs (title, summary, notification, memory candidates). "
+        "The options --socket, --timeout, --json, --wait and --server-uid go before or after the command.",
+        epilog="Exit codes: 0 ok, 1 other failure, 2 invalid input, 3 daemon unreachable, server not trusted "
+        "or user not allowed, 4 busy (retry later, or --deadline-ms passed), 5 generation failed, "
+        "6 NPU execution not verified.",
     )
-    parser.add_argument("--socket", default=None, help=f"npud socket (default: $OV_GENAI_NPU_SOCKET or {default_socket({})})")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a reply (default 120)")
-    parser.add_argument("--json", action="store_true", help="print the raw JSON result")
-    parser.add_argument("--wait", action="store_true",
-                        help="first wait (up to --timeout) until the model is ready")
+    add_global_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("health", help="daemon and model status")
-    sub.add_parser("models", help="the loaded model, limits and jobs")
+    for name, help_text in (("health", "daemon and model status"), ("models", "the loaded model, limits and jobs")):
+        add_global_options(sub.add_parser(name, help=help_text), after_command=True)
     gen = sub.add_parser("generate", help="run a job")
     gen.add_argument("--job", required=True, choices=JOB_NAMES)
-    gen.add_argument("--input", required=True, help="the text, or - to read standard input")
+    add_job_options(gen)
     gen.add_argument("--max-new-tokens", type=int, default=None)
+    add_global_options(gen, after_command=True)
     for name, help_text in (("extract-memory-candidates", "facts worth remembering, as a list"),
                             ("condense-notification", "a notification in one sentence")):
         cmd = sub.add_parser(name, help=help_text)
-        cmd.add_argument("--input", required=True, help="the text, or - to read standard input")
+        add_job_options(cmd)
+        add_global_options(cmd, after_command=True)
     return parser
 
 
@@ -98,14 +134,24 @@ def read_input(value: str, stdin: TextIO) -> str:
 
 
 def wait_until_ready(client: Client, timeout: float, stderr: TextIO) -> None:
-    """Poll health until ready; show a progress line on a terminal, stay quiet otherwise."""
+    """Poll health until ready; show a progress line on a terminal, stay quiet otherwise.
+
+    Gives up after ``timeout`` with DaemonUnavailable (exit 3) if no daemon ever answered, and
+    with CallTimeout (exit 1) if one answered but its model was still loading. An untrusted
+    server is refused at once: it will not turn into npud by waiting.
+    """
     started = time.monotonic()
     show = stderr.isatty()
+    unreachable: DaemonUnavailable | None = None
+    reached = False
     while True:
         try:
             health: HealthResult | None = client.health(timeout=max(1.0, timeout))
-        except DaemonUnavailable:
-            health = None
+            reached = True
+        except ServerNotTrusted:
+            raise
+        except DaemonUnavailable as exc:
+            health, unreachable = None, exc
         elapsed = time.monotonic() - started
         if health is not None and health.status == "ready":
             if show:
@@ -114,6 +160,10 @@ def wait_until_ready(client: Client, timeout: float, stderr: TextIO) -> None:
         if health is not None and health.status == "error":
             raise NotReady(f"model failed to load: {health.error}", {"status": "error"})
         if elapsed >= timeout:
+            if show:
+                stderr.write("\r\033[K")
+            if not reached:
+                raise DaemonUnavailable(f"npud did not answer within {timeout:g}s: {unreachable}")
             raise CallTimeout(f"npud not ready after {timeout:.0f}s")
         if show:
             state = "waiting for npud" if health is None else f"npud: loading {health.model} on {health.device}"
@@ -148,10 +198,10 @@ def run_command(args: argparse.Namespace, client: Client, stdin: TextIO) -> Any:
         return client.models()
     text = read_input(args.input, stdin)
     if args.command == "generate":
-        return client.generate(args.job, text, args.max_new_tokens)
+        return client.generate(args.job, text, args.max_new_tokens, timeout_ms=args.deadline_ms)
     if args.command == "extract-memory-candidates":
-        return client.extract_memory_candidates(text)
-    return client.condense_notification(text)
+        return client.extract_memory_candidates(text, timeout_ms=args.deadline_ms)
+    return client.condense_notification(text, timeout_ms=args.deadline_ms)
 
 
 def describe(exc: NpuClientError) -> str:
@@ -168,7 +218,7 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout:
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     args = build_parser().parse_args(argv)
     try:
-        with Client(args.socket, timeout=args.timeout) as client:
+        with Client(args.socket, timeout=args.timeout, server_uids=args.server_uid) as client:
             if args.wait:
                 wait_until_ready(client, args.timeout, stderr)
             result = run_command(args, client, stdin)

@@ -5,6 +5,12 @@ Both keep one connection and reuse it across calls. If the daemon restarted betw
 one is opened once, transparently; a connection that dies *after* a request was sent is reported
 (:class:`DaemonUnavailable`), never retried, because the job may already have run.
 
+Every new connection is checked before a byte is sent: the listening process must run as this
+user, root, or a configured server user (:mod:`npuclient.trust`), else :class:`ServerNotTrusted`.
+
+A call that ends without its reply (timeout, task cancelled, interrupted) drops the connection:
+npud withdraws the jobs of a closed connection, and no late reply can reach the next call.
+
 Results are the typed Structs of :mod:`npuclient.protocol`; server errors are raised as the
 exceptions of :mod:`npuclient.errors`.
 """
@@ -21,7 +27,15 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from .errors import NpuClientError, error_from_object
+from .errors import (
+    CallTimeout,
+    DaemonUnavailable,
+    InvalidServerUid,
+    NpuClientError,
+    ProtocolViolation,
+    ServerNotTrusted,
+    error_from_object,
+)
 from .framing import LineBuffer, LineTooLong
 from .protocol import (
     JSONRPC_VERSION,
@@ -32,6 +46,23 @@ from .protocol import (
     Response,
     encode_line,
 )
+from .trust import SERVER_UID_ENV, ServerTrust, ServerUids
+
+__all__ = [
+    "DEFAULT_SOCKET",
+    "SERVER_UID_ENV",
+    "SOCKET_ENV",
+    "AsyncClient",
+    "CallTimeout",
+    "Client",
+    "DaemonUnavailable",
+    "InvalidServerUid",
+    "NpuClientError",
+    "ProtocolViolation",
+    "ServerNotTrusted",
+    "default_socket",
+    "socket_address",
+]
 
 DEFAULT_SOCKET = "@npud"
 SOCKET_ENV = "OV_GENAI_NPU_SOCKET"
@@ -44,18 +75,6 @@ START_HINT = "Is it running? (systemctl --user start npud.socket)"
 T = TypeVar("T")
 
 _RESPONSE = msgspec.json.Decoder(Response)
-
-
-class DaemonUnavailable(NpuClientError):
-    """npud is not running, not reachable, or the connection broke."""
-
-
-class ProtocolViolation(NpuClientError):
-    """The server sent something that is not a valid JSON-RPC reply to our request."""
-
-
-class CallTimeout(NpuClientError):
-    """No reply within the call's timeout (the job may still run on the daemon)."""
 
 
 class _OutgoingRequest(msgspec.Struct, omit_defaults=True):
@@ -75,10 +94,21 @@ def default_socket(environ: Mapping[str, str] | None = None) -> str:
     return env.get(SOCKET_ENV) or DEFAULT_SOCKET
 
 
-def generate_params(job: JobName, input: str, max_new_tokens: int | None) -> dict[str, Any]:
+def generate_params(job: JobName, input: str, max_new_tokens: int | None = None,
+                    timeout_ms: int | None = None) -> dict[str, Any]:
     params: dict[str, Any] = {"job": job, "input": input}
     if max_new_tokens is not None:
         params["max_new_tokens"] = max_new_tokens
+    if timeout_ms is not None:
+        params["timeout_ms"] = timeout_ms
+    return params
+
+
+def input_params(input: str, timeout_ms: int | None = None) -> dict[str, Any]:
+    """Params of ``extract_memory_candidates`` and ``condense_notification``."""
+    params: dict[str, Any] = {"input": input}
+    if timeout_ms is not None:
+        params["timeout_ms"] = timeout_ms
     return params
 
 
@@ -130,16 +160,33 @@ def _unavailable(name: str, exc: OSError) -> DaemonUnavailable:
     return DaemonUnavailable(f"cannot connect to npud on {name}: {exc.strerror or exc}. {START_HINT}")
 
 
+def _check_server(trust: ServerTrust, sock: socket.socket, name: str) -> None:
+    """Refuse an untrusted listener before anything is sent; the socket is closed on refusal."""
+    try:
+        trust.check(sock, name)
+    except OSError as exc:
+        sock.close()
+        raise DaemonUnavailable(f"cannot read the credentials of the server on {name}: {exc}") from None
+    except ServerNotTrusted:
+        sock.close()
+        raise
+
+
 class Client:
     """Blocking client. Thread-safe: a lock serialises calls on the one connection.
 
     Use as a context manager or call :meth:`close`. ``timeout`` (seconds, per call; ``None``
-    waits forever) can be overridden on each method.
+    waits forever) can be overridden on each method; it is how long this client waits, while a
+    job's ``timeout_ms`` is its deadline on the daemon. ``server_uids`` (uids or user names, or
+    a comma-separated string) are trusted as the server besides this user and root; without it,
+    ``$OV_GENAI_NPU_SERVER_UID`` is read. An unknown user name raises :class:`InvalidServerUid`.
     """
 
-    def __init__(self, socket_name: str | None = None, timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, socket_name: str | None = None, timeout: float | None = DEFAULT_TIMEOUT_S, *,
+                 server_uids: ServerUids | None = None) -> None:
         self.socket_name = socket_name or default_socket()
         self.timeout = timeout
+        self.trust = ServerTrust.for_this_process(server_uids)
         self._sock: socket.socket | None = None
         self._replies = _ReplyLines()
         self._ids = itertools.count(1)
@@ -162,14 +209,17 @@ class Client:
         return self.call("models", None, ModelsResult, timeout)
 
     def generate(self, job: JobName, input: str, max_new_tokens: int | None = None,
-                 timeout: float | None = None) -> JobResult:
-        return self.call("generate", generate_params(job, input, max_new_tokens), JobResult, timeout)
+                 timeout: float | None = None, *, timeout_ms: int | None = None) -> JobResult:
+        params = generate_params(job, input, max_new_tokens, timeout_ms)
+        return self.call("generate", params, JobResult, timeout)
 
-    def extract_memory_candidates(self, input: str, timeout: float | None = None) -> JobResult:
-        return self.call("extract_memory_candidates", {"input": input}, JobResult, timeout)
+    def extract_memory_candidates(self, input: str, timeout: float | None = None, *,
+                                  timeout_ms: int | None = None) -> JobResult:
+        return self.call("extract_memory_candidates", input_params(input, timeout_ms), JobResult, timeout)
 
-    def condense_notification(self, input: str, timeout: float | None = None) -> JobResult:
-        return self.call("condense_notification", {"input": input}, JobResult, timeout)
+    def condense_notification(self, input: str, timeout: float | None = None, *,
+                              timeout_ms: int | None = None) -> JobResult:
+        return self.call("condense_notification", input_params(input, timeout_ms), JobResult, timeout)
 
     def call(self, method: str, params: dict[str, Any] | None, result_type: type[T],
              timeout: float | None = None) -> T:
@@ -177,7 +227,15 @@ class Client:
         with self._lock:
             request_id = next(self._ids)
             data = _request_line(method, params, request_id)
-            reply = self._roundtrip(data, request_id, self.timeout if timeout is None else timeout)
+            try:
+                reply = self._roundtrip(data, request_id, self.timeout if timeout is None else timeout)
+            except BaseException:
+                # Whatever ended the call without its reply (timeout, lost connection, a bad reply,
+                # KeyboardInterrupt), the request may still be pending on the daemon and its late
+                # reply would sit in front of the next call's: closing the connection answers both,
+                # as npud withdraws the jobs of a closed connection.
+                self._drop()
+                raise
         return _decode_result(reply, method, result_type)
 
     # ------------------------------------------------------------ transport
@@ -197,6 +255,7 @@ class Client:
         except OSError as exc:
             sock.close()
             raise _unavailable(self.socket_name, exc) from None
+        _check_server(self.trust, sock, self.socket_name)
         self._sock = sock
         return sock
 
@@ -229,7 +288,6 @@ class Client:
             try:
                 sock.sendall(data)
             except OSError:
-                self._drop()
                 raise DaemonUnavailable(f"cannot send to npud: {exc}") from None
         try:
             while True:
@@ -237,31 +295,30 @@ class Client:
                 if reply.id == request_id or reply.id is None:
                     return reply
         except TimeoutError:
-            self._drop()  # a late reply would confuse the next call
             raise CallTimeout(f"no reply from npud within {timeout}s") from None
         except OSError as exc:
-            self._drop()
             raise DaemonUnavailable(f"connection to npud lost: {exc}") from None
-        except ProtocolViolation:
-            self._drop()
-            raise
 
     def _read_line(self, sock: socket.socket) -> bytes:
         while (line := self._replies.pop()) is None:
             chunk = sock.recv(65536)
             if not chunk:
-                self._drop()
                 raise DaemonUnavailable("npud closed the connection before replying")
             self._replies.feed(chunk)
         return line
 
 
 class AsyncClient:
-    """asyncio client with the same operations; calls on one client are serialised by a lock."""
+    """asyncio client with the same operations and options; calls on one client are serialised by
+    a lock. Cancelling a call (``task.cancel()``, ``asyncio.wait_for``, ``asyncio.timeout``) drops
+    the connection, so npud withdraws the job instead of running it for nobody."""
 
-    def __init__(self, socket_name: str | None = None, timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, socket_name: str | None = None, timeout: float | None = DEFAULT_TIMEOUT_S, *,
+                 server_uids: ServerUids | None = None) -> None:
         self.socket_name = socket_name or default_socket()
         self.timeout = timeout
+        self.trust = ServerTrust.for_this_process(server_uids)
+        self._sock: socket.socket | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._replies = _ReplyLines()
@@ -285,14 +342,17 @@ class AsyncClient:
         return await self.call("models", None, ModelsResult, timeout)
 
     async def generate(self, job: JobName, input: str, max_new_tokens: int | None = None,
-                       timeout: float | None = None) -> JobResult:
-        return await self.call("generate", generate_params(job, input, max_new_tokens), JobResult, timeout)
+                       timeout: float | None = None, *, timeout_ms: int | None = None) -> JobResult:
+        params = generate_params(job, input, max_new_tokens, timeout_ms)
+        return await self.call("generate", params, JobResult, timeout)
 
-    async def extract_memory_candidates(self, input: str, timeout: float | None = None) -> JobResult:
-        return await self.call("extract_memory_candidates", {"input": input}, JobResult, timeout)
+    async def extract_memory_candidates(self, input: str, timeout: float | None = None, *,
+                                        timeout_ms: int | None = None) -> JobResult:
+        return await self.call("extract_memory_candidates", input_params(input, timeout_ms), JobResult, timeout)
 
-    async def condense_notification(self, input: str, timeout: float | None = None) -> JobResult:
-        return await self.call("condense_notification", {"input": input}, JobResult, timeout)
+    async def condense_notification(self, input: str, timeout: float | None = None, *,
+                                    timeout_ms: int | None = None) -> JobResult:
+        return await self.call("condense_notification", input_params(input, timeout_ms), JobResult, timeout)
 
     async def call(self, method: str, params: dict[str, Any] | None, result_type: type[T],
                    timeout: float | None = None) -> T:
@@ -303,12 +363,34 @@ class AsyncClient:
             try:
                 reply = await asyncio.wait_for(self._roundtrip(data, request_id), limit)
             except asyncio.TimeoutError:
-                await self._drop()
+                self._abort()
                 raise CallTimeout(f"no reply from npud within {limit}s") from None
+            except BaseException:
+                # Cancelled (task.cancel, an outer wait_for or asyncio.timeout) or failed without our
+                # reply: the request may still be queued or running on the daemon. Closing the
+                # connection withdraws it there and keeps its late reply from the next call. Done
+                # synchronously: a cancelled task should not wait on more I/O.
+                self._abort()
+                raise
         return _decode_result(reply, method, result_type)
 
+    def _abort(self) -> None:
+        """Close the connection now; the daemon sees the full close at once."""
+        sock, writer = self._sock, self._writer
+        self._sock, self._reader, self._writer = None, None, None
+        self._replies = _ReplyLines()
+        if sock is not None:
+            try:
+                # The transport closes its socket on the loop's next turn, which may never come
+                # (asyncio.run tearing down); shutting down both directions tells npud right away.
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if writer is not None:
+            writer.transport.abort()
+
     async def _drop(self) -> None:
-        writer, self._reader, self._writer = self._writer, None, None
+        writer, self._sock, self._reader, self._writer = self._writer, None, None, None
         self._replies = _ReplyLines()
         if writer is not None:
             writer.close()
@@ -322,10 +404,19 @@ class AsyncClient:
         sock.setblocking(False)
         try:
             await asyncio.get_running_loop().sock_connect(sock, socket_address(self.socket_name))
-            self._reader, self._writer = await asyncio.open_unix_connection(sock=sock)
         except OSError as exc:
             sock.close()
             raise _unavailable(self.socket_name, exc) from None
+        except BaseException:
+            sock.close()
+            raise
+        _check_server(self.trust, sock, self.socket_name)
+        try:
+            self._reader, self._writer = await asyncio.open_unix_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
 
     async def _roundtrip(self, data: bytes, request_id: int) -> Response:
         if self._writer is not None and self._reader is not None and self._reader.at_eof() and not self._replies.pending:
@@ -342,7 +433,6 @@ class AsyncClient:
                 self._send(data)
                 await self._drain()
             except OSError as exc:
-                await self._drop()
                 raise DaemonUnavailable(f"cannot send to npud: {exc}") from None
         try:
             while True:
@@ -350,11 +440,7 @@ class AsyncClient:
                 if reply.id == request_id or reply.id is None:
                     return reply
         except OSError as exc:
-            await self._drop()
             raise DaemonUnavailable(f"connection to npud lost: {exc}") from None
-        except ProtocolViolation:
-            await self._drop()
-            raise
 
     def _send(self, data: bytes) -> None:
         if self._writer is None:
@@ -371,7 +457,6 @@ class AsyncClient:
                 raise DaemonUnavailable("not connected")
             chunk = await self._reader.read(65536)
             if not chunk:
-                await self._drop()
                 raise DaemonUnavailable("npud closed the connection before replying")
             self._replies.feed(chunk)
         return line

@@ -3,6 +3,7 @@
 Every JSON-RPC error npud can send is a subclass of :class:`RpcError` with its code as a class
 attribute. The daemon raises them and turns them into error objects; the client turns error
 objects back into the same classes (:func:`error_from_object`). CONTRACT.md lists them all.
+The client's own failures (no daemon, an untrusted server, a bad reply, a timeout) are at the end.
 """
 
 from __future__ import annotations
@@ -184,3 +185,36 @@ def error_from_object(error: ErrorObject) -> RpcError:
         exc.code = error.code  # type: ignore[misc]  # keep the server's code for unknown errors
         return exc
     return cls(error.message, error.data)
+
+
+# --- the client's own failures (never on the wire)
+
+
+class DaemonUnavailable(NpuClientError):
+    """npud is not running, not reachable, or the connection broke."""
+
+
+class ServerNotTrusted(DaemonUnavailable):
+    """The process listening on the socket runs as a user this client does not trust.
+
+    A :class:`DaemonUnavailable` because, to the caller, npud is not there (a program that falls
+    back when the daemon is down keeps doing so); nothing was sent to that server.
+    """
+
+    def __init__(self, message: str, uid: int, gid: int, pid: int) -> None:
+        super().__init__(message)
+        self.uid = uid
+        self.gid = gid
+        self.pid = pid
+
+
+class InvalidServerUid(NpuClientError, ValueError):
+    """A trusted server user (``server_uids=``, ``OV_GENAI_NPU_SERVER_UID``) is not a uid or a known user."""
+
+
+class ProtocolViolation(NpuClientError):
+    """The server sent something that is not a valid JSON-RPC reply to our request."""
+
+
+class CallTimeout(NpuClientError):
+    """No reply within the call's timeout. The client dropped the connection, so npud withdraws the job."""

@@ -1,15 +1,18 @@
 """npuclient against a real daemon: typed results, every error class from a real error,
-reconnects, timeouts, thread safety, the asyncio client, and mypy --strict."""
+reconnects, timeouts, deadlines, cancellation, thread safety, the asyncio client, and mypy --strict."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +20,11 @@ import pytest
 
 import npuclient
 from npuclient import (
+    AsyncClient,
+    CallTimeout,
     Client,
     DaemonUnavailable,
+    DeadlineExceeded,
     DeviceBusy,
     GenerationFailed,
     InternalError,
@@ -31,9 +37,10 @@ from npuclient import (
     QueueFull,
     ShuttingDown,
 )
-from npuclient.client import AsyncClient, CallTimeout
 from npuclient.protocol import HealthResult, JobResult, ModelsResult
-from npud.testing.fake import FakeBehaviour, FakeLoader
+from npud.config import Config
+from npud.engine import DecodeSettings, Engine, Generation
+from npud.testing.fake import FakeBehaviour, FakeEngine, FakeLoader
 from npud.testing.sysfs import make_npu_sysfs
 
 from .conftest import REPO, as_nobody, make_config, start_daemon, unique_socket
@@ -282,3 +289,166 @@ def test_async_client_reconnects_after_a_daemon_restart(tmp_path: Path) -> None:
             await client.close()
 
     asyncio.run(main())
+
+
+# ------------------------------------------------------------------ a caller gives up: the job goes
+
+# Far beyond any test: a job that stops was stopped by the client going away, not by its deadline.
+FAR_DEADLINE_MS = 600_000
+
+
+class StopWatchingEngine(FakeEngine):
+    """The fake engine, recording the moment the worker tells the generation to stop."""
+
+    def __init__(self, behaviour: FakeBehaviour, stopped: threading.Event) -> None:
+        super().__init__(behaviour)
+        self.stopped = stopped
+
+    def generate(self, prompt: str, settings: DecodeSettings, should_stop: Callable[[], bool]) -> Generation:
+        def watched() -> bool:
+            if should_stop():
+                self.stopped.set()
+                return True
+            return False
+
+        return super().generate(prompt, settings, watched)
+
+
+@dataclass
+class StopWatchingLoader(FakeLoader):
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+    def load(self, config: Config) -> Engine:
+        super().load(config)
+        return StopWatchingEngine(self.behaviour, self.stopped)
+
+
+def gated_daemon(daemon_factory: Any) -> tuple[Any, FakeBehaviour, StopWatchingLoader]:
+    """A daemon whose jobs block until ``behaviour.gate`` is set (or the worker stops them)."""
+    behaviour = FakeBehaviour(gate=threading.Event())
+    loader = StopWatchingLoader(behaviour)
+    return daemon_factory(loader), behaviour, loader
+
+
+def release(behaviour: FakeBehaviour) -> None:
+    if behaviour.gate is not None:
+        behaviour.gate.set()
+
+
+def withdrawn(behaviour: FakeBehaviour, loader: StopWatchingLoader) -> bool:
+    """The daemon gave the job up: stopped while running, or removed before it ever started."""
+    return loader.stopped.wait(20) or not behaviour.started.is_set()
+
+
+def test_async_cancel_withdraws_the_running_job(daemon_factory: Any) -> None:
+    daemon, behaviour, loader = gated_daemon(daemon_factory)
+
+    async def main() -> None:
+        async with AsyncClient(daemon.socket) as client:
+            task = asyncio.create_task(client.generate("title", "private", timeout_ms=FAR_DEADLINE_MS))
+            assert await asyncio.to_thread(behaviour.started.wait, 30)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await asyncio.to_thread(loader.stopped.wait, 20), "the daemon still runs the cancelled job"
+            release(behaviour)
+            # The next call on the same client gets its own reply, not the cancelled one's.
+            assert (await client.condense_notification("x")).job == "notification"
+
+    asyncio.run(main())
+
+
+def test_async_wait_for_timeout_withdraws_the_job(daemon_factory: Any) -> None:
+    daemon, behaviour, loader = gated_daemon(daemon_factory)
+
+    async def main() -> None:
+        async with AsyncClient(daemon.socket) as client:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(client.generate("title", "private", timeout_ms=FAR_DEADLINE_MS), 1.0)
+            assert await asyncio.to_thread(withdrawn, behaviour, loader), "the daemon still runs the job"
+            release(behaviour)
+            assert (await client.health()).queue.depth == 0
+
+    asyncio.run(main())
+
+
+def test_call_timeout_withdraws_the_job(daemon_factory: Any) -> None:
+    daemon, behaviour, loader = gated_daemon(daemon_factory)
+    with Client(daemon.socket) as client:
+        with pytest.raises(CallTimeout):
+            client.generate("title", "private", timeout=1.0, timeout_ms=FAR_DEADLINE_MS)
+        assert withdrawn(behaviour, loader), "the daemon still runs the job"
+
+    async def main() -> None:
+        async with AsyncClient(daemon.socket) as client:
+            with pytest.raises(CallTimeout):
+                await client.generate("title", "private", timeout=1.0, timeout_ms=FAR_DEADLINE_MS)
+
+    loader.stopped.clear()
+    behaviour.started.clear()
+    asyncio.run(main())
+    assert withdrawn(behaviour, loader), "the daemon still runs the job"
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_sync_call_withdraws_the_job(daemon_factory: Any) -> None:
+    """A signal handler raising in the middle of a call (Ctrl-C in a script) must not leave the
+    job running on the daemon, nor its late reply in front of the next call."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread")
+    daemon, behaviour, loader = gated_daemon(daemon_factory)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted()
+
+    def interrupt_when_started() -> None:
+        if behaviour.started.wait(30):
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    killer = threading.Thread(target=interrupt_when_started)
+    try:
+        with Client(daemon.socket) as client:
+            killer.start()
+            with pytest.raises(Interrupted):
+                client.generate("title", "private", timeout_ms=FAR_DEADLINE_MS)
+            assert loader.stopped.wait(20), "the daemon still runs the interrupted job"
+            release(behaviour)
+            assert client.condense_notification("x").job == "notification"
+    finally:
+        killer.join(30)
+        signal.signal(signal.SIGUSR1, previous)
+
+
+# ------------------------------------------------------------------ timeout_ms reaches the daemon
+
+
+def test_timeout_ms_is_sent_by_both_clients(daemon_factory: Any) -> None:
+    daemon, behaviour, _ = gated_daemon(daemon_factory)  # the gate stays closed: only the deadline ends a job
+    with Client(daemon.socket) as client:
+        calls: list[Callable[[], JobResult]] = [
+            lambda: client.generate("summary", "x", timeout_ms=150),
+            lambda: client.extract_memory_candidates("x", timeout_ms=150),
+            lambda: client.condense_notification("x", timeout_ms=150),
+        ]
+        for call in calls:
+            with pytest.raises(DeadlineExceeded) as info:
+                call()
+            assert info.value.data_field("timeout_ms") == 150
+        with pytest.raises(InvalidParams):
+            client.generate("title", "x", timeout_ms=0)
+
+    async def main() -> None:
+        async with AsyncClient(daemon.socket) as client:
+            for call in (client.generate("title", "x", timeout_ms=120),
+                         client.extract_memory_candidates("x", timeout_ms=120),
+                         client.condense_notification("x", timeout_ms=120)):
+                with pytest.raises(DeadlineExceeded) as info:
+                    await call
+                assert info.value.data_field("timeout_ms") == 120
+
+    asyncio.run(main())
+    release(behaviour)

@@ -149,3 +149,53 @@ def test_wait_shows_progress_on_a_terminal(daemon_factory: Any) -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0 and out.startswith("ready: fake-model on CPU")
+
+
+def npuctl_raw(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """npuctl with exactly these arguments (``npuctl()`` puts ``--socket`` first)."""
+    return subprocess.run([sys.executable, "-m", "npuclient.cli", *args], input=stdin, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_global_options_after_the_command(daemon_factory: Any) -> None:
+    daemon = daemon_factory()
+    health = npuctl_raw("health", "--socket", daemon.socket, "--timeout", "30")
+    assert health.returncode == 0 and health.stdout.startswith("ready: fake-model on CPU"), health.stderr
+    title = npuctl_raw("generate", "--job", "title", "--input", "x", "--json", "--wait", "--socket", daemon.socket)
+    assert title.returncode == 0 and msgspec.json.decode(title.stdout)["text"] == "Fake Title About The Input"
+    models = npuctl_raw("--json", "models", "--socket", daemon.socket)  # mixed: before and after
+    assert models.returncode == 0 and msgspec.json.decode(models.stdout)["models"][0]["id"] == "fake-model"
+    memory = npuctl_raw("extract-memory-candidates", "--input", "-", "--socket", daemon.socket, stdin="x")
+    assert memory.returncode == 0 and memory.stdout.startswith("- The user likes fakes.")
+    # After the command, an option overrides the one before it; absent, the one before stays.
+    overridden = npuctl_raw("--socket", unique_socket(), "condense-notification", "--input", "x",
+                            "--socket", daemon.socket)
+    assert overridden.returncode == 0 and overridden.stdout == "A fake condensed notification.\n"
+    kept = npuctl_raw("--socket", daemon.socket, "--json", "health")
+    assert kept.returncode == 0 and msgspec.json.decode(kept.stdout)["status"] == "ready"
+
+
+def test_wait_without_a_daemon_is_unreachable() -> None:
+    proc = npuctl(unique_socket(), "--wait", "--timeout", "0.5", "health")
+    assert proc.returncode == 3, proc.stderr
+    assert "did not answer within 0.5s" in proc.stderr and "systemctl --user start npud.socket" in proc.stderr
+
+
+def test_deadline_ms_reaches_the_daemon(daemon_factory: Any) -> None:
+    gate = threading.Event()
+    daemon = daemon_factory(FakeLoader(FakeBehaviour(gate=gate)))  # jobs only end at their deadline
+    try:
+        for command in (["generate", "--job", "summary"], ["extract-memory-candidates"], ["condense-notification"]):
+            proc = npuctl(daemon.socket, *command, "--input", "x", "--deadline-ms", "150")
+            assert proc.returncode == 4 and "[code -32007]" in proc.stderr, proc.stderr
+        invalid = npuctl(daemon.socket, "generate", "--job", "title", "--input", "x", "--deadline-ms", "0")
+        assert invalid.returncode == 2 and "[code -32602]" in invalid.stderr
+    finally:
+        gate.set()
+
+
+def test_help_explains_timeout_and_deadline() -> None:
+    top = npuctl_raw("--help").stdout
+    assert "--timeout" in top and "--deadline-ms" in top and "--server-uid" in top and "after the command" in top
+    job = npuctl_raw("generate", "--help").stdout
+    assert "timeout_ms" in job and "--socket" in job
