@@ -349,7 +349,7 @@ class OpenVinoLoader:
     def preflight(self, config: Config) -> None:
         check_model_spec(config.model)
         devices = self._devices()
-        device = config.device.upper()
+        device = config.device  # upper case since load_config; used exactly as OpenVINO lists it
         # AUTO would quietly pick another device, so only a device OpenVINO lists is accepted.
         if device not in devices:
             hint = " Use --device CPU to run without an NPU." if device == "NPU" else ""
@@ -381,7 +381,7 @@ class OpenVinoLoader:
         source = compile_cache.CacheKeySource(
             openvino=ov.__version__,
             openvino_genai=og.__version__,
-            device=config.device.upper(),
+            device=config.device,
             npu_driver=_str_or_none(props.get("NPU_DRIVER_VERSION")),
             npu_compiler=decode_compiler_version(props.get("NPU_COMPILER_VERSION")),
             model_path=str(path.resolve()),

@@ -152,10 +152,13 @@ def test_npu_without_busy_counter_refuses_unless_disabled(tiny_gguf: Path, tmp_p
 
 
 def test_npud_process_lifecycle(tiny_gguf: Path, tmp_path: Path) -> None:
-    """Start `npud` for real, wait for ready, serve, refuse a second instance, stop on SIGTERM."""
+    """Start `npud` for real, wait for ready, serve, refuse a second instance, stop on SIGTERM.
+
+    `--device cpu` in lower case, as a new user types it: normalised at the edge, so the model
+    loads on "CPU" (OpenVINO refuses "cpu") and jobs run."""
     name = unique_socket()
     proc = subprocess.Popen(
-        npud_command("--model", str(tiny_gguf), "--device", "CPU", "--socket", name, "--port", "0",
+        npud_command("--model", str(tiny_gguf), "--device", "cpu", "--socket", name, "--port", "0",
                      "--cache-dir", str(tmp_path / "cache"), "--log-level", "DEBUG"),
         stderr=subprocess.PIPE, text=True,
     )
@@ -167,6 +170,8 @@ def test_npud_process_lifecycle(tiny_gguf: Path, tmp_path: Path) -> None:
             port = int(found.group(1)) if found else port
             if "ready on CPU" in line:
                 break
+            if "model load failed" in line:
+                pytest.fail(line)
         else:
             pytest.fail("npud exited before it was ready")
         assert port is not None
@@ -176,7 +181,8 @@ def test_npud_process_lifecycle(tiny_gguf: Path, tmp_path: Path) -> None:
         conn.close()
         text = "Special cases aren't special enough."
         with Client(name) as client:
-            assert client.health().status == "ready"
+            health = client.health()
+            assert health.status == "ready" and health.device == "CPU"
             assert client.generate("title", text).job == "title"
         second = run_npud("--model", str(tiny_gguf), "--device", "CPU", "--socket", name, "--port", "0")
         assert second.returncode == 1 and "already listening" in second.stderr
