@@ -29,7 +29,7 @@ from .metrics import Metrics
 from .npulock import NpuLock
 from .peercred import PeerPolicy
 from .rpc import Dispatcher
-from .server import RpcConnection, bind_unix_socket, is_abstract
+from .server import RpcConnection, SocketFile, bind_unix_socket
 from .systemd import ActivatedSockets, Notifier
 from .worker import Worker, WorkerSnapshot
 
@@ -80,8 +80,8 @@ class Listeners:
     rpc: socket.socket
     http: socket.socket | None = None
     http_token: bytes | None = None
-    #: A filesystem socket this process created and must remove at exit (not systemd's).
-    owned_path: str | None = None
+    #: A filesystem socket this process created and removes at exit (not systemd's).
+    owned: SocketFile | None = None
     activated: bool = False
 
     @property
@@ -105,8 +105,7 @@ def open_listeners(config: Config, activated: ActivatedSockets | None = None) ->
     if activated is not None:
         rpc_sock, owned = activated.rpc, None
     else:
-        rpc_sock = bind_unix_socket(config.socket)
-        owned = None if is_abstract(config.socket) else config.socket
+        rpc_sock, owned = bind_unix_socket(config.socket)
     http_sock = activated.http if activated is not None else None
     if config.http and http_sock is None:
         try:
@@ -202,8 +201,8 @@ class Daemon:
         finally:
             if restore is not None:
                 restore()
-            if self.listeners.owned_path is not None:
-                _unlink_quietly(self.listeners.owned_path)
+            if self.listeners.owned is not None:
+                self.listeners.owned.remove()  # only if it is still our socket
             notifier.close()
 
     def _log_listening(self) -> None:
@@ -309,13 +308,6 @@ class Daemon:
                 signal.signal(sig, previous[sig])
 
         return restore
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def run(config: Config, loader: EngineLoader, systemd: SystemdContext | None = None) -> int:

@@ -13,7 +13,9 @@ import logging
 import os
 import select
 import socket
+import stat
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -61,33 +63,118 @@ def _someone_listens(address: str | bytes) -> bool:
         probe.close()
 
 
-def bind_unix_socket(name: str) -> socket.socket:
-    """Bind and listen; refuse if a live daemon already has the name."""
-    address = socket_address(name)
-    if not is_abstract(name) and os.path.exists(name):
-        if _someone_listens(address):
-            raise StartupError(f"another daemon is already listening on {name}")
-        os.unlink(name)  # a stale socket file from a daemon that died
+@dataclass(frozen=True)
+class SocketFile:
+    """The filesystem socket this process bound: removed at exit only if it is still that file."""
+
+    path: str
+    dev: int
+    ino: int
+
+    @classmethod
+    def of(cls, path: str) -> SocketFile:
+        st = os.lstat(path)
+        return cls(path, st.st_dev, st.st_ino)
+
+    def remove(self) -> bool:
+        """Unlink the path if it is still our socket; leave anything put there since alone.
+
+        The lstat/unlink window is the one explained in :func:`_remove_stale_socket`: the entry is
+        a socket owned by our uid, so whoever could swap it in between could delete the file anyway.
+        """
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        if (st.st_dev, st.st_ino) != (self.dev, self.ino) or not stat.S_ISSOCK(st.st_mode):
+            log.warning("not removing %s at exit: it is no longer the socket npud created", self.path)
+            return False
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "directory"), (stat.S_ISLNK, "symbolic link"),
+             (stat.S_ISFIFO, "named pipe"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+    return next((name for test, name in kinds if test(mode)), "file")
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a daemon that died, or raise StartupError and touch nothing.
+
+    Only a *socket* owned by our own uid that nobody listens on is removed: ``--socket notes.txt``
+    must never cost the user a file. ``lstat`` never follows a symlink, so a link is refused too.
+
+    Races: bind() is atomic (it fails with EADDRINUSE instead of replacing anything), so the only
+    window is between the lstat below and the unlink. Swapping the directory entry in that window
+    needs write permission on the directory and, in a sticky directory such as /tmp, ownership of
+    the entry (ours) or of the directory. Whoever can do that could delete the swapped-in file
+    directly anyway, so the window grants nobody a deletion they did not already have. (Linux has
+    no "unlink if still this inode" call that would close it entirely.)
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return  # gone in the meantime: bind again
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(
+            f"--socket {path}: a {_file_kind(st.st_mode)} is already there, not a socket; npud only "
+            "ever replaces a stale socket and has left it untouched. Move it away or choose another path."
+        )
+    if st.st_uid != os.geteuid():
+        raise StartupError(
+            f"--socket {path}: the socket there belongs to uid {st.st_uid}, not to this user; npud "
+            "does not remove other users' files. Remove it as that user or choose another path."
+        )
+    if _someone_listens(path):
+        raise StartupError(f"another daemon is already listening on {path}")
+    os.unlink(path)  # a stale socket file from a daemon that died
+    log.info("removed the stale socket %s", path)
+
+
+def _bind_path(sock: socket.socket, path: str) -> None:
+    old_umask = os.umask(0o177)  # created 0600: only our uid may connect
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+
+
+def bind_unix_socket(name: str) -> tuple[socket.socket, SocketFile | None]:
+    """Bind and listen; refuse if a live daemon already has the name.
+
+    For a path, also returns the :class:`SocketFile` that this process created (to remove at exit).
+    """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    owned: SocketFile | None = None
     try:
         if is_abstract(name):
-            sock.bind(address)
+            sock.bind(socket_address(name))
         else:
             Path(name).parent.mkdir(parents=True, exist_ok=True)
-            old_umask = os.umask(0o177)  # created 0600: only our uid may connect
             try:
-                sock.bind(address)
-            finally:
-                os.umask(old_umask)
+                _bind_path(sock, name)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                _remove_stale_socket(name)
+                _bind_path(sock, name)  # EADDRINUSE again: another daemon won the race
+            owned = SocketFile.of(name)
         # Bursts of clients (or a flood of idle ones) must queue, not fail with EAGAIN.
         sock.listen(LISTEN_BACKLOG)
+    except StartupError:
+        sock.close()
+        raise
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise StartupError(f"another daemon is already listening on {name}") from None
         raise StartupError(f"cannot listen on {name}: {exc.strerror}") from None
     sock.setblocking(False)
-    return sock
+    return sock, owned
 
 
 # ---------------------------------------------------------------- connections

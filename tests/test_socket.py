@@ -7,6 +7,8 @@ import fcntl
 import logging
 import os
 import socket
+import stat
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from npud.testing.fake import FakeBehaviour, FakeLoader
 from npud.testing.sysfs import make_npu_sysfs
 
 from .conftest import NOBODY, RawConnection, RunningDaemon, as_nobody
+from .test_systemd import FAKE_DAEMON, daemon_env
 
 
 def assert_serving(daemon: RunningDaemon) -> None:
@@ -305,10 +308,14 @@ def test_other_uid_is_rejected_then_allowed(daemon_factory: Any) -> None:
     assert b'"status":"ready"' in line
 
 
-def test_second_daemon_on_the_same_name_is_refused(daemon_factory: Any) -> None:
+def test_second_daemon_on_the_same_name_is_refused(daemon_factory: Any, tmp_path: Path) -> None:
     daemon = daemon_factory()
     with pytest.raises(StartupError, match="already listening"):
         bind_unix_socket(daemon.socket)
+    path_daemon = daemon_factory(socket=str(tmp_path / "npud.sock"))
+    with pytest.raises(StartupError, match="already listening"):
+        bind_unix_socket(path_daemon.socket)
+    assert_serving(path_daemon)
     assert_serving(daemon)
 
 
@@ -325,6 +332,70 @@ def test_filesystem_socket_is_private_and_removed(daemon_factory: Any, tmp_path:
     stale.close()
     again = daemon_factory(socket=path)
     assert again.call("health")["result"]["status"] == "ready"
+
+
+def test_npud_refuses_a_socket_path_that_is_a_regular_file(tmp_path: Path) -> None:
+    """`npud --socket notes.txt` once replaced the user's file; a real npud now refuses to start."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    proc = subprocess.run([*FAKE_DAEMON, "--socket", "notes.txt", "--no-http"], cwd=tmp_path,
+                          env=daemon_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "--socket notes.txt: a regular file is already there, not a socket" in proc.stderr
+    assert "left it untouched" in proc.stderr
+    assert notes.read_text() == "my notes\n"
+
+
+def _make(kind: str, path: Path, tmp_path: Path) -> None:
+    if kind == "regular file":
+        path.write_text("keep me\n")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "symbolic link":  # even a link to a stale socket: lstat does not follow it
+        target = tmp_path / "target.sock"
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(str(target))
+        stale.close()
+        path.symlink_to(target)
+    elif kind == "named pipe":
+        os.mkfifo(path)
+
+
+@pytest.mark.parametrize("kind", ["regular file", "directory", "symbolic link", "named pipe"])
+def test_only_a_stale_socket_is_ever_replaced(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "npud.sock"
+    _make(kind, path, tmp_path)
+    before = os.lstat(path)
+    with pytest.raises(StartupError, match=f"a {kind} is already there, not a socket"):
+        bind_unix_socket(str(path))
+    after = os.lstat(path)
+    assert (after.st_ino, after.st_mode, after.st_mtime_ns) == (before.st_ino, before.st_mode, before.st_mtime_ns)
+
+
+def test_another_users_stale_socket_is_left_alone(tmp_path: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to give the socket file to another uid")
+    path = tmp_path / "npud.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()
+    os.chown(path, NOBODY, NOBODY)
+    with pytest.raises(StartupError, match="belongs to uid 65534"):
+        bind_unix_socket(str(path))
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+
+
+def test_exit_never_removes_a_file_that_replaced_the_socket(daemon_factory: Any, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "npud.sock"
+    daemon = daemon_factory(socket=str(path))
+    assert daemon.call("health")["result"]["status"] == "ready"
+    replacement = tmp_path / "replacement"
+    replacement.write_text("put here after npud started\n")
+    os.replace(replacement, path)
+    daemon.stop()
+    assert path.read_text() == "put here after npud started\n"
+    assert any("no longer the socket npud created" in r.getMessage() for r in caplog.records)
 
 
 # ---------------------------------------------------------------- privacy
