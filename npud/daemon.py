@@ -23,6 +23,7 @@ from typing import Any
 from . import __version__
 from .busy import BusyCounter, BusyCounterError, discover_busy_file
 from .config import Config
+from .connlog import ConnectionLog
 from .engine import EngineLoader, StartupError
 from .http import HttpShim, bind_http_socket, read_token_file
 from .metrics import Metrics
@@ -134,6 +135,8 @@ class Daemon:
         self.dispatcher = Dispatcher(config, self.worker, busy_counter,
                                      self.metrics)
         self.connections: set[RpcConnection] = set()
+        self.lingering: set[RpcConnection] = set()
+        self.connection_log = ConnectionLog(log)
         self.listeners = listeners
         self.http_shim = (HttpShim(self.dispatcher, config.max_line_bytes, listeners.http_token,
                                    config.max_connections)
@@ -175,6 +178,7 @@ class Daemon:
     async def serve(self, on_ready: Callable[[], None] | None = None, handle_signals: bool = False) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        self.connection_log.attach(self._loop.call_later)
         servers = self._servers
         servers.append(await self._loop.create_unix_server(lambda: RpcConnection(self), sock=self.listeners.rpc))
         if self.http_shim is not None and self.listeners.http is not None:
@@ -277,8 +281,11 @@ class Daemon:
             await asyncio.wait(pending, timeout=max(0.1, deadline - time.monotonic()))
         for conn in list(self.connections):
             conn.close()
+        for conn in list(self.lingering):
+            conn.abort_or_close()
         if self.http_shim is not None:
             self.http_shim.close_connections()
+        self.connection_log.flush()
         for task in list(self._background):
             task.cancel()
 

@@ -24,6 +24,7 @@ from npuclient.framing import LineBuffer, LineTooLong
 from npuclient.protocol import LimitData, encode_line
 
 from .config import Config
+from .connlog import ConnectionLog
 from .engine import StartupError
 from .peercred import PeerCred, PeerPolicy, peer_credentials
 from .metrics import Metrics
@@ -34,8 +35,13 @@ log = logging.getLogger("npud")
 # How often a half-closed connection (the client shut down its sending side, as
 # `printf ... | socat` does) is checked for a full close while its replies are pending.
 HALF_CLOSE_POLL_S = 0.5
-# How long a rejected peer's connection is drained before it is closed.
-REJECT_LINGER_S = 1.0
+# How long a connection we end (rejected peer, oversize line) is drained after our last line
+# before it is closed: closing a Unix socket with unread data resets it, and the peer's read then
+# fails with ECONNRESET instead of returning our error line and a clean end of file.
+LINGER_S = 2.0
+# Rejected connections lingering at once (their descriptors are not counted as connections);
+# beyond this a rejected peer gets its error line and an immediate close.
+MAX_LINGERING = 64
 LISTEN_BACKLOG = 1024
 
 
@@ -187,7 +193,10 @@ class RpcHost(Protocol):
     policy: PeerPolicy
     dispatcher: Dispatcher
     connections: set[RpcConnection]
+    #: Rejected connections draining before their close (bounded by MAX_LINGERING).
+    lingering: set[RpcConnection]
     metrics: Metrics
+    connection_log: ConnectionLog
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
@@ -209,6 +218,7 @@ class RpcConnection(asyncio.Protocol):
         self._last_activity = 0.0
         self._partial_since: float | None = None  # when the current incomplete line began
         self._timer: asyncio.TimerHandle | None = None
+        self._eof_sent = False  # we half-closed: nothing more may be written
 
     @property
     def peer(self) -> PeerCred | None:
@@ -224,15 +234,13 @@ class RpcConnection(asyncio.Protocol):
         except OSError:
             peer = None
         if peer is None or not self._daemon.policy.allows(peer):
-            self._daemon.metrics.record_rejection("peer_not_allowed")
-            self._reject(peer, PeerNotAllowed(
+            self._reject(peer, "peer_not_allowed", PeerNotAllowed(
                 "peer not allowed: ask the daemon's owner to add your uid with --allow-uid",
                 {"uid": peer.uid} if peer else {}))
             return
         over = self._connection_limit(peer)
         if over is not None:
-            self._daemon.metrics.record_rejection(str(over.data_field("field")))
-            self._reject(peer, over)
+            self._reject(peer, str(over.data_field("field")), over)
             return
         self._peer = peer
         self._daemon.connections.add(self)
@@ -263,16 +271,15 @@ class RpcConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The reply buffer passed --write-buffer-limit: the client is not reading. Drop it."""
-        self._daemon.metrics.record_rejection("unread_replies")
-        log.warning("disconnecting pid=%s: %d reply bytes unread",
-                    self._peer.pid if self._peer else "-", self._daemon.config.write_buffer_bytes)
+        self._warn("unread_replies", "disconnecting %s: %d reply bytes unread",
+                   self._who(), self._daemon.config.write_buffer_bytes)
         self._cancel_all()
         if self._transport is not None:
             self._transport.abort()
 
     def eof_received(self) -> bool:
         if self._peer is None:
-            return False  # a rejected peer finished sending: close now
+            return False  # a rejected or refused peer finished sending: close now
         if self._buffer.pending_bytes:
             log.debug("client closed with an incomplete line of %d bytes", self._buffer.pending_bytes)
         if self._peer_hung_up():
@@ -291,6 +298,7 @@ class RpcConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self._daemon.connections.discard(self)
+        self._daemon.lingering.discard(self)
 
     # -- limits
 
@@ -317,43 +325,70 @@ class RpcConnection(asyncio.Protocol):
         """Close slow (slowloris) and idle connections; otherwise check again later."""
         config, now = self._daemon.config, self._daemon.loop.time()
         if self._partial_since is not None and now - self._partial_since >= config.line_timeout_s:
-            self._daemon.metrics.record_rejection("slow_line")
-            log.warning("closing connection pid=%s: a line took longer than %.0fs to arrive",
-                        self._peer.pid if self._peer else "-", config.line_timeout_s)
+            self._warn("slow_line", "closing connection %s: a line took longer than %.0fs to arrive",
+                       self._who(), config.line_timeout_s)
             self._cancel_all()
-            self.close()
+            self.abort_or_close()
             return
         if not self._tasks and now - self._last_activity >= config.idle_timeout_s:
-            log.debug("closing idle connection pid=%s", self._peer.pid if self._peer else "-")
-            self.close()
+            log.debug("closing idle connection %s", self._who())
+            self.abort_or_close()
             return
         self._arm_timer()
 
     # -- helpers
 
-    def _reject(self, peer: PeerCred | None, error: RpcError) -> None:
-        who = f"pid={peer.pid} uid={peer.uid} gid={peer.gid}" if peer else "unknown peer"
-        log.warning("rejected connection from %s: %s", who, error.message)
+    def _who(self, peer: PeerCred | None = None) -> str:
+        peer = peer or self._peer
+        return f"pid={peer.pid} uid={peer.uid} gid={peer.gid}" if peer else "from an unknown peer"
+
+    def _warn(self, reason: str, message: str, *args: Any, peer: PeerCred | None = None) -> None:
+        """Count a connection-level refusal and log it, rate-bounded (a flood is one summary line)."""
+        self._daemon.metrics.record_rejection(reason)
+        peer = peer or self._peer
+        self._daemon.connection_log.warn(reason, peer.uid if peer else None, message, *args)
+
+    def _reject(self, peer: PeerCred | None, reason: str, error: RpcError) -> None:
+        """Send a rejected (or over-limit) peer its error line, then end the connection.
+
+        Such connections are not counted in ``connections``, so the ones left draining are
+        counted here and capped: a flood of connect() calls cannot pin descriptors.
+        """
+        self._warn(reason, "rejected connection %s: %s", self._who(peer), error.message, peer=peer)
         self._write(encode_line(error.reply()))
-        if self._transport is not None:
-            # Half-close and drain rather than close: closing a Unix socket with unread data
-            # makes the peer's next read fail with ECONNRESET before it sees our error line.
-            self._transport.write_eof()
-            self._daemon.loop.call_later(REJECT_LINGER_S, self._transport.close)
+        if len(self._daemon.lingering) >= MAX_LINGERING:
+            self.abort_or_close()  # under a flood: the line is sent; a reset may follow it
+            return
+        self._daemon.lingering.add(self)
+        self._linger_close()
 
     def _refuse_oversize(self, limit: int) -> None:
         """Answer what came before, then the error, then close: the stream cannot be resynchronised."""
-        self._daemon.metrics.record_rejection("line_too_long")
-        log.warning("closing connection pid=%s: line longer than %d bytes",
-                    self._peer.pid if self._peer else "-", limit)
+        self._warn("line_too_long", "closing connection %s: line longer than %d bytes", self._who(), limit)
         error = InvalidRequest(
             f"message too large: lines are limited to {limit} bytes",
             LimitData(limit=limit, actual=limit + 1, unit="bytes", field="line"),
         )
         self._peer = None  # ignore anything else this client sends
         if self._transport is not None:
-            self._transport.pause_reading()
+            self._transport.pause_reading()  # until the earlier lines are answered
         self._daemon.spawn(self._close_when_idle(final_line=encode_line(error.reply())))
+
+    def _linger_close(self) -> None:
+        """End the connection without a reset: half-close (our last line is already queued), then
+        read and discard what the peer still sends until its end of file or LINGER_S, then close.
+
+        ``data_received`` ignores a connection without a peer and ``eof_received`` closes it.
+        """
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        self._peer = None
+        if not self._eof_sent:
+            self._eof_sent = True
+            transport.write_eof()
+        transport.resume_reading()
+        self._daemon.loop.call_later(LINGER_S, self.abort_or_close)
 
     def _spawn(self, line: bytes) -> None:
         if not line.strip():
@@ -382,7 +417,7 @@ class RpcConnection(asyncio.Protocol):
             self._write(reply)
 
     def _write(self, data: bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        if self._transport is not None and not self._transport.is_closing() and not self._eof_sent:
             self._transport.write(data)
 
     def _peer_hung_up(self) -> bool:
@@ -396,15 +431,17 @@ class RpcConnection(asyncio.Protocol):
         return any(mask & (select.POLLHUP | select.POLLERR) for _, mask in events)
 
     async def _close_when_idle(self, final_line: bytes | None = None) -> None:
+        """Wait for the pending replies (or a full hang-up), then send ``final_line`` and end."""
         while self._tasks:
             await asyncio.wait(set(self._tasks), timeout=HALF_CLOSE_POLL_S)
             if self._tasks and self._peer_hung_up():
                 self._cancel_all()
                 break
-        if final_line is not None:
-            self._write(final_line)
-        if self._transport is not None:
-            self._transport.close()
+        if final_line is None:
+            self.close()  # the client half-closed: it has nothing more to send, a close is clean
+            return
+        self._write(final_line)
+        self._linger_close()  # the client may still be sending: drain, or the close resets
 
     def _cancel_all(self) -> None:
         for task in list(self._tasks):
@@ -416,5 +453,17 @@ class RpcConnection(asyncio.Protocol):
             await asyncio.wait(set(self._tasks))
 
     def close(self) -> None:
+        """Close once the buffered replies are written (at shutdown, after a half-close)."""
         if self._transport is not None:
             self._transport.close()
+
+    def abort_or_close(self) -> None:
+        """Close now; abort if replies are still buffered, because the client is not reading
+        them: a plain close would wait for them forever and keep the connection counted."""
+        transport = self._transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,33 @@ def test_client_that_does_not_read_is_disconnected(daemon_factory: Any, caplog: 
         except (BrokenPipeError, ConnectionResetError):
             pass  # dropped while still sending: that is the point
     assert any("reply bytes unread" in r.getMessage() for r in caplog.records)
+    assert_serving(daemon)
+
+
+def _connect_when_a_slot_is_free(daemon: RunningDaemon) -> dict[str, Any]:
+    """Health over a new connection, retrying while the connection limit refuses it (-32009)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with daemon.connect() as probe:
+            probe.send_json(request("probe", "health"))
+            reply = probe.read_json()
+            if "result" in reply:
+                return reply
+            assert reply["error"]["code"] == -32009
+    raise AssertionError("the connection slot was never freed")
+
+
+@pytest.mark.parametrize("timeout", ["idle_timeout_s", "line_timeout_s"])
+def test_timeouts_free_a_connection_whose_replies_are_unread(daemon_factory: Any, timeout: str) -> None:
+    """A client that asked for ~2 MB of replies and reads none: at the idle (or slow-line) timeout
+    its connection is aborted, not closed politely (a close would wait for the unread replies
+    forever, and the connection would stay counted against the limit)."""
+    daemon = daemon_factory(max_connections_per_uid=1, write_buffer_bytes=64 * 1024 * 1024, **{timeout: 0.3})
+    with daemon.connect() as greedy:
+        greedy.send(b'{"jsonrpc":"2.0","id":1,"method":"models"}\n' * 2000)
+        if timeout == "line_timeout_s":
+            greedy.send(b'{"jsonrpc":"2.0","id":2,')  # and a line it never finishes
+        assert _connect_when_a_slot_is_free(daemon)["result"]["status"] == "ready"
     assert_serving(daemon)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -16,12 +17,13 @@ from typing import Any
 import pytest
 
 from npuclient import Client, QueueFull
+from npud import server
 from npud.engine import StartupError
 from npud.server import bind_unix_socket
 from npud.testing.fake import FakeBehaviour, FakeLoader
 from npud.testing.sysfs import make_npu_sysfs
 
-from .conftest import NOBODY, RawConnection, RunningDaemon, as_nobody
+from .conftest import NOBODY, RawConnection, RunningDaemon, as_nobody, as_nobody_holding, open_fds
 from .test_systemd import FAKE_DAEMON, daemon_env
 
 
@@ -213,6 +215,32 @@ def test_oversize_line_closes_only_that_connection(daemon_factory: Any) -> None:
         assert bystander.call("health")["result"]["status"] == "ready"
 
 
+def test_oversize_line_ends_in_a_clean_end_of_file_not_a_reset(daemon_factory: Any) -> None:
+    """Like socat, the client writes all it has (an oversize line and more after it) and reads
+    meanwhile: it gets the replies, the error line and then a clean end of file, no ECONNRESET."""
+    daemon = daemon_factory(max_line_bytes=1024)
+    payload = b'{"jsonrpc":"2.0","id":1,"method":"health"}\n' + b"x" * 2000 + b"\n" + b"y" * 300_000
+    send_errors: list[BaseException] = []
+
+    def send_all_then_shut_down(conn: RawConnection) -> None:
+        try:
+            conn.sock.sendall(payload)
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            send_errors.append(exc)
+
+    with daemon.connect() as conn:
+        sender = threading.Thread(target=send_all_then_shut_down, args=(conn,))
+        sender.start()
+        assert conn.read_json()["result"]["status"] == "ready"
+        error = conn.read_json()["error"]
+        assert error["code"] == -32600 and error["data"]["unit"] == "bytes"
+        assert conn.at_eof()  # raised ConnectionResetError before the daemon drained
+        sender.join(30)
+    assert send_errors == []  # what the client still sent was read (and discarded), not refused
+    assert_serving(daemon)
+
+
 def test_line_framing_details(daemon_factory: Any) -> None:
     daemon = daemon_factory()
     with daemon.connect() as conn:
@@ -306,6 +334,68 @@ def test_other_uid_is_rejected_then_allowed(daemon_factory: Any) -> None:
     allowed = daemon_factory(allow_uids=(NOBODY,))
     line, _ = as_nobody(health_request(allowed.socket)).rsplit(b"\n", 1)
     assert b'"status":"ready"' in line
+
+
+FLOOD = 300
+
+
+def _rejection_lines(caplog: pytest.LogCaptureFixture) -> tuple[int, int]:
+    """(rejections logged one by one, rejections counted in summary lines)."""
+    single = sum("rejected connection" in r.getMessage() for r in caplog.records)
+    summarised = sum(int(m.group(1)) for r in caplog.records
+                     if (m := re.match(r"(\d+) more connection warnings", r.getMessage())))
+    return single, summarised
+
+
+def test_flood_of_rejected_peers_is_bounded(daemon_factory: Any, caplog: pytest.LogCaptureFixture,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """300 connections of a user who is not allowed: each gets its -32004 line, but the daemon
+    holds at most MAX_LINGERING descriptors for them, logs one WARNING and one summary line, and
+    keeps serving."""
+    monkeypatch.setattr(server, "LINGER_S", 60.0)  # lingering outlasts the flood on any machine
+    caplog.set_level(logging.WARNING, logger="npud")
+    daemon = daemon_factory()
+    before = open_fds()
+    held: list[RawConnection] = []  # the child's connections stay open until it is released
+
+    def flood() -> bytes:
+        held.extend(RawConnection.open(daemon.socket) for _ in range(FLOOD))
+        return b"%d" % sum(b'"code":-32004' in conn.read_line() for conn in held)
+
+    with as_nobody_holding(flood) as answered:
+        assert answered == b"%d" % FLOOD  # every peer got its error line
+        assert_serving(daemon)  # and, being answered after them, the closes are done
+        assert open_fds() - before <= server.MAX_LINGERING + 8  # was one descriptor per connection
+        single, _ = _rejection_lines(caplog)
+        assert 1 <= single <= 2  # was one WARNING per connection
+    daemon.stop()  # flushes the summary
+    single, summarised = _rejection_lines(caplog)
+    assert single + summarised == FLOOD
+    assert daemon.daemon.metrics.stats().rejections == {"peer_not_allowed": FLOOD}
+
+
+def test_flood_of_over_limit_connections_is_bounded(daemon_factory: Any, caplog: pytest.LogCaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The -32009 refusals share the path: bounded descriptors and log lines too."""
+    monkeypatch.setattr(server, "LINGER_S", 60.0)
+    caplog.set_level(logging.WARNING, logger="npud")
+    daemon = daemon_factory(max_connections=1)
+    with daemon.connect() as holder:
+        assert holder.call("health")["result"]["status"] == "ready"
+        before = open_fds()
+        refused = [RawConnection.open(daemon.socket) for _ in range(FLOOD)]
+        try:
+            for conn in refused:
+                assert conn.read_json()["error"]["code"] == -32009
+            assert holder.call("health", request_id=2)["result"]["status"] == "ready"
+            # FLOOD client descriptors are ours; the daemon's side holds at most MAX_LINGERING.
+            assert open_fds() - before <= FLOOD + server.MAX_LINGERING + 8
+            assert 1 <= _rejection_lines(caplog)[0] <= 2
+        finally:
+            for conn in refused:
+                conn.sock.close()
+    daemon.stop()
+    assert sum(_rejection_lines(caplog)) == FLOOD
 
 
 def test_second_daemon_on_the_same_name_is_refused(daemon_factory: Any, tmp_path: Path) -> None:
