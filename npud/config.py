@@ -187,7 +187,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_line_bytes", "--max-line-bytes", "MAX_LINE_BYTES", _positive_int,
            "largest accepted JSON-RPC line; longer lines close the connection"),
     Option("shutdown_timeout_s", "--shutdown-timeout", "SHUTDOWN_TIMEOUT", _positive_float,
-           "seconds a running job may take to finish after SIGTERM"),
+           "seconds a running job may take to finish after SIGTERM; then it is stopped and answered -32006"),
     Option("http", "--no-http", "NO_HTTP", lambda s: not _parse_bool(s),
            "do not start the loopback HTTP shim", switch_value=False),
     Option("host", "--host", "HOST", str, "HTTP shim address; only loopback addresses are accepted"),

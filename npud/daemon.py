@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from npuclient.errors import ShuttingDown
+
 from . import __version__
 from .busy import BusyCounter, BusyCounterError, discover_busy_file
 from .config import Config
@@ -44,6 +46,10 @@ EXIT_WORKER_CRASHED = 70  # EX_SOFTWARE: systemd's Restart=on-failure brings a f
 STATUS_INTERVAL_S = 1.0
 # While the model loads, each tick asks systemd for this much more time.
 LOAD_EXTEND_S = 30.0
+# At shutdown, after --shutdown-timeout: how long a stopped generation gets to reach its next
+# token, and how long the last replies get to be written.
+STOP_GRACE_S = 1.0
+REPLY_FLUSH_S = 1.0
 
 
 @dataclass
@@ -269,25 +275,48 @@ class Daemon:
             self._stop.set()
 
     async def _shutdown(self, servers: list[asyncio.AbstractServer]) -> None:
+        """Stop accepting, fail queued jobs, give the running one until the deadline (then stop
+        it), deliver every reply, close. Every job gets an answer; nothing waits past the deadline
+        (plus REPLY_FLUSH_S to write the last replies)."""
+        deadline = time.monotonic() + self.config.shutdown_timeout_s
         for server in servers:
             server.close()  # stop accepting; existing connections stay to receive their replies
-        self.worker.stop()  # queued jobs fail with ShuttingDown at once
-        deadline = time.monotonic() + self.config.shutdown_timeout_s
-        finished = await asyncio.to_thread(self.worker.join, self.config.shutdown_timeout_s)
-        if not finished:
-            log.warning("running job did not finish within %.1fs; exiting anyway", self.config.shutdown_timeout_s)
+        self.worker.stop()  # queued jobs fail with ShuttingDown at once; none starts from now on
+        await self._finish_running_job(deadline)
+        await self._drain_socket_connections(deadline)
+        if self.http_shim is not None:
+            self.http_shim.close_connections()
+        self._close_socket_connections()
+        self.connection_log.flush()
+        for task in list(self._background):
+            task.cancel()
+
+    async def _finish_running_job(self, deadline: float) -> None:
+        """Let the running job finish until ``deadline``; then stop it and answer it with -32006."""
+        timeout = self.config.shutdown_timeout_s
+        if await asyncio.to_thread(self.worker.join, max(0.0, deadline - time.monotonic())):
+            return
+        error = ShuttingDown(f"daemon is shutting down; the running job was stopped after "
+                             f"--shutdown-timeout {timeout:g}s")
+        if self.worker.stop_running(error):
+            log.warning("running job did not finish within %gs of shutdown: stopped and answered with "
+                        "-32006", timeout)
+        else:
+            log.warning("the model load did not finish within %gs of shutdown; exiting anyway", timeout)
+        # A live generation stops at its next token; a hung one is left to os._exit in run().
+        await asyncio.to_thread(self.worker.join, STOP_GRACE_S)
+
+    async def _drain_socket_connections(self, deadline: float) -> None:
+        """Wait for the in-flight requests of socket connections, so their replies are written."""
         pending = [asyncio.ensure_future(conn.drain()) for conn in list(self.connections)]
         if pending:
-            await asyncio.wait(pending, timeout=max(0.1, deadline - time.monotonic()))
+            await asyncio.wait(pending, timeout=max(REPLY_FLUSH_S, deadline - time.monotonic()))
+
+    def _close_socket_connections(self) -> None:
         for conn in list(self.connections):
             conn.close()
         for conn in list(self.lingering):
             conn.abort_or_close()
-        if self.http_shim is not None:
-            self.http_shim.close_connections()
-        self.connection_log.flush()
-        for task in list(self._background):
-            task.cancel()
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         loop = self.loop
