@@ -111,7 +111,9 @@ def test_compile_cache_key_hit_and_prune(tmp_path: Path, tiny_gguf: Path) -> Non
     assert manifest["key"] == info["key"] and manifest["device"] == "NPU"
     assert manifest["npu_driver"] == FAKE_PROPERTIES["NPU_DRIVER_VERSION"] and manifest["npu_compiler"] == "7.21"
     assert manifest["properties"]["MAX_PROMPT_LEN"] == 1024 and "openvino" in manifest
-    assert set(manifest["model_files"]) == {tiny_gguf.name}
+    # The GGUF was converted to IR once (in a child process); the key is made from the IR's files.
+    assert {"openvino_model.xml", "openvino_model.bin"} <= set(manifest["model_files"])
+    assert Path(manifest["model_path"]).parent == tmp_path / "cache" / "models"
 
     # Another configuration (a different prompt budget) compiles into another folder...
     other, _ = npu_daemon(tmp_path, tiny_gguf, compiles=compiles, max_prompt_tokens=512)
