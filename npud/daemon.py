@@ -30,7 +30,7 @@ from .engine import EngineLoader, StartupError
 from .http import HttpShim, bind_http_socket, read_token_file
 from .metrics import Metrics
 from .npulock import NpuLock
-from .peercred import PeerPolicy
+from .peercred import PeerPolicy, allow_list_problem, read_id_maps
 from .rpc import Dispatcher
 from .server import RpcConnection, SocketFile, bind_unix_socket
 from .systemd import ActivatedSockets, Notifier
@@ -353,6 +353,9 @@ def run(config: Config, loader: EngineLoader, systemd: SystemdContext | None = N
         if config.exit_idle_after_s is not None and systemd.activated is None:
             raise StartupError("--exit-idle-after needs socket activation: without it the socket "
                                "would vanish with the daemon and clients would be refused")
+        namespace_problem = allow_list_problem(*read_id_maps(), config.allow_uids, config.allow_gids)
+        if namespace_problem is not None:
+            raise StartupError(namespace_problem)
         loader.preflight(config)
         busy_counter = prepare_busy_counter(config)
         listeners = open_listeners(config, systemd.activated)
