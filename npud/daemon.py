@@ -50,6 +50,7 @@ LOAD_EXTEND_S = 30.0
 # token, and how long the last replies get to be written.
 STOP_GRACE_S = 1.0
 REPLY_FLUSH_S = 1.0
+CLOSE_POLL_S = 0.01
 
 
 @dataclass
@@ -286,7 +287,7 @@ class Daemon:
         await self._drain_socket_connections(deadline)
         if self.http_shim is not None:
             self.http_shim.close_connections()
-        self._close_socket_connections()
+        await self._close_socket_connections()
         self.connection_log.flush()
         for task in list(self._background):
             task.cancel()
@@ -312,11 +313,18 @@ class Daemon:
         if pending:
             await asyncio.wait(pending, timeout=max(REPLY_FLUSH_S, deadline - time.monotonic()))
 
-    def _close_socket_connections(self) -> None:
+    async def _close_socket_connections(self) -> None:
+        """Close every connection once its replies are written; a client too slow to read them
+        within REPLY_FLUSH_S is aborted (the loop ends next, and unwritten replies with it)."""
         for conn in list(self.connections):
             conn.close()
         for conn in list(self.lingering):
             conn.abort_or_close()
+        give_up = time.monotonic() + REPLY_FLUSH_S
+        while self.connections and time.monotonic() < give_up:
+            await asyncio.sleep(CLOSE_POLL_S)
+        for conn in list(self.connections):
+            conn.abort()
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         loop = self.loop

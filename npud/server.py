@@ -370,6 +370,7 @@ class RpcConnection(asyncio.Protocol):
             LimitData(limit=limit, actual=limit + 1, unit="bytes", field="line"),
         )
         self._peer = None  # ignore anything else this client sends
+        self._partial_since = None  # the rest is discarded, not a slow line
         if self._transport is not None:
             self._transport.pause_reading()  # until the earlier lines are answered
         self._daemon.spawn(self._close_when_idle(final_line=encode_line(error.reply())))
@@ -456,6 +457,10 @@ class RpcConnection(asyncio.Protocol):
         """Close once the buffered replies are written (at shutdown, after a half-close)."""
         if self._transport is not None:
             self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
 
     def abort_or_close(self) -> None:
         """Close now; abort if replies are still buffered, because the client is not reading

@@ -276,6 +276,34 @@ def test_half_closed_client_still_gets_its_reply(daemon_factory: Any) -> None:
         assert conn.at_eof()
 
 
+def test_replies_buffered_at_shutdown_are_still_delivered(daemon_factory: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that reads slowly has more replies pending than the kernel buffer holds when the
+    daemon closes its connections at shutdown: they are written before the close, not dropped
+    with the event loop."""
+    daemon = daemon_factory(write_buffer_bytes=64 * 1024 * 1024)
+    closing = threading.Event()
+    close_connections = daemon.daemon._close_socket_connections
+
+    async def close_when_observed() -> None:
+        closing.set()  # the client starts reading only now: its replies are still buffered
+        await close_connections()
+
+    monkeypatch.setattr(daemon.daemon, "_close_socket_connections", close_when_observed)
+    count = 2000
+    with daemon.connect() as conn:
+        assert conn.call("health")["result"]["status"] == "ready"  # accepted and served
+        conn.send(b'{"jsonrpc":"2.0","id":1,"method":"models"}\n' * count)
+        stopper = threading.Thread(target=daemon.stop)
+        stopper.start()
+        assert closing.wait(30)
+        replies = 0
+        while conn.read_line():
+            replies += 1
+        stopper.join(30)
+    assert replies == count
+
+
 def test_client_that_disconnects_while_queued_loses_its_job(daemon_factory: Any) -> None:
     gate = threading.Event()
     behaviour = FakeBehaviour(gate=gate)
