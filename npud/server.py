@@ -218,6 +218,7 @@ class RpcConnection(asyncio.Protocol):
         self._last_activity = 0.0
         self._partial_since: float | None = None  # when the current incomplete line began
         self._timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._eof_sent = False  # we half-closed: nothing more may be written
 
     @property
@@ -295,8 +296,9 @@ class RpcConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_all()
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._linger_timer):
+            if timer is not None:
+                timer.cancel()
         self._daemon.connections.discard(self)
         self._daemon.lingering.discard(self)
 
@@ -389,7 +391,7 @@ class RpcConnection(asyncio.Protocol):
             self._eof_sent = True
             transport.write_eof()
         transport.resume_reading()
-        self._daemon.loop.call_later(LINGER_S, self.abort_or_close)
+        self._linger_timer = self._daemon.loop.call_later(LINGER_S, self.abort_or_close)
 
     def _spawn(self, line: bytes) -> None:
         if not line.strip():
