@@ -179,6 +179,15 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_ir(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as an OpenVINO IR folder, converted once per session the way npud converts
+    any .gguf (in a child process); for tests that are not about the conversion itself."""
+    from npud.engine import convert_gguf_to_ir
+
+    return convert_gguf_to_ir(tiny_gguf, tmp_path_factory.mktemp("tiny-ir") / "tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache root per test session, so SmolLM2 is converted to IR once."""
     return tmp_path_factory.mktemp("npud-cache")

@@ -34,9 +34,9 @@ pytestmark = pytest.mark.realmodel
 
 
 @pytest.fixture(scope="module")
-def tiny_daemon(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def tiny_daemon(tiny_ir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("tiny-daemon")
-    config = make_config(tmp, model=str(tiny_gguf), device="CPU", max_prompt_tokens=1024)
+    config = make_config(tmp, model=str(tiny_ir), device="CPU", max_prompt_tokens=1024)
     running = start_daemon(config, OpenVinoLoader())
     yield running
     running.stop()
