@@ -359,9 +359,11 @@ class Worker:
 
     def _next_job(self) -> Job | None:
         with self._cond:
-            while not self._queue or self._stopping.is_set():
+            while True:
                 if self._stopping.is_set():
                     return None  # checked under the lock stop() holds: no job starts once stopping
+                if self._queue:
+                    break
                 self._cond.wait()
             job = self._queue.popleft()
             self._running_since = self._clock()
