@@ -186,22 +186,24 @@ class Daemon:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self.connection_log.attach(self._loop.call_later)
-        servers = self._servers
-        servers.append(await self._loop.create_unix_server(lambda: RpcConnection(self), sock=self.listeners.rpc))
-        if self.http_shim is not None and self.listeners.http is not None:
-            servers.append(await asyncio.start_server(self.http_shim.handle_connection, sock=self.listeners.http))
-        # Listening first, loading second: health answers "loading" while the model compiles.
-        self._log_listening()
-        self.worker.start()
         notifier = self.systemd.notifier
-        notifier.notify("READY=1", f"STATUS={self._status_line(self.worker.snapshot())}")
-        self.spawn(self._report_status())
-        if self.systemd.watchdog_interval_s is not None:
-            self.spawn(self._feed_watchdog(self.systemd.watchdog_interval_s))
-        if self.config.exit_idle_after_s is not None:
-            self.spawn(self._exit_when_idle(self.config.exit_idle_after_s))
+        # Handlers first: a SIGTERM that arrives once we serve (or once the log says "ready",
+        # which the worker thread writes) must shut down gracefully, not kill the process.
         restore = self._install_signal_handlers() if handle_signals else None
+        servers = self._servers
         try:
+            servers.append(await self._loop.create_unix_server(lambda: RpcConnection(self), sock=self.listeners.rpc))
+            if self.http_shim is not None and self.listeners.http is not None:
+                servers.append(await asyncio.start_server(self.http_shim.handle_connection, sock=self.listeners.http))
+            # Listening first, loading second: health answers "loading" while the model compiles.
+            self._log_listening()
+            self.worker.start()
+            notifier.notify("READY=1", f"STATUS={self._status_line(self.worker.snapshot())}")
+            self.spawn(self._report_status())
+            if self.systemd.watchdog_interval_s is not None:
+                self.spawn(self._feed_watchdog(self.systemd.watchdog_interval_s))
+            if self.config.exit_idle_after_s is not None:
+                self.spawn(self._exit_when_idle(self.config.exit_idle_after_s))
             if on_ready is not None:
                 on_ready()
             await self._stop.wait()
