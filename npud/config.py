@@ -63,7 +63,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def is_npu(self) -> bool:
-        return self.device.upper() == "NPU"
+        return self.device == "NPU"  # normalised to upper case by load_config
 
     @property
     def compile_cache_dir(self) -> Path:
@@ -119,6 +119,13 @@ def _port(text: str) -> int:
     return value
 
 
+def _device(text: str) -> str:
+    value = text.strip().upper()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -137,6 +144,9 @@ class Option:
     help: str
     repeatable: bool = False
     switch_value: bool | None = None  # for on/off flags: the value the flag sets
+    #: What ``--help`` shows as the default when the value alone would mislead (None, or a path
+    #: that depends on the environment): the same words as the README's configuration table.
+    default_text: str | None = None
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -144,7 +154,9 @@ OPTIONS: tuple[Option, ...] = (
            "Unix socket: '@name' is abstract, anything else a filesystem path (mode 0600)"),
     Option("model", "--model", "MODEL", str,
            f"OpenVINO IR folder, .gguf file, or the built-in name '{BUILTIN_SMOLLM2}'"),
-    Option("device", "--device", "DEVICE", str, "OpenVINO device: NPU or CPU; never falls back"),
+    # Normalised here, once: OpenVINO's device names are upper case ("cpu" would pass a
+    # case-insensitive startup check and then fail every load).
+    Option("device", "--device", "DEVICE", _device, "OpenVINO device: NPU or CPU (any case); never falls back"),
     Option("cache_dir", "--cache-dir", "CACHE", str,
            "cache root: compiled blobs in <root>/compiled (OpenVINO CACHE_DIR), converted models in <root>/models"),
     Option("cache_max_mb", "--cache-max-mb", "CACHE_MAX_MB", _positive_int,
@@ -156,15 +168,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("queue_depth", "--queue-depth", "QUEUE_DEPTH", _positive_int,
            "jobs that may wait behind the running one; more are rejected at once"),
     Option("busy_file", "--busy-file", "BUSY_FILE", str,
-           "npu_busy_time_us file to read (default: discovered under <sysfs-root>/class/accel)"),
+           "npu_busy_time_us file to read",
+           default_text="discovered under <sysfs-root>/class/accel"),
     Option("sysfs_root", "--sysfs-root", "SYSFS_ROOT", str, "root of sysfs for NPU discovery"),
     Option("busy_check", "--no-busy-check", "NO_BUSY_CHECK", lambda s: not _parse_bool(s),
            "NPU only: do not require the busy counter (health reports it disabled)", switch_value=False),
     Option("allow_uids", "--allow-uid", "ALLOW_UID", _parse_id_list,
            "also allow this uid (repeatable; env: comma-separated). Own uid and root are always allowed",
-           repeatable=True),
+           repeatable=True, default_text="none"),
     Option("allow_gids", "--allow-gid", "ALLOW_GID", _parse_id_list,
-           "also allow peers in this group (repeatable; env: comma-separated)", repeatable=True),
+           "also allow peers in this group (repeatable; env: comma-separated)", repeatable=True,
+           default_text="none"),
     Option("max_prompt_tokens", "--max-prompt-len", "MAX_PROMPT_LEN", _positive_int,
            "prompt budget in tokens after the chat template; NPU MAX_PROMPT_LEN"),
     Option("min_response_len", "--min-response-len", "MIN_RESPONSE_LEN", _positive_int,
@@ -174,13 +188,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_line_bytes", "--max-line-bytes", "MAX_LINE_BYTES", _positive_int,
            "largest accepted JSON-RPC line; longer lines close the connection"),
     Option("shutdown_timeout_s", "--shutdown-timeout", "SHUTDOWN_TIMEOUT", _positive_float,
-           "seconds a running job may take to finish after SIGTERM"),
+           "seconds a running job may take to finish after SIGTERM; then it is stopped and answered -32006"),
     Option("http", "--no-http", "NO_HTTP", lambda s: not _parse_bool(s),
            "do not start the loopback HTTP shim", switch_value=False),
     Option("host", "--host", "HOST", str, "HTTP shim address; only loopback addresses are accepted"),
     Option("port", "--port", "PORT", _port, "HTTP shim port (0: any free port)"),
     Option("token_file", "--token-file", "TOKEN_FILE", str,
-           "require 'Authorization: Bearer <token>' on HTTP, token read from this 0600 file"),
+           "require 'Authorization: Bearer <token>' on HTTP, token read from this 0600 file",
+           default_text="none (no token required on HTTP)"),
     Option("max_connections", "--max-connections", "MAX_CONNECTIONS", _positive_int,
            "open connections in total (socket and HTTP each); more are refused"),
     Option("max_connections_per_uid", "--max-connections-per-uid", "MAX_CONNECTIONS_PER_UID", _positive_int,
@@ -194,7 +209,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("write_buffer_bytes", "--write-buffer-limit", "WRITE_BUFFER_LIMIT", _positive_int,
            "disconnect a client that leaves more than this many reply bytes unread"),
     Option("exit_idle_after_s", "--exit-idle-after", "EXIT_IDLE_AFTER", _positive_float,
-           "socket activation only: exit after this many idle seconds (frees NPU memory; systemd restarts on demand)"),
+           "socket activation only: exit after this many idle seconds (frees NPU memory; systemd restarts on demand)",
+           default_text="off"),
     Option("stuck_after_s", "--stuck-after", "STUCK_AFTER", _positive_float,
            "a generation running longer than this counts as hung: the systemd watchdog is no longer fed"),
     Option("log_level", "--log-level", "LOG_LEVEL", lambda s: s.upper(),
@@ -209,6 +225,18 @@ def _defaults(environ: Mapping[str, str]) -> dict[str, Any]:
     return defaults
 
 
+def _shown_default(opt: Option, default: Any) -> str:
+    if opt.default_text is not None:
+        return opt.default_text
+    if opt.switch_value is not None:
+        return "off"
+    if default in (None, ()):
+        return "none"
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))  # "60", as the README writes it, not "60.0"
+    return str(default)
+
+
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     defaults = _defaults(environ)
     parser = argparse.ArgumentParser(
@@ -219,9 +247,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"npud {__version__}")
     for opt in OPTIONS:
         env_name = ENV_PREFIX + opt.env
-        default = defaults.get(opt.field)
-        shown = "off" if opt.switch_value is not None else (default if default not in (None, ()) else "none")
-        text = f"{opt.help} [env {env_name}; default: {shown}]"
+        text = f"{opt.help} [env {env_name}; default: {_shown_default(opt, defaults.get(opt.field))}]"
         if opt.switch_value is not None:
             parser.add_argument(opt.flag, dest=opt.field, action="store_const",
                                 const=opt.switch_value, default=None, help=text)

@@ -20,16 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from npuclient.errors import ShuttingDown
+
 from . import __version__
 from .busy import BusyCounter, BusyCounterError, discover_busy_file
 from .config import Config
+from .connlog import ConnectionLog
 from .engine import EngineLoader, StartupError
 from .http import HttpShim, bind_http_socket, read_token_file
 from .metrics import Metrics
 from .npulock import NpuLock
-from .peercred import PeerPolicy
+from .peercred import PeerPolicy, allow_list_problem, read_id_maps
 from .rpc import Dispatcher
-from .server import RpcConnection, bind_unix_socket, is_abstract
+from .server import RpcConnection, SocketFile, bind_unix_socket
 from .systemd import ActivatedSockets, Notifier
 from .worker import Worker, WorkerSnapshot
 
@@ -43,6 +46,11 @@ EXIT_WORKER_CRASHED = 70  # EX_SOFTWARE: systemd's Restart=on-failure brings a f
 STATUS_INTERVAL_S = 1.0
 # While the model loads, each tick asks systemd for this much more time.
 LOAD_EXTEND_S = 30.0
+# At shutdown, after --shutdown-timeout: how long a stopped generation gets to reach its next
+# token, and how long the last replies get to be written.
+STOP_GRACE_S = 1.0
+REPLY_FLUSH_S = 1.0
+CLOSE_POLL_S = 0.01
 
 
 @dataclass
@@ -80,8 +88,8 @@ class Listeners:
     rpc: socket.socket
     http: socket.socket | None = None
     http_token: bytes | None = None
-    #: A filesystem socket this process created and must remove at exit (not systemd's).
-    owned_path: str | None = None
+    #: A filesystem socket this process created and removes at exit (not systemd's).
+    owned: SocketFile | None = None
     activated: bool = False
 
     @property
@@ -105,8 +113,7 @@ def open_listeners(config: Config, activated: ActivatedSockets | None = None) ->
     if activated is not None:
         rpc_sock, owned = activated.rpc, None
     else:
-        rpc_sock = bind_unix_socket(config.socket)
-        owned = None if is_abstract(config.socket) else config.socket
+        rpc_sock, owned = bind_unix_socket(config.socket)
     http_sock = activated.http if activated is not None else None
     if config.http and http_sock is None:
         try:
@@ -135,6 +142,8 @@ class Daemon:
         self.dispatcher = Dispatcher(config, self.worker, busy_counter,
                                      self.metrics)
         self.connections: set[RpcConnection] = set()
+        self.lingering: set[RpcConnection] = set()
+        self.connection_log = ConnectionLog(log)
         self.listeners = listeners
         self.http_shim = (HttpShim(self.dispatcher, config.max_line_bytes, listeners.http_token,
                                    config.max_connections)
@@ -176,22 +185,25 @@ class Daemon:
     async def serve(self, on_ready: Callable[[], None] | None = None, handle_signals: bool = False) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        servers = self._servers
-        servers.append(await self._loop.create_unix_server(lambda: RpcConnection(self), sock=self.listeners.rpc))
-        if self.http_shim is not None and self.listeners.http is not None:
-            servers.append(await asyncio.start_server(self.http_shim.handle_connection, sock=self.listeners.http))
-        # Listening first, loading second: health answers "loading" while the model compiles.
-        self._log_listening()
-        self.worker.start()
+        self.connection_log.attach(self._loop.call_later)
         notifier = self.systemd.notifier
-        notifier.notify("READY=1", f"STATUS={self._status_line(self.worker.snapshot())}")
-        self.spawn(self._report_status())
-        if self.systemd.watchdog_interval_s is not None:
-            self.spawn(self._feed_watchdog(self.systemd.watchdog_interval_s))
-        if self.config.exit_idle_after_s is not None:
-            self.spawn(self._exit_when_idle(self.config.exit_idle_after_s))
+        # Handlers first: a SIGTERM that arrives once we serve (or once the log says "ready",
+        # which the worker thread writes) must shut down gracefully, not kill the process.
         restore = self._install_signal_handlers() if handle_signals else None
+        servers = self._servers
         try:
+            servers.append(await self._loop.create_unix_server(lambda: RpcConnection(self), sock=self.listeners.rpc))
+            if self.http_shim is not None and self.listeners.http is not None:
+                servers.append(await asyncio.start_server(self.http_shim.handle_connection, sock=self.listeners.http))
+            # Listening first, loading second: health answers "loading" while the model compiles.
+            self._log_listening()
+            self.worker.start()
+            notifier.notify("READY=1", f"STATUS={self._status_line(self.worker.snapshot())}")
+            self.spawn(self._report_status())
+            if self.systemd.watchdog_interval_s is not None:
+                self.spawn(self._feed_watchdog(self.systemd.watchdog_interval_s))
+            if self.config.exit_idle_after_s is not None:
+                self.spawn(self._exit_when_idle(self.config.exit_idle_after_s))
             if on_ready is not None:
                 on_ready()
             await self._stop.wait()
@@ -202,8 +214,8 @@ class Daemon:
         finally:
             if restore is not None:
                 restore()
-            if self.listeners.owned_path is not None:
-                _unlink_quietly(self.listeners.owned_path)
+            if self.listeners.owned is not None:
+                self.listeners.owned.remove()  # only if it is still our socket
             notifier.close()
 
     def _log_listening(self) -> None:
@@ -266,22 +278,55 @@ class Daemon:
             self._stop.set()
 
     async def _shutdown(self, servers: list[asyncio.AbstractServer]) -> None:
+        """Stop accepting, fail queued jobs, give the running one until the deadline (then stop
+        it), deliver every reply, close. Every job gets an answer; nothing waits past the deadline
+        (plus REPLY_FLUSH_S to write the last replies)."""
+        deadline = time.monotonic() + self.config.shutdown_timeout_s
         for server in servers:
             server.close()  # stop accepting; existing connections stay to receive their replies
-        self.worker.stop()  # queued jobs fail with ShuttingDown at once
-        deadline = time.monotonic() + self.config.shutdown_timeout_s
-        finished = await asyncio.to_thread(self.worker.join, self.config.shutdown_timeout_s)
-        if not finished:
-            log.warning("running job did not finish within %.1fs; exiting anyway", self.config.shutdown_timeout_s)
-        pending = [asyncio.ensure_future(conn.drain()) for conn in list(self.connections)]
-        if pending:
-            await asyncio.wait(pending, timeout=max(0.1, deadline - time.monotonic()))
-        for conn in list(self.connections):
-            conn.close()
+        self.worker.stop()  # queued jobs fail with ShuttingDown at once; none starts from now on
+        await self._finish_running_job(deadline)
+        await self._drain_socket_connections(deadline)
         if self.http_shim is not None:
             self.http_shim.close_connections()
+        await self._close_socket_connections()
+        self.connection_log.flush()
         for task in list(self._background):
             task.cancel()
+
+    async def _finish_running_job(self, deadline: float) -> None:
+        """Let the running job finish until ``deadline``; then stop it and answer it with -32006."""
+        timeout = self.config.shutdown_timeout_s
+        if await asyncio.to_thread(self.worker.join, max(0.0, deadline - time.monotonic())):
+            return
+        error = ShuttingDown(f"daemon is shutting down; the running job was stopped after "
+                             f"--shutdown-timeout {timeout:g}s")
+        if self.worker.stop_running(error):
+            log.warning("running job did not finish within %gs of shutdown: stopped and answered with "
+                        "-32006", timeout)
+        else:
+            log.warning("the model load did not finish within %gs of shutdown; exiting anyway", timeout)
+        # A live generation stops at its next token; a hung one is left to os._exit in run().
+        await asyncio.to_thread(self.worker.join, STOP_GRACE_S)
+
+    async def _drain_socket_connections(self, deadline: float) -> None:
+        """Wait for the in-flight requests of socket connections, so their replies are written."""
+        pending = [asyncio.ensure_future(conn.drain()) for conn in list(self.connections)]
+        if pending:
+            await asyncio.wait(pending, timeout=max(REPLY_FLUSH_S, deadline - time.monotonic()))
+
+    async def _close_socket_connections(self) -> None:
+        """Close every connection once its replies are written; a client too slow to read them
+        within REPLY_FLUSH_S is aborted (the loop ends next, and unwritten replies with it)."""
+        for conn in list(self.connections):
+            conn.close()
+        for conn in list(self.lingering):
+            conn.abort_or_close()
+        give_up = time.monotonic() + REPLY_FLUSH_S
+        while self.connections and time.monotonic() < give_up:
+            await asyncio.sleep(CLOSE_POLL_S)
+        for conn in list(self.connections):
+            conn.abort()
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         loop = self.loop
@@ -311,13 +356,6 @@ class Daemon:
         return restore
 
 
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 def run(config: Config, loader: EngineLoader, systemd: SystemdContext | None = None) -> int:
     """Start, serve until told to stop, shut down. Returns the process exit code."""
     systemd = systemd or SystemdContext()
@@ -325,6 +363,9 @@ def run(config: Config, loader: EngineLoader, systemd: SystemdContext | None = N
         if config.exit_idle_after_s is not None and systemd.activated is None:
             raise StartupError("--exit-idle-after needs socket activation: without it the socket "
                                "would vanish with the daemon and clients would be refused")
+        namespace_problem = allow_list_problem(*read_id_maps(), config.allow_uids, config.allow_gids)
+        if namespace_problem is not None:
+            raise StartupError(namespace_problem)
         loader.preflight(config)
         busy_counter = prepare_busy_counter(config)
         listeners = open_listeners(config, systemd.activated)

@@ -12,10 +12,15 @@ entered from two threads at once.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -136,19 +141,32 @@ def check_model_spec(spec: str) -> None:
         raise StartupError(f"--model {spec}: no such file or folder")
 
 
-def convert_gguf_to_ir(gguf: Path, target: Path) -> Path:
-    """Convert a GGUF to an OpenVINO IR folder once (it then loads about twice as fast).
+# The GGUF conversion runs as ``python -m npud.convert GGUF TARGET`` (see that module).
+CONVERT_MODULE = "npud.convert"
+# Lines of the converter's stderr kept for the error message (the rest is OpenVINO's chatter).
+CONVERT_ERROR_MARK = "npud.convert: "
+CONVERT_STDERR_KEEP = 64 * 1024
+
+
+def ir_is_complete(target: Path) -> bool:
+    return (target / "openvino_model.xml").is_file()
+
+
+def convert_gguf_in_this_process(gguf: Path, target: Path) -> Path:
+    """Convert a GGUF to an OpenVINO IR folder (it then loads about twice as fast).
+
+    Runs OpenVINO's GGUF reader, which crashes the process on a corrupt file: only ever call this
+    in the converter child (:func:`convert_gguf_to_ir`), never inside the daemon.
 
     openvino_genai writes the IR next to the .gguf it reads (``enable_save_ov_model``), so the
     GGUF is linked into a private temporary folder; the finished folder is renamed into place
     atomically so that a crash or a concurrent daemon never sees half a model.
     """
-    if (target / "openvino_model.xml").is_file():
+    if ir_is_complete(target):
         return target
     import openvino_genai as og
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".convert-") as tmp:
         work = Path(tmp)
         link = work / gguf.name
@@ -162,21 +180,92 @@ def convert_gguf_to_ir(gguf: Path, target: Path) -> Path:
         try:
             os.rename(out, target)
         except OSError:
-            if not (target / "openvino_model.xml").is_file():
+            if not ir_is_complete(target):
                 raise
-    log.info("converted %s to IR at %s in %.1fs", gguf.name, target, time.monotonic() - started)
     return target
 
 
+def convert_gguf_to_ir(gguf: Path, target: Path) -> Path:
+    """Convert ``gguf`` into the IR folder ``target`` once, in a child process.
+
+    A truncated or corrupt GGUF makes OpenVINO's reader crash (SIGSEGV, SIGBUS) rather than raise;
+    in a child that is a :class:`ModelLoadError` naming the file and the signal (health: error),
+    not a dead daemon. The child's stdin is a pipe from us: it exits if we die first.
+    """
+    if ir_is_complete(target):
+        return target
+    started = time.monotonic()
+    command = [sys.executable, "-m", CONVERT_MODULE, str(gguf), str(target)]
+    try:
+        child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot start the GGUF converter for {gguf}: {exc.strerror}") from None
+    stderr = _read_tail(child)
+    status = child.wait()
+    if child.stdin is not None:
+        child.stdin.close()
+    if status != 0 or not ir_is_complete(target):
+        raise ModelLoadError(conversion_failure(gguf, status, stderr))
+    log.info("converted %s to IR at %s in %.1fs (in a child process)", gguf.name, target,
+             time.monotonic() - started)
+    return target
+
+
+def _read_tail(child: subprocess.Popen[bytes]) -> str:
+    """The end of the child's stderr, read until it exits (bounded memory)."""
+    if child.stderr is None:
+        return ""
+    tail = b""
+    while chunk := child.stderr.read(8192):
+        tail = (tail + chunk)[-CONVERT_STDERR_KEEP:]
+    child.stderr.close()
+    return tail.decode(errors="replace")
+
+
+def conversion_failure(gguf: Path, status: int, stderr: str) -> str:
+    """What to tell the user (health.error) about a failed conversion: which file, what happened,
+    what to do."""
+    advice = ("The file is probably truncated or corrupt: download it again (compare its size and "
+              "checksum), or pass an OpenVINO IR folder to --model.")
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return f"converting {gguf} to OpenVINO IR crashed: OpenVINO's GGUF reader died with {name}. {advice}"
+    marked = [line[len(CONVERT_ERROR_MARK):] for line in stderr.splitlines() if line.startswith(CONVERT_ERROR_MARK)]
+    other = [line for line in stderr.splitlines() if line.strip()]
+    detail = marked[-1] if marked else (other[-1] if other else f"exit status {status}")
+    return f"converting {gguf} to OpenVINO IR failed: {detail}. {advice}"
+
+
+def gguf_store_key(gguf: Path, name: str, genai_version: str) -> str:
+    """The model-store folder for a GGUF, keyed by the file's identity and the converter.
+
+    Resolved path, size, mtime and inode: a replaced or modified file gets a new key (converted
+    again), so a stale IR is never served; the GenAI version, because the converter may change.
+    """
+    st = gguf.stat()
+    identity = "\0".join(map(str, (gguf.resolve(), st.st_size, st.st_mtime_ns, st.st_ino, genai_version)))
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64]
+    return f"{readable}-{digest}"
+
+
 def resolve_model_path(config: Config) -> Path:
-    if config.model != BUILTIN_SMOLLM2:
-        return Path(config.model)
+    """The IR folder to load: as given, or converted from a GGUF (built-in or a path) once into
+    ``<cache>/models``. A GGUF is never parsed in this process."""
+    if config.model == BUILTIN_SMOLLM2:
+        gguf, name = builtin_smollm2_gguf(), BUILTIN_SMOLLM2
+    else:
+        path = Path(config.model)
+        if path.suffix != ".gguf" or path.is_dir():
+            return path
+        gguf, name = path, path.stem
     import openvino_genai as og
 
-    gguf = builtin_smollm2_gguf()
-    # The key changes when the GGUF or the converter changes, so a stale IR is never reused.
-    key = f"{BUILTIN_SMOLLM2}-{gguf.stat().st_size}-genai{og.__version__.split('-')[0]}"
-    return convert_gguf_to_ir(gguf, config.model_store_dir / key)
+    return convert_gguf_to_ir(gguf, config.model_store_dir / gguf_store_key(gguf, name, og.__version__))
 
 
 def npu_properties(config: Config) -> dict[str, Any]:
@@ -349,7 +438,7 @@ class OpenVinoLoader:
     def preflight(self, config: Config) -> None:
         check_model_spec(config.model)
         devices = self._devices()
-        device = config.device.upper()
+        device = config.device  # upper case since load_config; used exactly as OpenVINO lists it
         # AUTO would quietly pick another device, so only a device OpenVINO lists is accepted.
         if device not in devices:
             hint = " Use --device CPU to run without an NPU." if device == "NPU" else ""
@@ -362,7 +451,7 @@ class OpenVinoLoader:
 
         factory = self._pipeline_factory or og.LLMPipeline
         try:
-            path = resolve_model_path(config)
+            path = resolve_model_path(config)  # a failed GGUF conversion is a ModelLoadError already
             names = ("FULL_DEVICE_NAME", *NPU_FACTS) if config.is_npu else ("FULL_DEVICE_NAME",)
             props = self._device_properties(config.device, names)
             entry = self._cache_entry(config, path, props)
@@ -381,7 +470,7 @@ class OpenVinoLoader:
         source = compile_cache.CacheKeySource(
             openvino=ov.__version__,
             openvino_genai=og.__version__,
-            device=config.device.upper(),
+            device=config.device,
             npu_driver=_str_or_none(props.get("NPU_DRIVER_VERSION")),
             npu_compiler=decode_compiler_version(props.get("NPU_COMPILER_VERSION")),
             model_path=str(path.resolve()),

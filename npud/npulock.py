@@ -11,9 +11,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,12 +24,16 @@ class LockTimeout(Exception):
         self.waited_s = waited_s
 
 
+class LockWaitCancelled(Exception):
+    """The wait for the lock was given up (the job was cancelled, or the daemon is stopping)."""
+
+
 class NpuLock:
     """An exclusive flock with a bounded wait.
 
     ``flock`` cannot time out by itself and a blocked call cannot be interrupted from another
-    thread, so waiting polls ``LOCK_NB`` with a short, growing interval; ``cancel`` (an event set
-    at shutdown) ends the wait early.
+    thread, so waiting polls ``LOCK_NB`` with a short, growing interval (at most POLL_MAX_S);
+    ``cancel`` is asked at every poll and ends the wait early (job cancelled, shutdown).
     """
 
     POLL_MIN_S = 0.005
@@ -49,8 +52,11 @@ class NpuLock:
             return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
 
     @contextmanager
-    def hold(self, cancel: threading.Event | None = None, timeout_s: float | None = None) -> Iterator[float]:
-        """Hold the lock; yields the seconds spent waiting for it (at most ``timeout_s``)."""
+    def hold(self, cancel: Callable[[], bool] | None = None, timeout_s: float | None = None) -> Iterator[float]:
+        """Hold the lock; yields the seconds spent waiting for it (at most ``timeout_s``).
+
+        Raises :class:`LockTimeout` after ``timeout_s``, :class:`LockWaitCancelled` once ``cancel()``
+        is true."""
         fd = self._open()
         try:
             waited = self._acquire(fd, cancel, self.timeout_s if timeout_s is None else timeout_s)
@@ -61,10 +67,12 @@ class NpuLock:
         finally:
             os.close(fd)
 
-    def _acquire(self, fd: int, cancel: threading.Event | None, timeout_s: float) -> float:
+    def _acquire(self, fd: int, cancel: Callable[[], bool] | None, timeout_s: float) -> float:
         start = time.monotonic()
         interval = self.POLL_MIN_S
         while True:
+            if cancel is not None and cancel():
+                raise LockWaitCancelled(f"gave up waiting for the NPU lock {self.path}")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return time.monotonic() - start
@@ -74,10 +82,5 @@ class NpuLock:
             waited = time.monotonic() - start
             if waited >= timeout_s:
                 raise LockTimeout(self.path, waited)
-            pause = min(interval, timeout_s - waited)
-            if cancel is not None:
-                if cancel.wait(pause):
-                    raise LockTimeout(self.path, time.monotonic() - start)
-            else:
-                time.sleep(pause)
+            time.sleep(min(interval, timeout_s - waited))
             interval = min(interval * 2, self.POLL_MAX_S)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 # SO_PEERGROUPS (Linux >= 4.13) lists the peer's supplementary groups; the socket module has
 # no constant for it.
@@ -58,3 +60,67 @@ class PeerPolicy:
             return True
         groups = {peer.gid, *peer.groups}
         return not groups.isdisjoint(self.allow_gids)
+
+
+# ---------------------------------------------------------------- user namespaces
+
+# The map of the initial user namespace: every id is itself. (inside, outside, count)
+IDENTITY_MAP = ((0, 0, 4294967295),)
+IdMap = tuple[tuple[int, int, int], ...]
+
+
+def parse_id_map(text: str) -> IdMap:
+    """Parse /proc/<pid>/uid_map or gid_map: lines of "inside outside count"."""
+    entries = []
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 3 or not all(f.isdigit() for f in fields):
+            raise ValueError(f"malformed id map line {line.strip()!r}")
+        inside, outside, count = (int(f) for f in fields)
+        entries.append((inside, outside, count))
+    return tuple(entries)
+
+
+def allow_list_problem(uid_map: str | None, gid_map: str | None,
+                       allow_uids: Sequence[int], allow_gids: Sequence[int]) -> str | None:
+    """Why ``--allow-uid``/``--allow-gid`` cannot work in this user namespace, or None.
+
+    In a user namespace whose map is not the identity, SO_PEERCRED reports a peer from outside it
+    as the overflow id (65534) when its id is not mapped: an allow-list then never matches. Newer
+    systemd puts user units with sandboxing options in such a namespace (PrivateUsers= is implied),
+    so other users would be refused although listed. A missing map (no user namespaces in the
+    kernel) is the identity.
+    """
+    if not allow_uids and not allow_gids:
+        return None
+    for kind, text in (("uid", uid_map), ("gid", gid_map)):
+        if text is None:
+            continue
+        try:
+            entries = parse_id_map(text)
+        except ValueError as exc:
+            return f"cannot read /proc/self/{kind}_map ({exc}) to check that --allow-uid/--allow-gid can work"
+        if entries != IDENTITY_MAP:
+            shown = "; ".join(" ".join(map(str, e)) for e in entries) or "empty"
+            return (
+                f"--allow-uid/--allow-gid cannot work here: npud runs in a user namespace "
+                f"(/proc/self/{kind}_map: {shown}), where other users' processes appear as uid/gid "
+                "65534 and never match an allow-list. systemd does this to user units with "
+                "sandboxing (PrivateUsers= is implied). To serve other users run npud as a system "
+                "unit (README: \"Serving other users\"); to serve only yourself drop --allow-uid/--allow-gid."
+            )
+    return None
+
+
+def read_id_maps(proc_self: Path = Path("/proc/self")) -> tuple[str | None, str | None]:
+    """This process's uid_map and gid_map (None where the kernel has none)."""
+
+    def read(name: str) -> str | None:
+        try:
+            return (proc_self / name).read_text()
+        except FileNotFoundError:
+            return None
+
+    return read("uid_map"), read("gid_map")

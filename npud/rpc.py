@@ -65,8 +65,9 @@ log = logging.getLogger("npud.rpc")
 
 QUIET_METHODS = frozenset({"health", "models", "cancel"})
 
-# A generation that has not stopped this long after its deadline is hung inside the pipeline (the
-# streamer stops a live one at the next token): its client gets DeadlineExceeded anyway.
+# A *running* generation that has not stopped this long after its deadline is hung inside the
+# pipeline (the streamer stops a live one at the next token): its client gets DeadlineExceeded
+# anyway. A job still queued at its deadline needs no grace: it is withdrawn and answered at once.
 HANG_GRACE_S = 5.0
 
 # A batch fans out into that many requests from one line; bound it like the line itself.
@@ -434,13 +435,7 @@ class Dispatcher:
         if registered and ctx.pending is not None:
             ctx.pending[key] = job
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), timeout_ms / 1000 + HANG_GRACE_S)
-        except asyncio.TimeoutError:
-            # The worker did not stop the job at its deadline: the pipeline is hung. Answer anyway.
-            self.worker.withdraw(job)
-            log.error("job %s did not stop at its deadline: the pipeline looks hung", spec.name)
-            raise DeadlineExceeded(f"deadline of {timeout_ms} ms passed; the generation did not stop",
-                                   DeadlineData(timeout_ms, "running")) from None
+            return await self._await_job(job)
         except asyncio.CancelledError:
             # The client went away (or the daemon is stopping): free the slot, stop the generation.
             self.worker.withdraw(job)
@@ -448,6 +443,27 @@ class Dispatcher:
         finally:
             if registered and ctx.pending is not None:
                 ctx.pending.pop(key, None)
+
+    async def _await_job(self, job: Job) -> JobResult:
+        """The job's result, or DeadlineExceeded that says where the deadline found it."""
+        until_deadline = max(0.0, job.deadline - self.worker.now())
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), until_deadline)
+        except asyncio.TimeoutError:
+            pass
+        if self.worker.expire_queued(job):
+            # Still queued (behind another job, or while the model loads): withdrawn, answered now.
+            raise DeadlineExceeded(f"deadline of {job.timeout_ms} ms passed while queued",
+                                   DeadlineData(job.timeout_ms, "queued"))
+        # Taken by the worker: it stops the job (streamer, NPU lock wait) and answers it itself.
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), HANG_GRACE_S)
+        except asyncio.TimeoutError:
+            self.worker.withdraw(job)
+            log.error("job %s did not stop %.0fs after its deadline: the pipeline looks hung",
+                      job.spec.name, HANG_GRACE_S)
+            raise DeadlineExceeded(f"deadline of {job.timeout_ms} ms passed; the generation did not stop",
+                                   DeadlineData(job.timeout_ms, "running")) from None
 
     # ------------------------------------------------------------ logging
 

@@ -28,6 +28,7 @@ from npuclient.errors import (
     NotReady,
     NotVerified,
     QueueFull,
+    RequestCancelled,
     RpcError,
     ShuttingDown,
 )
@@ -48,7 +49,7 @@ from .busy import BusyCounter, BusyCounterError, verify_delta
 from .config import Config
 from .engine import DecodeSettings, Engine, EngineLoader, Generation, ModelLoadError
 from .jobs import JobSpec
-from .npulock import LockTimeout, NpuLock
+from .npulock import LockTimeout, LockWaitCancelled, NpuLock
 
 log = logging.getLogger("npud.worker")
 
@@ -185,7 +186,8 @@ class Worker:
         return self._clock()
 
     def withdraw(self, job: Job) -> bool:
-        """Forget a job whose client went away; a running job stops at its next token.
+        """Forget a job whose client went away; a running job stops at its next token (or stops
+        waiting for the NPU lock).
 
         Returns True if the job had not finished yet.
         """
@@ -197,19 +199,59 @@ class Worker:
                 pass
         return not job.future.done()
 
+    def expire_queued(self, job: Job) -> bool:
+        """At its deadline: take ``job`` out of the queue if it is still there (waiting behind
+        another job, or for the model to load). True if it was; the caller answers it. A job
+        already taken by the worker is stopped by the worker itself (streamer, lock wait)."""
+        with self._cond:
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                return False
+            self._failed += 1
+        job.cancel.set()
+        return True
+
     def stop(self) -> None:
-        """Refuse new jobs, fail queued ones with ShuttingDown, let the running one finish."""
+        """Refuse new jobs, fail queued ones with ShuttingDown, let the running one finish.
+
+        One lock section: once ``_stopping`` is set no queued job can be taken by the worker
+        (``_next_job`` checks it under the same lock), so none starts during shutdown.
+        """
         with self._cond:
             self._stopping.set()
+            drained = self._take_queue()
             self._cond.notify_all()
-        self._fail_queued(ShuttingDown("daemon is shutting down; the job was not started"))
+        self._resolve_all(drained, ShuttingDown("daemon is shutting down; the job was not started"))
+
+    def stop_running(self, error: RpcError) -> bool:
+        """Stop the running job now and answer it with ``error`` (``--shutdown-timeout`` passed).
+
+        Its ``should_stop`` turns true, so a live generation ends at its next token; its client is
+        answered at once either way (a hung pipeline may never return). True if a job was running.
+        """
+        with self._cond:
+            job = self._current
+        if job is None:
+            return False
+        job.cancel.set()
+        _resolve(job, error)
+        return True
+
+    def _take_queue(self) -> list[Job]:
+        drained = list(self._queue)
+        self._queue.clear()
+        return drained
+
+    @staticmethod
+    def _resolve_all(jobs: list[Job], error: RpcError) -> None:
+        for job in jobs:
+            _resolve(job, error)
 
     def _fail_queued(self, error: RpcError) -> None:
         with self._cond:
-            drained = list(self._queue)
-            self._queue.clear()
-        for job in drained:
-            _resolve(job, error)
+            drained = self._take_queue()
+        self._resolve_all(drained, error)
 
     def join(self, timeout: float | None) -> bool:
         """Wait for the thread; True if it ended."""
@@ -294,11 +336,11 @@ class Worker:
         try:
             if self._npu_lock is not None:
                 # Compiling for the NPU uses the device too, so it is serialised like a job.
-                with self._npu_lock.hold(cancel=self._stopping):
+                with self._npu_lock.hold(cancel=self._stopping.is_set):
                     engine = self._loader.load(self._config)
             else:
                 engine = self._loader.load(self._config)
-        except (ModelLoadError, LockTimeout) as exc:
+        except (ModelLoadError, LockTimeout, LockWaitCancelled) as exc:
             with self._cond:
                 self._status, self._error = "error", str(exc)
             log.error("model load failed: %s", exc)
@@ -317,9 +359,11 @@ class Worker:
 
     def _next_job(self) -> Job | None:
         with self._cond:
-            while not self._queue:
+            while True:
                 if self._stopping.is_set():
-                    return None
+                    return None  # checked under the lock stop() holds: no job starts once stopping
+                if self._queue:
+                    break
                 self._cond.wait()
             job = self._queue.popleft()
             self._running_since = self._clock()
@@ -426,12 +470,22 @@ class Worker:
             generation = engine.generate(prompt, settings, should_stop)
             self._check_deadline(job, generation)
             return generation, None
+
+        # The wait for the lock ends at the job's deadline (timeout_s), its cancel, or shutdown:
+        # the job has not started, so at shutdown it is answered like a queued one.
+        def stop_waiting() -> bool:
+            return job.cancel.is_set() or self._stopping.is_set()
+
         remaining = deadline - clock()
         try:
-            with self._npu_lock.hold(cancel=self._stopping, timeout_s=min(self._npu_lock.timeout_s, remaining)):
+            with self._npu_lock.hold(cancel=stop_waiting, timeout_s=min(self._npu_lock.timeout_s, remaining)):
                 before = self._read_busy()
                 generation = engine.generate(prompt, settings, should_stop)
                 after = self._read_busy()
+        except LockWaitCancelled:
+            if self._stopping.is_set():
+                raise ShuttingDown("daemon is shutting down; the job was not started") from None
+            raise RequestCancelled() from None  # its client withdrew it and was already answered
         except LockTimeout as exc:
             if remaining < self._npu_lock.timeout_s:
                 raise DeadlineExceeded(

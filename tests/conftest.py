@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -178,6 +179,15 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_ir(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as an OpenVINO IR folder, converted once per session the way npud converts
+    any .gguf (in a child process); for tests that are not about the conversion itself."""
+    from npud.engine import convert_gguf_to_ir
+
+    return convert_gguf_to_ir(tiny_gguf, tmp_path_factory.mktemp("tiny-ir") / "tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache root per test session, so SmolLM2 is converted to IR once."""
     return tmp_path_factory.mktemp("npud-cache")
@@ -198,6 +208,11 @@ def wait_until_ready(proc: subprocess.Popen[str]) -> None:
 
 
 NOBODY = 65534
+
+
+def open_fds() -> int:
+    """Descriptors open in this process (the in-thread daemon's included)."""
+    return len(os.listdir("/proc/self/fd"))
 
 
 def as_nobody(action: Callable[[], bytes]) -> bytes:
@@ -222,3 +237,35 @@ def as_nobody(action: Callable[[], bytes]) -> bytes:
         data = reader.read()
     os.waitpid(pid, 0)
     return data
+
+
+@contextlib.contextmanager
+def as_nobody_holding(action: Callable[[], bytes]) -> Iterator[bytes]:
+    """Like :func:`as_nobody`, but the child keeps running (and keeps whatever ``action`` left
+    open, such as sockets) until the ``with`` block ends; yields the bytes ``action`` returned."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to act as another uid")
+    report_read, report_write = os.pipe()
+    release_read, release_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(report_read)
+            os.close(release_write)
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            os.write(report_write, action())
+        except BaseException as exc:
+            os.write(report_write, repr(exc).encode())
+        finally:
+            os.close(report_write)
+            os.read(release_read, 1)  # returns at the parent's release (or its death)
+            os._exit(0)
+    os.close(report_write)
+    os.close(release_read)
+    try:
+        with os.fdopen(report_read, "rb") as reader:
+            yield reader.read()
+    finally:
+        os.close(release_write)
+        os.waitpid(pid, 0)

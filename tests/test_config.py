@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 
 import pytest
 
-from npud.config import ConfigError, load_config
+from npud.config import OPTIONS, ConfigError, load_config
 
-from .conftest import npud_command
+from .conftest import REPO, npud_command
 
 
 def test_defaults_follow_xdg() -> None:
@@ -71,6 +73,39 @@ def test_help_documents_every_option_with_env_and_default() -> None:
                  "OV_GENAI_NPU_QUEUE_DEPTH", "OV_GENAI_NPU_LOCK_FILE", "OV_GENAI_NPU_BUSY_FILE"):
         assert name in out
     assert "default: @npud" in out and "default: NPU" in out
+
+
+@pytest.mark.parametrize(("given", "device"), [("cpu", "CPU"), (" Npu ", "NPU"), ("CPU", "CPU"), ("gpu.0", "GPU.0")])
+def test_device_is_normalised_at_the_edge(given: str, device: str) -> None:
+    assert load_config(["--device", given], {"HOME": "/h"}).device == device
+    assert load_config([], {"HOME": "/h", "OV_GENAI_NPU_DEVICE": given}).device == device
+
+
+def test_empty_device_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--device: must not be empty"):
+        load_config(["--device", " "], {"HOME": "/h"})
+
+
+# Defaults computed from the environment ($HOME, $XDG_*): help shows the resolved path, the README
+# the rule; both are right.
+PATH_DEFAULTS = {"--model", "--cache-dir", "--lock-file"}
+
+
+def test_help_and_readme_state_the_same_defaults() -> None:
+    """Every flag's default in `npud --help` is the one in the README's configuration table."""
+    help_text = " ".join(subprocess.run(npud_command("--help"), capture_output=True, text=True, check=True,
+                                        env={**os.environ, "COLUMNS": "1000"}).stdout.split())
+    shown = dict(re.findall(r"(--[a-z-]+)(?: [A-Z_]+)? (?:(?! --)[^\[])*\[env [A-Z_]+; default: ([^\]]*)\]", help_text))
+    readme_rows: dict[str, str] = {}
+    for line in (REPO / "README.md").read_text().splitlines():
+        row = re.match(r"\| (`--[^|]*) \| [^|]* \| (.*) \|$", line)
+        if row:
+            for flag in re.findall(r"`(--[a-z-]+)`", row.group(1)):
+                readme_rows[flag] = row.group(2).replace("`", "")
+    assert set(shown) == {opt.flag for opt in OPTIONS}
+    for flag, default in shown.items():
+        if flag not in PATH_DEFAULTS:
+            assert default in readme_rows[flag], (flag, default, readme_rows[flag])
 
 
 def test_bad_value_exits_2_with_message() -> None:

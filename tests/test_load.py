@@ -116,8 +116,8 @@ def test_load_with_fake_engine_and_stable_memory(tmp_path: Path) -> None:
 
 
 @pytest.mark.realmodel
-def test_load_with_the_tiny_real_model(tiny_gguf: Path, tmp_path: Path) -> None:
-    config = make_config(tmp_path, model=str(tiny_gguf), queue_depth=4, max_in_flight=64, log_level="WARNING")
+def test_load_with_the_tiny_real_model(tiny_ir: Path, tmp_path: Path) -> None:
+    config = make_config(tmp_path, model=str(tiny_ir), queue_depth=4, max_in_flight=64, log_level="WARNING")
     running = start_daemon(config, OpenVinoLoader())
     try:
         outcomes = run_round(running.socket, clients=12, per_client=8, capacity=4)

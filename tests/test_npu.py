@@ -19,15 +19,15 @@ from .conftest import make_config, start_daemon
 pytestmark = pytest.mark.realmodel
 
 
-def npu_daemon(tmp_path: Path, tiny_gguf: Path, advance_busy: bool = True, compiles: list[str] | None = None,
+def npu_daemon(tmp_path: Path, model: Path, advance_busy: bool = True, compiles: list[str] | None = None,
                **overrides: Any) -> Any:
     busy = make_npu_sysfs(tmp_path / "sys", busy_us=1_000_000)
-    config = make_config(tmp_path, model=str(tiny_gguf), device="NPU", sysfs_root=str(tmp_path / "sys"), **overrides)
+    config = make_config(tmp_path, model=str(model), device="NPU", sysfs_root=str(tmp_path / "sys"), **overrides)
     return start_daemon(config, npu_loader(busy, advance_busy=advance_busy, compiles=compiles)), busy
 
 
-def test_npu_mode_end_to_end_with_facts(tmp_path: Path, tiny_gguf: Path) -> None:
-    daemon, busy = npu_daemon(tmp_path, tiny_gguf)
+def test_npu_mode_end_to_end_with_facts(tmp_path: Path, tiny_ir: Path) -> None:
+    daemon, busy = npu_daemon(tmp_path, tiny_ir)
     try:
         result = daemon.call("generate", {"job": "summary", "input": "Errors should never pass silently.",
                                           "max_new_tokens": 16})["result"]
@@ -58,8 +58,8 @@ def test_npu_properties_reach_the_pipeline(tmp_path: Path) -> None:
                      "PREFILL_HINT": "DYNAMIC", "GENERATE_HINT": "FAST_COMPILE"}
 
 
-def test_silent_cpu_fallback_is_caught(tmp_path: Path, tiny_gguf: Path) -> None:
-    daemon, _ = npu_daemon(tmp_path, tiny_gguf, advance_busy=False)
+def test_silent_cpu_fallback_is_caught(tmp_path: Path, tiny_ir: Path) -> None:
+    daemon, _ = npu_daemon(tmp_path, tiny_ir, advance_busy=False)
     try:
         error = daemon.call("generate", {"job": "title", "input": "Is this on the NPU?"})["error"]
         assert error["code"] == -32002 and error["data"]["reason"] == "no_growth"
@@ -68,9 +68,9 @@ def test_silent_cpu_fallback_is_caught(tmp_path: Path, tiny_gguf: Path) -> None:
         daemon.stop()
 
 
-def test_prompt_limit_is_enforced_before_the_device(tmp_path: Path, tiny_gguf: Path) -> None:
+def test_prompt_limit_is_enforced_before_the_device(tmp_path: Path, tiny_ir: Path) -> None:
     text = ("Now is better than never. Although never is often better than right now. " * 70)[:5000]
-    daemon, busy = npu_daemon(tmp_path, tiny_gguf)
+    daemon, busy = npu_daemon(tmp_path, tiny_ir)
     try:
         before = busy.read_text()
         error = daemon.call("generate", {"job": "summary", "input": text})["error"]
@@ -81,11 +81,11 @@ def test_prompt_limit_is_enforced_before_the_device(tmp_path: Path, tiny_gguf: P
         daemon.stop()
 
 
-def test_stand_in_behaves_like_the_npu_pipeline(tmp_path: Path, tiny_gguf: Path) -> None:
+def test_stand_in_behaves_like_the_npu_pipeline(tmp_path: Path, tiny_ir: Path) -> None:
     with pytest.raises(RuntimeError, match="missing properties"):
-        FakeNpuPipeline(str(tiny_gguf), "NPU", busy_file=None, CACHE_DIR=str(tmp_path))
+        FakeNpuPipeline(str(tiny_ir), "NPU", busy_file=None, CACHE_DIR=str(tmp_path))
     props = pipeline_properties(make_config(tmp_path, device="NPU", max_prompt_tokens=64), tmp_path / "blobs")
-    pipe = FakeNpuPipeline(str(tiny_gguf), "NPU", busy_file=None, **props)
+    pipe = FakeNpuPipeline(str(tiny_ir), "NPU", busy_file=None, **props)
     config = pipe.get_generation_config()
     config.max_new_tokens = 4
     config.apply_chat_template = False
@@ -97,12 +97,12 @@ def test_stand_in_behaves_like_the_npu_pipeline(tmp_path: Path, tiny_gguf: Path)
         pipe.generate(["short"], config)
 
 
-def test_compile_cache_key_hit_and_prune(tmp_path: Path, tiny_gguf: Path) -> None:
+def test_compile_cache_key_hit_and_prune(tmp_path: Path, tiny_ir: Path) -> None:
     compiles: list[str] = []
-    first, _ = npu_daemon(tmp_path, tiny_gguf, compiles=compiles)
+    first, _ = npu_daemon(tmp_path, tiny_ir, compiles=compiles)
     info = first.call("health")["result"]["device_info"]["compile_cache"]
     first.stop()
-    second, _ = npu_daemon(tmp_path, tiny_gguf, compiles=compiles)
+    second, _ = npu_daemon(tmp_path, tiny_ir, compiles=compiles)
     again = second.call("health")["result"]["device_info"]["compile_cache"]
     second.stop()
     assert compiles == ["compiled", "cached"]
@@ -111,15 +111,16 @@ def test_compile_cache_key_hit_and_prune(tmp_path: Path, tiny_gguf: Path) -> Non
     assert manifest["key"] == info["key"] and manifest["device"] == "NPU"
     assert manifest["npu_driver"] == FAKE_PROPERTIES["NPU_DRIVER_VERSION"] and manifest["npu_compiler"] == "7.21"
     assert manifest["properties"]["MAX_PROMPT_LEN"] == 1024 and "openvino" in manifest
-    assert set(manifest["model_files"]) == {tiny_gguf.name}
+    assert {"openvino_model.xml", "openvino_model.bin"} <= set(manifest["model_files"])
+    assert manifest["model_path"] == str(tiny_ir.resolve())
 
     # Another configuration (a different prompt budget) compiles into another folder...
-    other, _ = npu_daemon(tmp_path, tiny_gguf, compiles=compiles, max_prompt_tokens=512)
+    other, _ = npu_daemon(tmp_path, tiny_ir, compiles=compiles, max_prompt_tokens=512)
     other_info = other.call("health")["result"]["device_info"]["compile_cache"]
     other.stop()
     assert other_info["key"] != info["key"] and other_info["hit"] is False
     # ...and with a tiny size cap the older folder is pruned, the one in use never.
-    small, _ = npu_daemon(tmp_path, tiny_gguf, compiles=compiles, cache_max_mb=1)
+    small, _ = npu_daemon(tmp_path, tiny_ir, compiles=compiles, cache_max_mb=1)
     kept = small.call("health")["result"]["device_info"]["compile_cache"]
     small.stop()
     root = Path(info["path"]).parent

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from npud.npulock import LockTimeout, NpuLock
+from npud.npulock import LockTimeout, LockWaitCancelled, NpuLock
 
 
 def test_lock_is_exclusive_and_times_out(tmp_path: Path) -> None:
@@ -54,8 +54,8 @@ def test_cancel_ends_the_wait(tmp_path: Path) -> None:
     cancel = threading.Event()
     cancel.set()
     try:
-        with pytest.raises(LockTimeout):
-            with NpuLock(path, timeout_s=60).hold(cancel=cancel):
+        with pytest.raises(LockWaitCancelled):
+            with NpuLock(path, timeout_s=60).hold(cancel=cancel.is_set):
                 pass
     finally:
         os.close(fd)

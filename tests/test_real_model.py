@@ -6,17 +6,27 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from npuclient import Client, InvalidParams
-from npud.engine import OpenVinoLoader, StartupError, check_model_spec
+from npud.engine import (
+    ModelLoadError,
+    OpenVinoLoader,
+    StartupError,
+    check_model_spec,
+    convert_gguf_to_ir,
+    resolve_model_path,
+)
 
 from .conftest import RawConnection, make_config, npud_command, start_daemon, unique_socket
 
@@ -24,9 +34,9 @@ pytestmark = pytest.mark.realmodel
 
 
 @pytest.fixture(scope="module")
-def tiny_daemon(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def tiny_daemon(tiny_ir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("tiny-daemon")
-    config = make_config(tmp, model=str(tiny_gguf), device="CPU", max_prompt_tokens=1024)
+    config = make_config(tmp, model=str(tiny_ir), device="CPU", max_prompt_tokens=1024)
     running = start_daemon(config, OpenVinoLoader())
     yield running
     running.stop()
@@ -121,6 +131,89 @@ def test_corrupt_model_reports_error_in_health(tmp_path: Path) -> None:
         running.stop()
 
 
+# ---------------------------------------------------------------- GGUF files
+
+
+def scrambled(data: bytes) -> bytes:
+    """The tiny model with its metadata overwritten by random bytes: OpenVINO's GGUF reader
+    dereferences garbage and dies with SIGSEGV (a truncated file gives SIGBUS)."""
+    rng = random.Random(1)
+    damaged = bytearray(data)
+    for i in range(64, 2000):
+        damaged[i] = rng.randrange(256)
+    return bytes(damaged)
+
+
+def test_corrupt_gguf_is_a_load_error_not_a_crash(tiny_gguf: Path, tmp_path: Path) -> None:
+    """A real npud with a corrupt .gguf: the conversion crashes in its child process, health says
+    error with a message naming the file and the signal, jobs get -32001, the daemon keeps serving.
+    (The GGUF reader used to run inside the daemon, which died of the SIGSEGV.)"""
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(scrambled(tiny_gguf.read_bytes()))
+    name = unique_socket()
+    proc = subprocess.Popen(
+        npud_command("--model", str(bad), "--device", "CPU", "--socket", name, "--no-http",
+                     "--cache-dir", str(tmp_path / "cache")),
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "model load failed" in line:
+                break
+        else:
+            pytest.fail(f"npud exited with status {proc.wait()} instead of reporting the load error")
+        with Client(name) as client:
+            health = client.health()
+            assert health.status == "error" and health.error is not None
+            assert health.error.startswith(f"converting {bad} to OpenVINO IR crashed")
+            assert re.search(r"GGUF reader died with SIG[A-Z]+\.", health.error)
+            assert "download it again" in health.error and "OpenVINO IR folder to --model" in health.error
+            with RawConnection.open(name) as conn:
+                error = conn.call("generate", {"job": "title", "input": "hello"})["error"]
+            assert error["code"] == -32001 and error["data"] == {"status": "error", "error": health.error}
+            assert client.health().status == "error"  # still answering
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize(("damage", "expected"), [
+    (lambda data: data[:4096], r"crashed: OpenVINO's GGUF reader died with SIG[A-Z]+\."),
+    (lambda data: b"hello world\n" * 100, r"failed: RuntimeError: .*gguf_open\."),
+])
+def test_bad_gguf_conversion_names_the_file_and_what_to_do(tiny_gguf: Path, tmp_path: Path,
+                                                           damage: Callable[[bytes], bytes], expected: str) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(damage(tiny_gguf.read_bytes()))
+    with pytest.raises(ModelLoadError) as info:
+        convert_gguf_to_ir(bad, tmp_path / "ir")
+    assert str(info.value).startswith(f"converting {bad} to OpenVINO IR ")
+    assert re.search(expected, str(info.value)) and "download it again" in str(info.value)
+    assert not (tmp_path / "ir").exists()
+
+
+def test_gguf_is_converted_once_per_file_identity(tiny_gguf: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tmp_path / "model.gguf"
+    shutil.copyfile(tiny_gguf, model)
+    config = make_config(tmp_path, model=str(model))
+    first = resolve_model_path(config)
+    assert first.parent == config.model_store_dir and (first / "openvino_model.xml").is_file()
+
+    def no_child(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(subprocess, "Popen", no_child)
+    assert resolve_model_path(config) == first  # cached: no second conversion
+    os.utime(model, ns=(0, 0))  # the file changed (as far as its identity tells)
+    with pytest.raises(AssertionError, match="converted again"):
+        resolve_model_path(config)
+
+
 # ---------------------------------------------------------------- the npud command
 
 
@@ -152,10 +245,13 @@ def test_npu_without_busy_counter_refuses_unless_disabled(tiny_gguf: Path, tmp_p
 
 
 def test_npud_process_lifecycle(tiny_gguf: Path, tmp_path: Path) -> None:
-    """Start `npud` for real, wait for ready, serve, refuse a second instance, stop on SIGTERM."""
+    """Start `npud` for real, wait for ready, serve, refuse a second instance, stop on SIGTERM.
+
+    `--device cpu` in lower case, as a new user types it: normalised at the edge, so the model
+    loads on "CPU" (OpenVINO refuses "cpu") and jobs run."""
     name = unique_socket()
     proc = subprocess.Popen(
-        npud_command("--model", str(tiny_gguf), "--device", "CPU", "--socket", name, "--port", "0",
+        npud_command("--model", str(tiny_gguf), "--device", "cpu", "--socket", name, "--port", "0",
                      "--cache-dir", str(tmp_path / "cache"), "--log-level", "DEBUG"),
         stderr=subprocess.PIPE, text=True,
     )
@@ -167,6 +263,8 @@ def test_npud_process_lifecycle(tiny_gguf: Path, tmp_path: Path) -> None:
             port = int(found.group(1)) if found else port
             if "ready on CPU" in line:
                 break
+            if "model load failed" in line:
+                pytest.fail(line)
         else:
             pytest.fail("npud exited before it was ready")
         assert port is not None
@@ -176,7 +274,8 @@ def test_npud_process_lifecycle(tiny_gguf: Path, tmp_path: Path) -> None:
         conn.close()
         text = "Special cases aren't special enough."
         with Client(name) as client:
-            assert client.health().status == "ready"
+            health = client.health()
+            assert health.status == "ready" and health.device == "CPU"
             assert client.generate("title", text).job == "title"
         second = run_npud("--model", str(tiny_gguf), "--device", "CPU", "--socket", name, "--port", "0")
         assert second.returncode == 1 and "already listening" in second.stderr

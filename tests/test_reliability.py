@@ -3,13 +3,16 @@ After each: the exact error, and the daemon still serving."""
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 
 from npud import rpc
 from npud.testing.fake import FakeBehaviour, FakeLoader
+from npud.testing.sysfs import make_npu_sysfs
 
 from .conftest import RawConnection, RunningDaemon, as_nobody, unique_socket
 from .test_systemd import FAKE_DAEMON, daemon_env
@@ -58,6 +62,89 @@ def test_deadline_while_running_and_while_queued(daemon_factory: Any) -> None:
     assert_serving(daemon)
 
 
+def hung_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "looks hung" in r.getMessage()]
+
+
+def test_queued_job_is_answered_at_its_deadline_not_after_the_grace(daemon_factory: Any,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The queued job's deadline passes while another job runs on: it is withdrawn and answered
+    at its deadline with stage "queued" (it used to wait 5 s more and say "running")."""
+    caplog.set_level(logging.INFO)
+    gate = threading.Event()  # opened only at the end: the first job runs throughout
+    behaviour = FakeBehaviour(gate=gate)
+    daemon = daemon_factory(FakeLoader(behaviour))
+    try:
+        with daemon.connect() as conn:
+            conn.send_json(request(1, params=title("running", timeout_ms=600_000)))
+            assert behaviour.started.wait(10)
+            conn.send_json(request(2, params=title("queued", timeout_ms=100)))
+            reply = conn.read_json()
+            assert reply["id"] == 2
+            assert reply["error"]["data"] == {"timeout_ms": 100, "stage": "queued"}
+            health = conn.call("health", request_id=3)["result"]
+            assert health["queue"] == {"depth": 0, "capacity": 8, "running": True}  # job 1 still runs
+            assert health["jobs_failed"] == 1
+            gate.set()
+            assert conn.read_json()["id"] == 1
+    finally:
+        gate.set()
+    assert hung_warnings(caplog) == []
+    assert not any("queued" in prompt for prompt in behaviour.calls)
+    behaviour.gate = None
+    assert_serving(daemon)
+
+
+def test_job_queued_while_the_model_loads_is_answered_at_its_deadline(daemon_factory: Any,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    load_gate = threading.Event()
+    daemon = daemon_factory(FakeLoader(load_gate=load_gate), wait_ready=False)
+    try:
+        with daemon.connect() as conn:
+            conn.send_json(request(1, params=title(timeout_ms=100)))
+            error = conn.read_json()["error"]
+            assert error["code"] == -32007 and error["data"]["stage"] == "queued"
+            health = conn.call("health", request_id=2)["result"]
+            assert health["status"] == "loading" and health["queue"]["depth"] == 0
+    finally:
+        load_gate.set()
+    assert hung_warnings(caplog) == []
+    daemon.daemon.worker.wait_loaded(30)
+    assert_serving(daemon)
+
+
+def test_no_queued_job_starts_once_the_worker_is_stopping(daemon_factory: Any) -> None:
+    """stop() used to set the flag and drain the queue in two lock sections: a job that finished in
+    between let the worker take the next queued job and start it during shutdown. The worker now
+    checks the flag under the lock before taking a job; here the flag is set first, as in that
+    window, and the running job then finishes."""
+    gate = threading.Event()
+    behaviour = FakeBehaviour(gate=gate)
+    daemon = daemon_factory(FakeLoader(behaviour))
+    running, queued = daemon.connect(), daemon.connect()
+    try:
+        running.send_json(request(1, params=title("first")))
+        assert behaviour.started.wait(10)
+        queued.send_json(request(2, params=title("second")))
+        with daemon.connect() as probe:
+            while probe.call("health")["result"]["queue"]["depth"] < 1:
+                pass
+        worker = daemon.daemon.worker
+        worker._stopping.set()  # the window between stop()'s two lock sections
+        gate.set()
+        assert running.read_json()["result"]["job"] == "title"
+        assert worker.join(10)  # the worker ended without taking the queued job
+        daemon.stop()
+        error = queued.read_json()["error"]
+        assert error["code"] == -32006 and "not started" in error["message"]
+        assert not any("second" in prompt for prompt in behaviour.calls)
+    finally:
+        gate.set()
+        running.sock.close()
+        queued.sock.close()
+
+
 def test_timeout_ms_is_validated_and_works_over_http(daemon_factory: Any) -> None:
     behaviour = FakeBehaviour(gate=threading.Event())
     daemon = daemon_factory(FakeLoader(behaviour), http=True)
@@ -85,6 +172,64 @@ def test_hung_pipeline_still_answers_the_client(daemon_factory: Any, monkeypatch
     gate.set()
     behaviour.gate = None
     assert_serving(daemon)
+
+
+# ---------------------------------------------------------------- the NPU lock wait
+
+
+@pytest.fixture
+def npu_daemon_with_lock_held(daemon_factory: Any, tmp_path: Path) -> Any:
+    """An NPU daemon (fake engine, synthetic busy counter) whose lock another process holds."""
+    behaviour = FakeBehaviour(busy_file=make_npu_sysfs(tmp_path / "sys"))
+    daemon = daemon_factory(FakeLoader(behaviour), device="NPU", sysfs_root=str(tmp_path / "sys"),
+                            lock_timeout_s=60)
+    fd = os.open(daemon.config.lock_file, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield daemon, behaviour, fd
+    finally:
+        os.close(fd)
+
+
+def wait_running(daemon: RunningDaemon) -> None:
+    with daemon.connect() as probe:
+        while not probe.call("health")["result"]["queue"]["running"]:
+            pass
+
+
+def test_lock_wait_ends_on_cancel(npu_daemon_with_lock_held: Any) -> None:
+    daemon, behaviour, fd = npu_daemon_with_lock_held
+    with daemon.connect() as conn:
+        conn.send_json(request("alpha", params=title("alpha")))
+        wait_running(daemon)
+        conn.send_json(request("c", "cancel", {"id": "alpha"}))
+        replies = {r["id"]: r for r in (conn.read_json(), conn.read_json())}
+        assert replies["c"]["result"] == {"cancelled": True} and replies["alpha"]["error"]["code"] == -32008
+        fcntl.flock(fd, fcntl.LOCK_UN)  # the NPU is free again: the cancelled job must not take it
+        assert conn.call("generate", title("beta"), request_id="beta")["result"]["npu_busy_delta_us"] > 0
+    assert len(behaviour.calls) == 1 and "alpha" not in behaviour.calls[0]
+
+
+def test_lock_wait_ends_at_the_deadline(npu_daemon_with_lock_held: Any) -> None:
+    daemon, behaviour, _ = npu_daemon_with_lock_held
+    error = daemon.call("generate", title(timeout_ms=200))["error"]
+    assert error["code"] == -32007 and error["data"] == {"timeout_ms": 200, "stage": "queued"}
+    assert behaviour.calls == []
+
+
+def test_lock_wait_ends_at_shutdown(npu_daemon_with_lock_held: Any) -> None:
+    """The job waiting for the lock has not started: at shutdown it gets -32006 like a queued job
+    (it used to be reported as a deadline, or a busy device)."""
+    daemon, behaviour, _ = npu_daemon_with_lock_held
+    with daemon.connect() as conn:
+        conn.send_json(request(1))
+        wait_running(daemon)
+        stopper = threading.Thread(target=daemon.stop)
+        stopper.start()
+        error = conn.read_json()["error"]
+        stopper.join(30)
+    assert error["code"] == -32006 and "not started" in error["message"]
+    assert behaviour.calls == [] and not daemon.thread.is_alive()
 
 
 # ---------------------------------------------------------------- cancel
@@ -198,6 +343,33 @@ def test_client_that_does_not_read_is_disconnected(daemon_factory: Any, caplog: 
     assert_serving(daemon)
 
 
+def _connect_when_a_slot_is_free(daemon: RunningDaemon) -> dict[str, Any]:
+    """Health over a new connection, retrying while the connection limit refuses it (-32009)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with daemon.connect() as probe:
+            probe.send_json(request("probe", "health"))
+            reply = probe.read_json()
+            if "result" in reply:
+                return reply
+            assert reply["error"]["code"] == -32009
+    raise AssertionError("the connection slot was never freed")
+
+
+@pytest.mark.parametrize("timeout", ["idle_timeout_s", "line_timeout_s"])
+def test_timeouts_free_a_connection_whose_replies_are_unread(daemon_factory: Any, timeout: str) -> None:
+    """A client that asked for ~2 MB of replies and reads none: at the idle (or slow-line) timeout
+    its connection is aborted, not closed politely (a close would wait for the unread replies
+    forever, and the connection would stay counted against the limit)."""
+    daemon = daemon_factory(max_connections_per_uid=1, write_buffer_bytes=64 * 1024 * 1024, **{timeout: 0.3})
+    with daemon.connect() as greedy:
+        greedy.send(b'{"jsonrpc":"2.0","id":1,"method":"models"}\n' * 2000)
+        if timeout == "line_timeout_s":
+            greedy.send(b'{"jsonrpc":"2.0","id":2,')  # and a line it never finishes
+        assert _connect_when_a_slot_is_free(daemon)["result"]["status"] == "ready"
+    assert_serving(daemon)
+
+
 def test_hundreds_of_idle_connections(daemon_factory: Any) -> None:
     daemon = daemon_factory(max_connections=1000, max_connections_per_uid=1000)
     conns = [RawConnection.open(daemon.socket) for _ in range(300)]
@@ -240,6 +412,36 @@ def test_worker_crash_exits_70_and_answers_the_client(tmp_path: Path) -> None:
         assert error["code"] == -32603 and "worker crashed" in error["message"]
         assert proc.wait(30) == 70
         assert "worker thread crashed" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_shutdown_timeout_stops_the_running_job_and_answers_it(tmp_path: Path) -> None:
+    """A job still running at --shutdown-timeout is stopped (its should_stop turns true) and
+    answered with -32006, and the log says so (it used to be dropped without a word)."""
+    name = unique_socket()
+    hang = tmp_path / "never"  # never created: only should_stop can end this generation
+    proc = subprocess.Popen([*FAKE_DAEMON, "--socket", name, "--no-http", "--shutdown-timeout", "0.5"],
+                            env=daemon_env(tmp_path, NPUD_FAKE_HANG_FILE=str(hang)), stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "ready on CPU" in line:
+                break
+        with RawConnection.open(name) as conn:
+            conn.send_json(request(1))
+            with RawConnection.open(name) as probe:
+                while not probe.call("health")["result"]["queue"]["running"]:
+                    pass
+            proc.send_signal(signal.SIGTERM)
+            error = conn.read_json()["error"]
+        assert error["code"] == -32006 and "stopped after --shutdown-timeout 0.5s" in error["message"]
+        assert proc.wait(30) == 0
+        rest = proc.stderr.read()
+        assert "running job did not finish within 0.5s of shutdown: stopped and answered with -32006" in rest
+        assert "request method=generate job=title" in rest and "outcome=error=-32006" in rest
     finally:
         if proc.poll() is None:
             proc.kill()

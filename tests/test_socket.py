@@ -6,7 +6,10 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import socket
+import stat
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,12 +17,14 @@ from typing import Any
 import pytest
 
 from npuclient import Client, QueueFull
+from npud import server
 from npud.engine import StartupError
 from npud.server import bind_unix_socket
 from npud.testing.fake import FakeBehaviour, FakeLoader
 from npud.testing.sysfs import make_npu_sysfs
 
-from .conftest import NOBODY, RawConnection, RunningDaemon, as_nobody
+from .conftest import NOBODY, RawConnection, RunningDaemon, as_nobody, as_nobody_holding, open_fds
+from .test_systemd import FAKE_DAEMON, daemon_env
 
 
 def assert_serving(daemon: RunningDaemon) -> None:
@@ -210,6 +215,32 @@ def test_oversize_line_closes_only_that_connection(daemon_factory: Any) -> None:
         assert bystander.call("health")["result"]["status"] == "ready"
 
 
+def test_oversize_line_ends_in_a_clean_end_of_file_not_a_reset(daemon_factory: Any) -> None:
+    """Like socat, the client writes all it has (an oversize line and more after it) and reads
+    meanwhile: it gets the replies, the error line and then a clean end of file, no ECONNRESET."""
+    daemon = daemon_factory(max_line_bytes=1024)
+    payload = b'{"jsonrpc":"2.0","id":1,"method":"health"}\n' + b"x" * 2000 + b"\n" + b"y" * 300_000
+    send_errors: list[BaseException] = []
+
+    def send_all_then_shut_down(conn: RawConnection) -> None:
+        try:
+            conn.sock.sendall(payload)
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            send_errors.append(exc)
+
+    with daemon.connect() as conn:
+        sender = threading.Thread(target=send_all_then_shut_down, args=(conn,))
+        sender.start()
+        assert conn.read_json()["result"]["status"] == "ready"
+        error = conn.read_json()["error"]
+        assert error["code"] == -32600 and error["data"]["unit"] == "bytes"
+        assert conn.at_eof()  # raised ConnectionResetError before the daemon drained
+        sender.join(30)
+    assert send_errors == []  # what the client still sent was read (and discarded), not refused
+    assert_serving(daemon)
+
+
 def test_line_framing_details(daemon_factory: Any) -> None:
     daemon = daemon_factory()
     with daemon.connect() as conn:
@@ -243,6 +274,34 @@ def test_half_closed_client_still_gets_its_reply(daemon_factory: Any) -> None:
         conn.sock.shutdown(socket.SHUT_WR)
         assert conn.read_json()["result"]["text"] == "Fake Title About The Input"
         assert conn.at_eof()
+
+
+def test_replies_buffered_at_shutdown_are_still_delivered(daemon_factory: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that reads slowly has more replies pending than the kernel buffer holds when the
+    daemon closes its connections at shutdown: they are written before the close, not dropped
+    with the event loop."""
+    daemon = daemon_factory(write_buffer_bytes=64 * 1024 * 1024)
+    closing = threading.Event()
+    close_connections = daemon.daemon._close_socket_connections
+
+    async def close_when_observed() -> None:
+        closing.set()  # the client starts reading only now: its replies are still buffered
+        await close_connections()
+
+    monkeypatch.setattr(daemon.daemon, "_close_socket_connections", close_when_observed)
+    count = 2000
+    with daemon.connect() as conn:
+        assert conn.call("health")["result"]["status"] == "ready"  # accepted and served
+        conn.send(b'{"jsonrpc":"2.0","id":1,"method":"models"}\n' * count)
+        stopper = threading.Thread(target=daemon.stop)
+        stopper.start()
+        assert closing.wait(30)
+        replies = 0
+        while conn.read_line():
+            replies += 1
+        stopper.join(30)
+    assert replies == count
 
 
 def test_client_that_disconnects_while_queued_loses_its_job(daemon_factory: Any) -> None:
@@ -305,10 +364,76 @@ def test_other_uid_is_rejected_then_allowed(daemon_factory: Any) -> None:
     assert b'"status":"ready"' in line
 
 
-def test_second_daemon_on_the_same_name_is_refused(daemon_factory: Any) -> None:
+FLOOD = 300
+
+
+def _rejection_lines(caplog: pytest.LogCaptureFixture) -> tuple[int, int]:
+    """(rejections logged one by one, rejections counted in summary lines)."""
+    single = sum("rejected connection" in r.getMessage() for r in caplog.records)
+    summarised = sum(int(m.group(1)) for r in caplog.records
+                     if (m := re.match(r"(\d+) more connection warnings", r.getMessage())))
+    return single, summarised
+
+
+def test_flood_of_rejected_peers_is_bounded(daemon_factory: Any, caplog: pytest.LogCaptureFixture,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """300 connections of a user who is not allowed: each gets its -32004 line, but the daemon
+    holds at most MAX_LINGERING descriptors for them, logs one WARNING and one summary line, and
+    keeps serving."""
+    monkeypatch.setattr(server, "LINGER_S", 60.0)  # lingering outlasts the flood on any machine
+    caplog.set_level(logging.WARNING, logger="npud")
+    daemon = daemon_factory()
+    before = open_fds()
+    held: list[RawConnection] = []  # the child's connections stay open until it is released
+
+    def flood() -> bytes:
+        held.extend(RawConnection.open(daemon.socket) for _ in range(FLOOD))
+        return b"%d" % sum(b'"code":-32004' in conn.read_line() for conn in held)
+
+    with as_nobody_holding(flood) as answered:
+        assert answered == b"%d" % FLOOD  # every peer got its error line
+        assert_serving(daemon)  # and, being answered after them, the closes are done
+        assert open_fds() - before <= server.MAX_LINGERING + 8  # was one descriptor per connection
+        single, _ = _rejection_lines(caplog)
+        assert 1 <= single <= 2  # was one WARNING per connection
+    daemon.stop()  # flushes the summary
+    single, summarised = _rejection_lines(caplog)
+    assert single + summarised == FLOOD
+    assert daemon.daemon.metrics.stats().rejections == {"peer_not_allowed": FLOOD}
+
+
+def test_flood_of_over_limit_connections_is_bounded(daemon_factory: Any, caplog: pytest.LogCaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The -32009 refusals share the path: bounded descriptors and log lines too."""
+    monkeypatch.setattr(server, "LINGER_S", 60.0)
+    caplog.set_level(logging.WARNING, logger="npud")
+    daemon = daemon_factory(max_connections=1)
+    with daemon.connect() as holder:
+        assert holder.call("health")["result"]["status"] == "ready"
+        before = open_fds()
+        refused = [RawConnection.open(daemon.socket) for _ in range(FLOOD)]
+        try:
+            for conn in refused:
+                assert conn.read_json()["error"]["code"] == -32009
+            assert holder.call("health", request_id=2)["result"]["status"] == "ready"
+            # FLOOD client descriptors are ours; the daemon's side holds at most MAX_LINGERING.
+            assert open_fds() - before <= FLOOD + server.MAX_LINGERING + 8
+            assert 1 <= _rejection_lines(caplog)[0] <= 2
+        finally:
+            for conn in refused:
+                conn.sock.close()
+    daemon.stop()
+    assert sum(_rejection_lines(caplog)) == FLOOD
+
+
+def test_second_daemon_on_the_same_name_is_refused(daemon_factory: Any, tmp_path: Path) -> None:
     daemon = daemon_factory()
     with pytest.raises(StartupError, match="already listening"):
         bind_unix_socket(daemon.socket)
+    path_daemon = daemon_factory(socket=str(tmp_path / "npud.sock"))
+    with pytest.raises(StartupError, match="already listening"):
+        bind_unix_socket(path_daemon.socket)
+    assert_serving(path_daemon)
     assert_serving(daemon)
 
 
@@ -325,6 +450,70 @@ def test_filesystem_socket_is_private_and_removed(daemon_factory: Any, tmp_path:
     stale.close()
     again = daemon_factory(socket=path)
     assert again.call("health")["result"]["status"] == "ready"
+
+
+def test_npud_refuses_a_socket_path_that_is_a_regular_file(tmp_path: Path) -> None:
+    """`npud --socket notes.txt` once replaced the user's file; a real npud now refuses to start."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    proc = subprocess.run([*FAKE_DAEMON, "--socket", "notes.txt", "--no-http"], cwd=tmp_path,
+                          env=daemon_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "--socket notes.txt: a regular file is already there, not a socket" in proc.stderr
+    assert "left it untouched" in proc.stderr
+    assert notes.read_text() == "my notes\n"
+
+
+def _make(kind: str, path: Path, tmp_path: Path) -> None:
+    if kind == "regular file":
+        path.write_text("keep me\n")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "symbolic link":  # even a link to a stale socket: lstat does not follow it
+        target = tmp_path / "target.sock"
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(str(target))
+        stale.close()
+        path.symlink_to(target)
+    elif kind == "named pipe":
+        os.mkfifo(path)
+
+
+@pytest.mark.parametrize("kind", ["regular file", "directory", "symbolic link", "named pipe"])
+def test_only_a_stale_socket_is_ever_replaced(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "npud.sock"
+    _make(kind, path, tmp_path)
+    before = os.lstat(path)
+    with pytest.raises(StartupError, match=f"a {kind} is already there, not a socket"):
+        bind_unix_socket(str(path))
+    after = os.lstat(path)
+    assert (after.st_ino, after.st_mode, after.st_mtime_ns) == (before.st_ino, before.st_mode, before.st_mtime_ns)
+
+
+def test_another_users_stale_socket_is_left_alone(tmp_path: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to give the socket file to another uid")
+    path = tmp_path / "npud.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()
+    os.chown(path, NOBODY, NOBODY)
+    with pytest.raises(StartupError, match="belongs to uid 65534"):
+        bind_unix_socket(str(path))
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+
+
+def test_exit_never_removes_a_file_that_replaced_the_socket(daemon_factory: Any, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "npud.sock"
+    daemon = daemon_factory(socket=str(path))
+    assert daemon.call("health")["result"]["status"] == "ready"
+    replacement = tmp_path / "replacement"
+    replacement.write_text("put here after npud started\n")
+    os.replace(replacement, path)
+    daemon.stop()
+    assert path.read_text() == "put here after npud started\n"
+    assert any("no longer the socket npud created" in r.getMessage() for r in caplog.records)
 
 
 # ---------------------------------------------------------------- privacy
