@@ -136,8 +136,7 @@ class Daemon:
                                      self.metrics)
         self.connections: set[RpcConnection] = set()
         self.listeners = listeners
-        self.http_shim = (HttpShim(self.dispatcher, config.max_line_bytes, listeners.http_token,
-                                   config.max_connections)
+        self.http_shim = (HttpShim(self.dispatcher, config, listeners.http_token, listeners.http.getsockname())
                           if listeners.http is not None else None)
         self.systemd = systemd or SystemdContext()
         self.exit_code = EXIT_OK
@@ -279,7 +278,7 @@ class Daemon:
         for conn in list(self.connections):
             conn.close()
         if self.http_shim is not None:
-            self.http_shim.close_connections()
+            await self.http_shim.shutdown(deadline)
         for task in list(self._background):
             task.cancel()
 
