@@ -205,7 +205,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("idle_timeout_s", "--idle-timeout", "IDLE_TIMEOUT", _positive_float,
            "close a connection with nothing pending and no traffic for this many seconds"),
     Option("line_timeout_s", "--line-timeout", "LINE_TIMEOUT", _positive_float,
-           "close a connection whose partial line is not completed within this many seconds"),
+           "close a connection whose partial line (HTTP: request head, then body) is not completed "
+           "within this many seconds; also how long HTTP waits for a client to read its reply"),
     Option("write_buffer_bytes", "--write-buffer-limit", "WRITE_BUFFER_LIMIT", _positive_int,
            "disconnect a client that leaves more than this many reply bytes unread"),
     Option("exit_idle_after_s", "--exit-idle-after", "EXIT_IDLE_AFTER", _positive_float,

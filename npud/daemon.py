@@ -145,8 +145,7 @@ class Daemon:
         self.lingering: set[RpcConnection] = set()
         self.connection_log = ConnectionLog(log)
         self.listeners = listeners
-        self.http_shim = (HttpShim(self.dispatcher, config.max_line_bytes, listeners.http_token,
-                                   config.max_connections)
+        self.http_shim = (HttpShim(self.dispatcher, config, listeners.http_token, listeners.http.getsockname())
                           if listeners.http is not None else None)
         self.systemd = systemd or SystemdContext()
         self.exit_code = EXIT_OK
@@ -286,9 +285,11 @@ class Daemon:
             server.close()  # stop accepting; existing connections stay to receive their replies
         self.worker.stop()  # queued jobs fail with ShuttingDown at once; none starts from now on
         await self._finish_running_job(deadline)
-        await self._drain_socket_connections(deadline)
+        # Both transports drain at once: one after the other could wait twice the deadline.
+        drains = [self._drain_socket_connections(deadline)]
         if self.http_shim is not None:
-            self.http_shim.close_connections()
+            drains.append(self.http_shim.shutdown(deadline))
+        await asyncio.gather(*drains)
         await self._close_socket_connections()
         self.connection_log.flush()
         for task in list(self._background):

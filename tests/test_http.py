@@ -261,7 +261,8 @@ def test_port_in_use_is_refused_and_releases_the_unix_socket(tmp_path: Path) -> 
 def test_openapi_is_valid_and_matches_what_the_shim_returns(shim: Any) -> None:
     port = shim.http_port
     document = request(port, "GET", "/openapi.json").body
-    assert document == json.loads(msgspec.json.encode(openapi_document()))
+    assert document["servers"] == [{"url": f"http://127.0.0.1:{port}"}]  # the bound port, not the default
+    assert document == json.loads(msgspec.json.encode(openapi_document(f"http://127.0.0.1:{port}")))
     validate(document)
     assert set(document["paths"]) == {"/healthz", "/models", "/v1/worker/generate",
                                       "/v1/worker/extract-memory-candidates", "/v1/worker/condense-notification"}
