@@ -403,7 +403,7 @@ def _stop_streamer_class(og: Any) -> Any:
     """A StreamerBase that asks ``should_stop`` at every token (built lazily: OpenVINO is optional)."""
     running, cancel = og.StreamingStatus.RUNNING, og.StreamingStatus.CANCEL
 
-    class StopStreamer(og.StreamerBase):  # type: ignore[misc,name-defined]
+    class StopStreamer(og.StreamerBase):  # type: ignore[misc]
         def __init__(self, should_stop: Callable[[], bool]) -> None:
             super().__init__()
             self._should_stop = should_stop

@@ -171,8 +171,13 @@ def check_max_new_tokens(spec: JobSpec, value: int | None) -> None:
         )
 
 
+def _reply_id(request: Request) -> RequestId:
+    """The id a reply echoes: ``None`` for a notification (which gets no reply anyway)."""
+    return None if request.id is UNSET else request.id
+
+
 def _opt(value: int | UnsetType) -> int | None:
-    return None if value is UNSET else value  # type: ignore[return-value]
+    return None if value is UNSET else value
 
 
 # ---------------------------------------------------------------- dispatch
@@ -276,7 +281,7 @@ class Dispatcher:
         if isinstance(parsed, ErrorResponse):
             replies: list[Reply] = [parsed]
         else:
-            replies = [item if isinstance(item, ErrorResponse) else error.reply(item.id)
+            replies = [item if isinstance(item, ErrorResponse) else error.reply(_reply_id(item))
                        for item in parsed.items
                        if isinstance(item, ErrorResponse) or not item.is_notification]
         for reply in replies:
@@ -329,7 +334,7 @@ class Dispatcher:
     @staticmethod
     def _context(request: Request, peer: PeerCred | None, transport: str, pending: PendingJobs | None) -> CallContext:
         return CallContext(peer, transport=transport, pending=pending,
-                           request_id=None if request.id is UNSET else request.id)
+                           request_id=_reply_id(request))
 
     @staticmethod
     def _error_reply(exc: Exception, request_id: RequestId, ctx: CallContext) -> ErrorResponse:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from npuclient.protocol import DeviceInfo
+from npuclient.protocol import DeviceInfo, FinishReason
 from npud.config import Config
 from npud.engine import DecodeSettings, Engine, Generation, ModelLoadError
 from npud.jobs import Message
@@ -75,7 +75,7 @@ class FakeEngine:
             b.busy_file.write_text(f"{value + b.busy_step_us}\n")
         text = b.reply if b.reply is not None else _default_reply(prompt)
         words = text.split(" ")
-        finish = "stop"
+        finish: FinishReason = "stop"
         if len(words) > settings.max_new_tokens:
             words, finish = words[: settings.max_new_tokens], "length"
         return Generation(" ".join(words), finish, len(prompt.split()), len(words))
