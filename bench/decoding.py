@@ -46,19 +46,30 @@ class Variant:
         return replace(self, repetition_penalty=spec.repetition_penalty, no_repeat_ngram_size=spec.no_repeat_ngram_size)
 
 
-VARIANTS = (
-    Variant("current"),
-    Variant("rp1.0", 1.0),
-    Variant("rp1.0+nr3", 1.0, 3),
-    Variant("rp1.0+nr4", 1.0, 4),
-    Variant("rp1.0+nr3+freq0.3", 1.0, 3, frequency_penalty=0.3),
-    Variant("rp1.0+nr3+pres0.3", 1.0, 3, presence_penalty=0.3),
-)
-LOOKUP_VARIANTS = (
-    Variant("rp1.0+nr3+lookup", 1.0, 3, prompt_lookup=True),
-    Variant("rp1.0+nr4+lookup", 1.0, 4, prompt_lookup=True),
-    Variant("rp1.0+lookup", 1.0, prompt_lookup=True),
-)
+def parse_variant(name: str) -> Variant:
+    """``current`` (the job table's settings) or settings joined by ``+``: ``rp1.0`` (repetition
+    penalty), ``nr3`` (no_repeat_ngram_size), ``freq0.5``, ``pres0.5`` (frequency and presence
+    penalty), ``lookup`` (prompt-lookup decoding, ``la5``/``ng3`` for its assistant tokens and n-gram size)."""
+    if name == "current":
+        return Variant(name)
+    fields: dict[str, Any] = {"name": name, "repetition_penalty": 1.0}
+    for part in name.split("+"):
+        for prefix, key, kind in (("rp", "repetition_penalty", float), ("nr", "no_repeat_ngram_size", int),
+                                  ("freq", "frequency_penalty", float), ("pres", "presence_penalty", float),
+                                  ("la", "num_assistant_tokens", int), ("ng", "max_ngram_size", int)):
+            if part.startswith(prefix) and part[len(prefix):].replace(".", "", 1).isdigit():
+                fields[key] = kind(part[len(prefix):])
+                break
+        else:
+            if part != "lookup":
+                raise ValueError(f"unknown setting {part!r} in {name!r}")
+            fields["prompt_lookup"] = True
+    return Variant(**fields)
+
+
+DEFAULT_VARIANTS = ("current", "rp1.0", "rp1.0+nr3", "rp1.0+freq0.3", "rp1.0+freq0.6", "rp1.0+freq1.0",
+                    "rp1.0+pres0.3", "rp1.0+pres0.6", "rp1.0+pres1.0")
+DEFAULT_LOOKUP_VARIANTS = ("rp1.0+lookup", "rp1.0+freq0.6+lookup", "rp1.0+pres0.6+lookup")
 
 
 class Pipeline:
@@ -106,6 +117,7 @@ def run_variant(pipeline: Pipeline, items: Sequence[Item], variant: Variant) -> 
 
 
 def differs(records: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]]) -> int:
+    """How many outputs differ from the same item's output in ``reference``."""
     by_id = {r["id"]: r["output"] for r in reference}
     return sum(r["output"] != by_id.get(r["id"]) for r in records)
 
@@ -119,6 +131,8 @@ def report(results: dict[str, list[dict[str, Any]]], reference_for: dict[str, st
                 continue
             agg = evalset.aggregate(mine)
             reference = reference_for.get(name)
+            if reference not in results:
+                reference = None
             changed = (f"{differs(mine, [r for r in results[reference] if r['job'] == job])}/{len(mine)} vs {reference}"
                        if reference else "")
             rows.append([job, name, agg["n"], _pct(agg["well_formed"]), _pct(agg["key_facts"]), _pct(agg["all_kept"]),
@@ -144,7 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", choices=("dev", "heldout", "all"), default="dev")
     parser.add_argument("--jobs", default="title,summary,notification")
     parser.add_argument("--limit", type=int)
-    parser.add_argument("--prompt-lookup", action="store_true", help="also run prompt-lookup variants")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=parse_variant.__doc__)
+    parser.add_argument("--prompt-lookup", action="store_true",
+                        help=f"also run {', '.join(DEFAULT_LOOKUP_VARIANTS)}")
     parser.add_argument("--compare", type=Path, help="a bench.quality --json file of the same model")
     parser.add_argument("--json", help="write every variant's per-item records here")
     args = parser.parse_args(argv)
@@ -152,21 +168,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = Path(os.environ.get("NPUD_BENCH_CACHE") or Path.home() / ".cache" / "npud")
     model_path = resolve_model_path(Config(model=args.model, cache_dir=str(cache), lock_file=str(cache / "bench.lock")))
     items = load_items(args.jobs.split(","), args.split, args.limit, evalset.EVAL_DIR)
-    results: dict[str, list[dict[str, Any]]] = {}
-    plain = Pipeline(model_path, cache, prompt_lookup=False)
-    for variant in VARIANTS:
-        results[variant.name] = run_variant(plain, items, variant)
-    reference_for: dict[str, str] = {}
+    variants = [parse_variant(name) for name in args.variants.split(",")]
     if args.prompt_lookup:
-        del plain
-        lookup = Pipeline(model_path, cache, prompt_lookup=True)
-        for variant in LOOKUP_VARIANTS:
-            results[variant.name] = run_variant(lookup, items, variant)
-            reference_for[variant.name] = variant.name.replace("+lookup", "")
+        variants += [parse_variant(name) for name in DEFAULT_LOOKUP_VARIANTS]
+    results: dict[str, list[dict[str, Any]]] = {}
+    reference_for: dict[str, str] = {}
+    # One pipeline at a time: two SmolLM2 pipelines would only compete for the same two cores.
+    for lookup in (False, True):
+        chosen = [v for v in variants if v.prompt_lookup is lookup]
+        if not chosen:
+            continue
+        pipeline = Pipeline(model_path, cache, prompt_lookup=lookup)
+        for variant in chosen:
+            results[variant.name] = run_variant(pipeline, items, variant)
+            if lookup:
+                reference_for[variant.name] = variant.name.replace("+lookup", "")
+        del pipeline
     print(file=sys.stderr)
     print(f"decoding study: {args.model} on CPU (in-process), split {args.split}, {len(items)} items per variant")
     print(report(results, reference_for))
-    if args.compare:
+    if args.compare and "current" in results:
         print(compare_with_daemon(results["current"], args.compare))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")

@@ -19,7 +19,8 @@ introduces them), masked card numbers (``**** 1234``).
 support, after a documented normalisation (see that function).
 
 **Form** (:func:`title_problems`, :func:`notification_problems`, :func:`summary_problems`,
-:func:`candidate_problems`): the limits the job prompts state, as lists of problem codes.
+:func:`candidate_problems`): the limits the job prompts state, as lists of problem codes, plus
+"repetition" for the loops small models fall into (a cap on words would otherwise hide them).
 """
 
 from __future__ import annotations
@@ -493,20 +494,50 @@ def words(text: str) -> list[str]:
     return [w for w in text.split() if any(c.isalnum() for c in w)]
 
 
-def sentence_count(text: str) -> int:
-    """Sentences in ``text``: ends at . ! ? … followed by more text, except after common
-    abbreviations, single initials ("J. Smith") and numbers ("v2. Next" is rare, "3. item" is a list)."""
-    text = normalise(text)
-    if not text:
-        return 0
-    count = 1
+def _sentence_ends(text: str) -> list[int]:
+    """Offsets just after each sentence end that is followed by more text: . ! ? … except after
+    common abbreviations ("Dr.", "e.g.", "a.m.") and single letters or digits ("J. Smith")."""
+    ends = []
     for match in _SENTENCE_END.finditer(text):
         before = text[:match.start()].split()
         last = before[-1].lower().rstrip(".") if before else ""
         if match.group().startswith(".") and (last in _ABBREVIATIONS or len(last) == 1):
             continue
-        count += 1
-    return count
+        ends.append(match.end())
+    return ends
+
+
+def sentence_count(text: str) -> int:
+    text = normalise(text)
+    return len(_sentence_ends(text)) + 1 if text else 0
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of ``text`` (runs of white space made one space, nothing else changed),
+    by the rule of :func:`sentence_count`."""
+    text = " ".join(text.split())
+    ends = _sentence_ends(text)
+    return text[:ends[0]] if ends else text
+
+
+def cap_words(text: str, limit: int) -> str:
+    """``text`` cut after its ``limit``-th word (words as counted by :func:`words`)."""
+    kept, count = [], 0
+    for token in text.split():
+        if any(c.isalnum() for c in token):
+            if count == limit:
+                break
+            count += 1
+        kept.append(token)
+    return " ".join(kept) if count == limit else text
+
+
+def repeats_itself(text: str, times: int) -> bool:
+    """A run of three words that comes back ``times`` times: the loop of a small model ("Quick,
+    quick, quick, …", "Team Building Review Team Building Review"), not a repeated name."""
+    tokens = ["".join(c for c in w.casefold() if c.isalnum()) for w in words(normalise(text))]
+    trigrams = Counter(zip(tokens, tokens[1:], tokens[2:]))
+    return any(count >= times for count in trigrams.values())
 
 
 def title_problems(title: str) -> list[str]:
@@ -520,6 +551,8 @@ def title_problems(title: str) -> list[str]:
         problems.append("too_many_words")
     if count < TITLE_MIN_WORDS:
         problems.append("too_few_words")
+    if repeats_itself(title, 2):
+        problems.append("repetition")
     return problems
 
 
@@ -533,11 +566,14 @@ def notification_problems(text: str) -> list[str]:
         problems.append("more_than_one_sentence")
     if len(words(text)) > NOTIFICATION_MAX_WORDS:
         problems.append("too_many_words")
+    if repeats_itself(text, 2):
+        problems.append("repetition")
     return problems
 
 
 def summary_problems(summary: str, source: str) -> list[str]:
-    """Empty, longer than its input (characters, whitespace collapsed), or over three sentences."""
+    """Empty, longer than its input (characters, whitespace collapsed), over three sentences, or
+    looping (a run of three words three times)."""
     if not summary.strip():
         return ["empty"]
     problems = []
@@ -545,6 +581,8 @@ def summary_problems(summary: str, source: str) -> list[str]:
         problems.append("longer_than_input")
     if sentence_count(summary) > SUMMARY_MAX_SENTENCES:
         problems.append("too_many_sentences")
+    if repeats_itself(summary, 3):
+        problems.append("repetition")
     return problems
 
 

@@ -289,20 +289,28 @@ def test_invented_numbers(output: str, source: str, expected: list[str]) -> None
 
 # ---------------------------------------------------------------- form
 
+
+def distinct_words(n: int) -> str:
+    return " ".join(f"word{chr(ord('a') + i)}" for i in range(n))
+
+
 @pytest.mark.parametrize(
     ("title", "problems"),
     [
         ("Debugging Nightly CI Failures on arm64", []),
         ("Quarterly Planning Offsite in Barcelona", []),
         ("Dentist Appointment", []),
-        (" ".join(["word"] * TITLE_MAX_WORDS), []),
-        (" ".join(["word"] * (TITLE_MAX_WORDS + 1)), ["too_many_words"]),
+        (distinct_words(TITLE_MAX_WORDS), []),
+        (distinct_words(TITLE_MAX_WORDS + 1), ["too_many_words"]),
         ("A Detailed Guide to the Quarterly Planning Offsite in Barcelona in May", ["too_many_words"]),
         ("Budget - Q3 - Final & Approved - Numbers", []),  # "-" and "&" are not words
         ("Invoice", ["too_few_words"]),
         ("", ["empty"]),
         ("   ", ["empty"]),
         ("Two Lines\nOf Title", ["multi_line"]),
+        ("Quick, quick, quick, quick, quick, quick, quick, quick", ["repetition"]),
+        ("Team Building Review Team Building Review", ["repetition"]),
+        ("New York to New York Marathon", []),  # a name twice is not a loop
     ],
 )
 def test_title_form(title: str, problems: list[str]) -> None:
@@ -316,9 +324,10 @@ def test_title_form(title: str, problems: list[str]) -> None:
         ("Your appointment with Dr. Rahman starts at 10:30 a.m. today.", []),
         ("Build passed. Deploy starts at 10.", ["more_than_one_sentence"]),
         ("Your flight is delayed! New time: 15:40.", ["more_than_one_sentence"]),
-        (" ".join(["word"] * NOTIFICATION_MAX_WORDS) + ".", []),
-        (" ".join(["word"] * (NOTIFICATION_MAX_WORDS + 1)) + ".", ["too_many_words"]),
+        (distinct_words(NOTIFICATION_MAX_WORDS) + ".", []),
+        (distinct_words(NOTIFICATION_MAX_WORDS + 1) + ".", ["too_many_words"]),
         ("Line one\nline two", ["multi_line"]),
+        ("Your Mac will restart, your Mac will restart, your Mac will restart", ["repetition"]),
         ("", ["empty"]),
     ],
 )
@@ -336,6 +345,8 @@ SOURCE = "The water will be off on Tuesday from 9:00 to 13:00 while the pipes ar
         (SOURCE + " And more.", ["longer_than_input"]),
         ("One. Two. Three. Four.", ["too_many_sentences"]),
         ("One. Two. Three.", []),
+        ("Off Monday Tuesday Monday Tuesday Monday Tuesday Monday Tuesday", ["repetition"]),
+        ("The water is off; the water is back at 13:00.", []),
         ("", ["empty"]),
     ],
 )
@@ -346,7 +357,7 @@ def test_summary_form(summary: str, problems: list[str]) -> None:
 def test_candidate_form() -> None:
     assert candidate_problems(["The user is vegan.", "The user lives in Lyon."]) == []
     assert candidate_problems([]) == []
-    assert candidate_problems([" ".join(["word"] * (CANDIDATE_MAX_WORDS + 1))]) == ["too_many_words"]
+    assert candidate_problems([distinct_words(CANDIDATE_MAX_WORDS + 1)]) == ["too_many_words"]
     assert candidate_problems(["", "ok fact"]) == ["empty_candidate"]
 
 
