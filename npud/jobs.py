@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from npuclient.protocol import MAX_NEW_TOKENS, JobName
 
+from . import guards
+
 TITLE_MAX_CHARS = 80
 CANDIDATE_MAX_CHARS = 200
 MAX_CANDIDATES = 8
@@ -25,6 +27,9 @@ Message = dict[str, str]
 class JobOutput:
     text: str
     candidates: list[str] | None = None
+    #: memory_candidate: statements dropped because they held a secret (a count, for /metrics;
+    #: the statements themselves are gone).
+    secrets_dropped: int = 0
 
     @property
     def is_empty(self) -> bool:
@@ -61,7 +66,6 @@ class JobSpec:
 _WRAPPING_QUOTES = "\"'`“”‘’«»"
 _LABEL = re.compile(r"^\s*(?:title|summary|notification|headline)\s*[:\-–]\s*", re.IGNORECASE)
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 
 
 def _first_line(text: str) -> str:
@@ -100,6 +104,7 @@ def _drop_dangling(title: str) -> str:
 
 def clean_title(raw: str) -> JobOutput:
     title = _strip_decoration(_first_line(raw)).rstrip(".")
+    title = guards.cap_words(title, guards.TITLE_MAX_WORDS)  # the prompt's "3 to 8 words"
     return JobOutput(_drop_dangling(_cap_at_word(title, TITLE_MAX_CHARS)))
 
 
@@ -110,8 +115,10 @@ def clean_summary(raw: str) -> JobOutput:
 
 def clean_notification(raw: str) -> JobOutput:
     line = _strip_decoration(_first_line(raw))
-    sentence = _SENTENCE_END.split(line, maxsplit=1)[0].strip()
-    return JobOutput(sentence)
+    # "Dr. Rahman" or "10 a.m." does not end the sentence; the prompt's limit is 20 words.
+    sentence = guards.first_sentence(line)
+    capped = guards.cap_words(sentence, guards.NOTIFICATION_MAX_WORDS)
+    return JobOutput(sentence if capped == sentence else _drop_dangling(capped))
 
 
 def _candidates_from_json(raw: str) -> list[str] | None:
@@ -138,11 +145,17 @@ def _candidates_from_lines(raw: str) -> list[str]:
 
 
 def clean_candidates(raw: str) -> JobOutput:
-    """Short standalone statements; malformed output gives an empty list, never an exception."""
+    """Short standalone statements; malformed output gives an empty list, never an exception.
+
+    A statement holding a secret (password, one-time or access code, card number, IBAN, API key
+    or token, private key: :func:`npud.guards.find_secrets`) is dropped whatever the model meant,
+    and only counted: memory must never keep one.
+    """
     found = _candidates_from_json(raw)
     if found is None:
         found = _candidates_from_lines(raw)
     candidates: list[str] = []
+    dropped: set[str] = set()
     for item in found:
         statement = " ".join(_strip_decoration(item).split())
         if (
@@ -151,9 +164,12 @@ def clean_candidates(raw: str) -> JobOutput:
             and len(statement) <= CANDIDATE_MAX_CHARS
             and statement not in candidates
         ):
-            candidates.append(statement)
+            if guards.find_secrets(statement):
+                dropped.add(statement)
+            else:
+                candidates.append(statement)
     candidates = candidates[:MAX_CANDIDATES]
-    return JobOutput("\n".join(candidates), candidates)
+    return JobOutput("\n".join(candidates), candidates, secrets_dropped=len(dropped))
 
 
 # ---------------------------------------------------------------- the table

@@ -77,3 +77,46 @@ def test_table_is_complete_and_bounded() -> None:
         assert messages[0]["role"] == "system" and messages[-1] == {"role": "user", "content": "USER TEXT"}
         roles = [m["role"] for m in messages[1:-1]]
         assert roles == ["user", "assistant"] * (len(roles) // 2)
+
+
+def test_title_is_capped_at_the_prompts_word_limit() -> None:
+    raw = "Exciting plans ahead! Team Planning Offsite to Barcelona Next Wednesday, April"
+    assert clean_title(raw).text == "Exciting plans ahead! Team Planning Offsite to Barcelona"
+    assert clean_title("Notes on the Offsite for the Team in Barcelona and").text == "Notes on the Offsite for the Team"
+    assert clean_title("Budget - Q3 - Final & Approved - Numbers").text == "Budget - Q3 - Final & Approved - Numbers"
+
+
+def test_notification_keeps_abbreviations_and_its_word_limit() -> None:
+    assert clean_notification("Your appointment with Dr. Rahman is at 10 a.m. today. Bring ID.").text == (
+        "Your appointment with Dr. Rahman is at 10 a.m. today.")
+    long = ("The dentist office on Queen Street has a dentist for every fifteen minutes away from the main office "
+            "of the dentist today.")
+    capped = clean_notification(long).text  # cut after 20 words, then the dangling "of the" goes
+    assert capped == "The dentist office on Queen Street has a dentist for every fifteen minutes away from the main office"
+    assert len(capped.split()) <= 20
+    assert clean_notification("Flight LH 1234 Frankfurt–Lisbon is delayed.").text == "Flight LH 1234 Frankfurt–Lisbon is delayed."
+
+
+@pytest.mark.parametrize(
+    ("raw", "kept", "dropped"),
+    [
+        ("- The user is vegan.\n- The user's Wi-Fi password is Sunflower-92.", ["The user is vegan."], 1),
+        ("- The user's card is 4539 1488 0343 6467.\n- The user's card is 4539-1488-0343-6467.\n- Lives in Rome.",
+         ["Lives in Rome."], 2),
+        ('["Likes tea", "IBAN DE89 3704 0044 0532 0130 00", "Token ghp_R7kq2WzX9mN4bV8cL1pT6yH3jF5dS0aE2gU7"]',
+         ["Likes tea"], 2),
+        ("- The door code is 24871.\n- The door code is 24871.", [], 1),
+        ("- The user's card ends in 6467.\n- The user changed their password.",
+         ["The user's card ends in 6467.", "The user changed their password."], 0),
+    ],
+)
+def test_candidates_holding_secrets_are_dropped_and_counted(raw: str, kept: list[str], dropped: int) -> None:
+    output = clean_candidates(raw)
+    assert output.candidates == kept and output.text == "\n".join(kept)
+    assert output.secrets_dropped == dropped
+
+
+def test_secrets_do_not_take_candidate_slots() -> None:
+    raw = "\n".join([f"- pw: Secret{i}x!" for i in range(10)] + [f"- fact number {i}" for i in range(10)])
+    output = clean_candidates(raw)
+    assert output.candidates == [f"fact number {i}" for i in range(8)] and output.secrets_dropped == 10
