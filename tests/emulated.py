@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from npud.config import Config
 from npud.engine import OpenVinoLoader
 from npud.jobs import JOBS, JobSpec
@@ -28,6 +30,9 @@ RESPONSE_LEN = 32
 #: MAX_PROMPT_LEN is the longest job prompt for SHORT_INPUT plus this (small: RSS and load time
 #: grow with it).
 PROMPT_HEADROOM = 16
+#: Extra budget where longer texts are used (the decoding table, the smoke check's sample): one
+#: value, so those tests share compiled blobs through ``npu_cache``.
+LONGER_PROMPTS = 96
 
 
 def model_dir(name: str) -> Path:
@@ -140,6 +145,13 @@ class Prompts:
             if got > target + 4:
                 break
         raise ValueError(f"no input gives a prompt of exactly {target} tokens")
+
+
+@pytest.fixture(scope="session")
+def npu_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A compile cache shared by the emulated-NPU tests that do not test the cache itself: what
+    one of them compiled is a hit for the next (import this fixture into the test module)."""
+    return tmp_path_factory.mktemp("npu-cache")
 
 
 def emulated_config(tmp_path: Path, model: str, busy_file: Path | None, budget: int,

@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,17 @@ from npud import engine
 from npud.engine import DecodeSettings, OpenVinoEngine
 from npud.jobs import JOBS
 
-from .emulated import MODELS, SHORT_INPUT, Prompts, Recorder, RecordingPipeline, emulated_config, model_dir
+from .emulated import (
+    LONGER_PROMPTS,
+    MODELS,
+    SHORT_INPUT,
+    Prompts,
+    Recorder,
+    RecordingPipeline,
+    emulated_config,
+    model_dir,
+    npu_cache,  # noqa: F401 (a fixture)
+)
 
 pytestmark = pytest.mark.realmodel
 
@@ -87,11 +98,11 @@ class Npu:
 
 
 @pytest.fixture(scope="module", params=MODELS)
-def npu(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Npu]:
+def npu(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, npu_cache: Path) -> Iterator[Npu]:
     model = request.param
     tmp = tmp_path_factory.mktemp(f"decoding-{model}")
     # Room for TEXT, and for a prompt that repeats a continuation (prompt lookup).
-    config = emulated_config(tmp, model, None, Prompts(model).budget() + 96)
+    config = emulated_config(tmp, model, None, Prompts(model).budget() + LONGER_PROMPTS, cache_dir=str(npu_cache))
     recorder = Recorder()
     loaded = recorder.loader().load(config)
     assert isinstance(loaded, OpenVinoEngine)

@@ -15,7 +15,7 @@ from npud.engine import OpenVinoLoader
 from npud.smoke import run
 from npud.testing.sysfs import AdvancingBusyCounter
 
-from .emulated import MODELS, RESPONSE_LEN, Prompts, model_dir
+from .emulated import LONGER_PROMPTS, MODELS, RESPONSE_LEN, Prompts, model_dir, npu_cache  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.realmodel
 
@@ -37,17 +37,17 @@ def test_smoke_on_cpu_runs_every_step_and_skips_npu_ones(tiny_gguf: Path, tmp_pa
 
 
 def emulated_smoke_args(model: str, busy: Path, cache: Path) -> list[str]:
-    budget = Prompts(model).budget() + 64  # the smoke's sample text is longer than the short input
+    budget = Prompts(model).budget() + LONGER_PROMPTS  # the smoke's sample text is longer than the short input
     return ["--device", "NPU", "--npu-emulation", "--model", str(model_dir(model)), "--busy-file", str(busy),
             "--cache-dir", str(cache), "--max-prompt-len", str(budget), "--min-response-len", str(RESPONSE_LEN)]
 
 
-def test_smoke_passes_on_the_emulated_npu_and_says_so(tmp_path: Path) -> None:
+def test_smoke_passes_on_the_emulated_npu_and_says_so(tmp_path: Path, npu_cache: Path) -> None:
     """The acceptance command through the real NPU pipeline (computing on the CPU), with a
     synthetic busy counter that advances at every read."""
     with AdvancingBusyCounter.in_sysfs(tmp_path / "sys") as busy:
         proc = subprocess.run([sys.executable, "-m", "npud.smoke",
-                               *emulated_smoke_args(MODELS[0], busy.path, tmp_path / "cache")],
+                               *emulated_smoke_args(MODELS[0], busy.path, npu_cache)],
                               capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -76,10 +76,10 @@ def test_smoke_fails_clearly_without_an_npu(tiny_gguf: Path, tmp_path: Path) -> 
     assert "model load" not in rows  # nothing was loaded
 
 
-def test_smoke_fails_when_the_busy_counter_does_not_grow(tmp_path: Path) -> None:
+def test_smoke_fails_when_the_busy_counter_does_not_grow(tmp_path: Path, npu_cache: Path) -> None:
     model = MODELS[1]
     with AdvancingBusyCounter.in_sysfs(tmp_path / "sys", step=0) as busy:
-        config = load_config(emulated_smoke_args(model, busy.path, tmp_path / "cache"), {"HOME": str(tmp_path)})
+        config = load_config(emulated_smoke_args(model, busy.path, npu_cache), {"HOME": str(tmp_path)})
         report, out = run(config, OpenVinoLoader(), ["CPU"], dev_accel=tmp_path / "no-dev")
     rows = {name: (state, detail) for name, state, detail in report.checks}
     assert rows["NPU busy delta > 0"] == ("FAIL", "0 µs (no_growth)") and report.failed
