@@ -8,6 +8,7 @@ One daemon per model serves every check of this module; each check leaves it ser
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -373,3 +374,20 @@ def test_status_line_log_and_npuctl_say_emulated(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert "(device NPU (emulated on the CPU), model fake-model)" in log
     assert "model fake-model ready on NPU (emulated on the CPU)" in log
+
+
+def test_synthetic_busy_counter_from_the_command_line(tmp_path: Path) -> None:
+    """README's `python -m npud.testing.sysfs PATH`: every read gets a larger number; SIGTERM
+    removes the FIFO and exits 0."""
+    import signal
+
+    path = tmp_path / "npu_busy_time_us"
+    proc = subprocess.Popen([sys.executable, "-m", "npud.testing.sysfs", str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and f"--busy-file {path}" in proc.stdout.readline()
+        first, second = int(path.read_text()), int(path.read_text())
+        assert second > first
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert not path.exists()

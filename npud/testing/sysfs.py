@@ -1,11 +1,17 @@
-"""A synthetic sysfs tree with an ``intel_vpu`` accel device, and a busy counter that advances."""
+"""A synthetic sysfs tree with an ``intel_vpu`` accel device, and a busy counter that advances.
+
+``python -m npud.testing.sysfs PATH`` serves such a counter at PATH until SIGINT/SIGTERM, for
+running npud or ``npud.smoke`` by hand on the emulated NPU (``--busy-file PATH``).
+"""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import select
+import signal
 import struct
+import sys
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -135,3 +141,23 @@ class AdvancingBusyCounter:
                 offset += _INOTIFY_EVENT.size + length
                 if mask & _IN_CLOSE_NOWRITE:
                     return
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        sys.stderr.write("usage: python -m npud.testing.sysfs PATH  (serves a synthetic npu_busy_time_us "
+                         "that grows at every read, until SIGINT/SIGTERM)\n")
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with AdvancingBusyCounter(Path(argv[0]).absolute()) as counter:
+        sys.stdout.write(f"serving a synthetic busy counter at {counter.path} (use --busy-file {counter.path})\n")
+        sys.stdout.flush()
+        while not stop.wait(3600):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
