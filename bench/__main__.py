@@ -32,6 +32,7 @@ from bench.harness import (
     rss_kib,
     timed,
 )
+from bench.npu_emulated import npu_emulated_overhead, table_row as npu_emulated_row
 from npud.config import Config
 from npud.engine import DecodeSettings, resolve_model_path
 from npud.jobs import JOBS
@@ -266,6 +267,7 @@ def table(results: dict[str, Any]) -> str:
          "p50 ≤ 1000 µs"),
         ("overhead, smollm2-135m (npud ÷ direct, p50)", f"{s['ratio']:.3f} ({s['npud_ms']:.0f} vs {s['direct_ms']:.0f} ms)",
          "≤ 1.02"),
+        npu_emulated_row(results["overhead_npu_emulated"]),
         ("health round trip ÷ asyncio echo (p50)", f"{c['ratio_p50']:.2f} ({c['health_ms_p50'] * 1000:.0f} vs "
          f"{c['echo_ms_p50'] * 1000:.0f} µs)", "≤ 1.5"),
         ("pipelined health req/s ÷ echo", f"{c['rps_ratio']:.2f} ({c['pipelined_rps']:.0f} vs {c['echo_rps']:.0f}/s)", "—"),
@@ -303,6 +305,8 @@ def main() -> int:
         results["overhead_tiny"] = overhead(str(tiny), tiny, cache, int(300 * scale))
         print("overhead (smollm2)…", file=sys.stderr)
         results["overhead_smollm2"] = overhead("smollm2-135m", smollm2_ir, cache, max(5, int(30 * scale)))
+        print("overhead (emulated NPU)…", file=sys.stderr)
+        results["overhead_npu_emulated"] = npu_emulated_overhead(int(300 * scale), TEXT, TOKENS)
         daemon = DaemonProcess(["--device", "CPU", "--model", "smollm2-135m", "--cache-dir", str(cache),
                                 "--queue-depth", "1", "--max-in-flight", "4096",
                                 # the pipelined burst is sent before any reply is read

@@ -178,13 +178,15 @@ def human(result: Any) -> str:
             return "\n".join(f"- {c}" for c in result.candidates) if result.candidates else "(no candidates)"
         return result.text
     if isinstance(result, HealthResult):
-        line = f"{result.status}: {result.model} on {result.device}, queue {result.queue.depth}/{result.queue.capacity}, "
+        device = f"{result.device} (emulated on the CPU)" if result.emulated is True else result.device
+        line = f"{result.status}: {result.model} on {device}, queue {result.queue.depth}/{result.queue.capacity}, "
         line += f"{result.jobs_served} served, {result.jobs_failed} failed"
         return line + (f"\nerror: {result.error}" if result.error is not msgspec.UNSET else "")
     if isinstance(result, ModelsResult):
         rows = []
         for model in result.models:
-            rows.append(f"{model.id} ({model.device}, {model.status}) from {model.source}")
+            device = f"{model.device} emulated on the CPU" if model.emulated is True else model.device
+            rows.append(f"{model.id} ({device}, {model.status}) from {model.source}")
             rows += [f"  {job.name}: default {job.default_max_new_tokens}, max {job.max_new_tokens} new tokens"
                      for job in model.jobs]
         return "\n".join(rows)

@@ -140,6 +140,9 @@ class JobResult(Struct, omit_defaults=True):
     #: Growth of the NPU's busy counter across the generation; ``None`` off the NPU.
     npu_busy_delta_us: Union[int, None]
     candidates: Union[list[str], UnsetType] = UNSET
+    #: ``true`` when the daemon runs with ``--npu-emulation`` (the NPU pipeline computing on the
+    #: CPU): the result did not come from NPU hardware. Absent otherwise.
+    emulated: Union[bool, UnsetType] = UNSET
 
 
 class QueueInfo(Struct):
@@ -172,6 +175,8 @@ class DeviceInfo(Struct, kw_only=True):
     """Facts about the device and runtime: read once at load, except the ``live`` ones."""
 
     device: str
+    #: ``true`` with ``--npu-emulation``: no NPU hardware; absent otherwise.
+    emulated: Union[bool, UnsetType] = UNSET
     full_device_name: Union[str, None] = None
     openvino_version: str
     genai_version: str
@@ -216,6 +221,8 @@ class HealthResult(Struct, omit_defaults=True, kw_only=True):
     status: HealthStatus
     model: str
     device: str
+    #: ``true`` with ``--npu-emulation`` (the NPU pipeline computing on the CPU); absent otherwise.
+    emulated: Union[bool, UnsetType] = UNSET
     version: str
     uptime_s: float
     queue: QueueInfo
@@ -245,6 +252,8 @@ class ModelInfo(Struct):
     limits: Limits
     jobs: list[JobInfo]
     device_info: Union[DeviceInfo, None] = None
+    #: ``true`` with ``--npu-emulation``; absent otherwise.
+    emulated: Union[bool, UnsetType] = UNSET
 
 
 class ModelsResult(Struct):

@@ -31,6 +31,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     socket: str = DEFAULT_SOCKET
     model: str
     device: str = "NPU"
+    #: Run --device NPU with the NPU plugin computing on the CPU (NPUW_DEVICES=CPU): the real NPU
+    #: pipeline code without the hardware, for development and CI. Never on unless asked for.
+    npu_emulation: bool = False
     cache_dir: str
     lock_file: str
     cache_max_mb: int = 2048
@@ -64,6 +67,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def is_npu(self) -> bool:
         return self.device == "NPU"  # normalised to upper case by load_config
+
+    @property
+    def device_label(self) -> str:
+        """The device as people should read it: an emulated NPU never passes for hardware."""
+        return f"{self.device} (emulated on the CPU)" if self.npu_emulation else self.device
 
     @property
     def compile_cache_dir(self) -> Path:
@@ -157,6 +165,10 @@ OPTIONS: tuple[Option, ...] = (
     # Normalised here, once: OpenVINO's device names are upper case ("cpu" would pass a
     # case-insensitive startup check and then fail every load).
     Option("device", "--device", "DEVICE", _device, "OpenVINO device: NPU or CPU (any case); never falls back"),
+    Option("npu_emulation", "--npu-emulation", "EMULATION", _parse_bool,
+           "device NPU only: run the NPU plugin's own LLM pipeline on the CPU (NPUW_DEVICES=CPU), "
+           "for development and CI without an NPU; health, models and results say 'emulated'",
+           switch_value=True),
     Option("cache_dir", "--cache-dir", "CACHE", str,
            "cache root: compiled blobs in <root>/compiled (OpenVINO CACHE_DIR), converted models in <root>/models"),
     Option("cache_max_mb", "--cache-max-mb", "CACHE_MAX_MB", _positive_int,
@@ -281,4 +293,8 @@ def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Confi
             raise ConfigError(f"{source}: {exc}") from None
     if values["log_level"] not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"--log-level: unknown level {values['log_level']!r}")
+    if values["npu_emulation"] and values["device"] != "NPU":
+        # Never a silent change of device: emulation is an NPU mode, asked for by name.
+        raise ConfigError(f"--npu-emulation runs the NPU pipeline on the CPU and needs --device NPU "
+                          f"(got --device {values['device']}); without it, drop --npu-emulation")
     return Config(**values)

@@ -71,7 +71,9 @@ def prepare_busy_counter(config: Config) -> BusyCounter | None:
         raise StartupError(
             f"NPU busy counter npu_busy_time_us not found under {config.sysfs_root}/class/accel "
             "(it needs the intel_vpu driver of Linux 6.11 or later); without it npud cannot prove "
-            "that jobs ran on the NPU. Pass --no-busy-check to run anyway."
+            "that jobs ran on the NPU. Pass --no-busy-check to run anyway"
+            + (" (emulated, there is no NPU counter: --no-busy-check, or --busy-file with a synthetic one)."
+               if config.npu_emulation else ".")
         )
     counter = BusyCounter(path)
     try:
@@ -221,15 +223,16 @@ class Daemon:
         where = "socket-activated fds" if self.listeners.activated else self.config.socket
         http = f", http 127.0.0.1:{self.listeners.http_port}" if self.listeners.http else ""
         log.info("npud %s listening on %s%s (device %s, model %s)",
-                 __version__, where, http, self.config.device, self.config.model)
+                 __version__, where, http, self.config.device_label, self.config.model)
 
     def _status_line(self, snap: WorkerSnapshot) -> str:
         if snap.status == "loading":
-            return f"loading {self.config.model} on {self.config.device}"
+            return f"loading {self.config.model} on {self.config.device_label}"
         if snap.status == "error":
             return f"model failed to load: {snap.error}"
         running = ", 1 running" if snap.running else ""
-        return f"ready, {snap.queue_depth} queued{running}, {snap.jobs_served} jobs served, {snap.jobs_failed} failed"
+        ready = "ready (NPU emulated on the CPU)" if self.config.npu_emulation else "ready"
+        return f"{ready}, {snap.queue_depth} queued{running}, {snap.jobs_served} jobs served, {snap.jobs_failed} failed"
 
     async def _report_status(self) -> None:
         notifier = self.systemd.notifier

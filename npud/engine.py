@@ -23,11 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from msgspec import UNSET
 
 from npuclient.protocol import CompileCacheInfo, DeviceInfo, FinishReason
 
@@ -49,6 +50,16 @@ class StartupError(Exception):
 
 class ModelLoadError(Exception):
     """The model could not be loaded (health reports it; the daemon stays up)."""
+
+
+class PromptTooLong(Exception):
+    """The NPU pipeline refused a prompt over its ``MAX_PROMPT_LEN`` (the daemon checks first, so
+    this means its count and the pipeline's disagreed): the same client error, not a failure."""
+
+    def __init__(self, limit: int, actual: int) -> None:
+        super().__init__(f"prompt of {actual} tokens over the pipeline's limit of {limit}")
+        self.limit = limit
+        self.actual = actual
 
 
 @dataclass(frozen=True)
@@ -268,21 +279,48 @@ def resolve_model_path(config: Config) -> Path:
     return convert_gguf_to_ir(gguf, config.model_store_dir / gguf_store_key(gguf, name, og.__version__))
 
 
+#: What an emulated NPU reports as its device name: plain words, so nobody takes it for hardware.
+EMULATED_DEVICE_NAME = "NPU emulated on the CPU (NPUW_DEVICES=CPU), not NPU hardware"
+
+#: ``LLMPipeline`` construction options that only the CPU pipelines honour. Measured on the NPU
+#: pipeline (OpenVINO GenAI 2026.4): ``prompt_lookup=True`` is accepted and silently ignored (one
+#: inference per token, same output), so passing it would only pretend to speed something up.
+CPU_ONLY_PIPELINE_OPTIONS = frozenset({"prompt_lookup"})
+
+
 def npu_properties(config: Config) -> dict[str, Any]:
     """The NPU-only properties (the CPU plugin raises on them)."""
     if not config.is_npu:
         return {}
-    return {
+    props: dict[str, Any] = {
         "MAX_PROMPT_LEN": config.max_prompt_tokens,
         "MIN_RESPONSE_LEN": config.min_response_len,
         "PREFILL_HINT": config.prefill_hint,
         "GENERATE_HINT": config.generate_hint,
     }
+    if config.npu_emulation:
+        # The NPU plugin's LLM pipeline (NPUW) computes its partitions on the CPU: everything
+        # else (static shapes, KV budget, errors, blobs) is the real NPU code path.
+        props["NPUW_DEVICES"] = "CPU"
+    return props
 
 
 def pipeline_properties(config: Config, cache_dir: Path | None = None) -> dict[str, Any]:
     """Properties for ``LLMPipeline``: NPU-only ones go to the NPU alone; ``CACHE_DIR`` everywhere."""
     return {"CACHE_DIR": str(cache_dir or config.compile_cache_dir), **npu_properties(config)}
+
+
+def pipeline_kwargs(config: Config, cache_dir: Path | None = None,
+                    features: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything passed to ``LLMPipeline``: the device properties plus optional decoding
+    ``features`` (e.g. ``prompt_lookup``), of which CPU-only ones never reach an NPU pipeline."""
+    kwargs = pipeline_properties(config, cache_dir)
+    for name, value in (features or {}).items():
+        if config.is_npu and name in CPU_ONLY_PIPELINE_OPTIONS:
+            log.info("%s is not used on the NPU: its pipeline ignores it", name)
+            continue
+        kwargs[name] = value
+    return kwargs
 
 
 def decode_compiler_version(value: Any) -> str | None:
@@ -317,12 +355,16 @@ def _as_int(value: Any) -> int | None:
 
 
 def device_info(config: Config, props: dict[str, Any], cache: CompileCacheInfo | None) -> DeviceInfo:
+    """Facts read at load. Emulated, there is no NPU hardware: its properties are absent (null),
+    and the device name says what it is instead."""
     import openvino as ov
     import openvino_genai as og
 
+    name = EMULATED_DEVICE_NAME if config.npu_emulation else _str_or_none(props.get("FULL_DEVICE_NAME"))
     return DeviceInfo(
         device=config.device,
-        full_device_name=_str_or_none(props.get("FULL_DEVICE_NAME")),
+        emulated=True if config.npu_emulation else UNSET,
+        full_device_name=name,
         openvino_version=ov.__version__,
         genai_version=og.__version__,
         npu_driver_version=_str_or_none(props.get("NPU_DRIVER_VERSION")),
@@ -347,7 +389,50 @@ def available_devices() -> list[str]:
     return list(ov.Core().available_devices)
 
 
+def npu_plugin_problem() -> str | None:
+    """Why the NPU plugin cannot run (emulated), or None.
+
+    Without an NPU, ``available_devices`` never lists it, but the plugin of the PyPI wheel still
+    answers ``AVAILABLE_DEVICES`` (with an empty list); a missing or broken plugin raises.
+    """
+    import openvino as ov
+
+    try:
+        ov.Core().get_property("NPU", "AVAILABLE_DEVICES")
+    except RuntimeError as exc:
+        return f"OpenVINO's NPU plugin is not usable: {exc}".strip()
+    return None
+
+
 # ---------------------------------------------------------------- the engine
+
+# How the NPU pipeline refuses a prompt over MAX_PROMPT_LEN (pipeline_stateful.cpp, measured on
+# 2026.4): "Stateful LLM pipeline on NPU may only process prompts or hold chat history up to 64
+# tokens. 65 is passed."
+PROMPT_LIMIT_ERROR = re.compile(r"may only process prompts or hold chat history up to (\d+) tokens\. (\d+) is passed")
+
+
+def generation_config(og: Any, model_config: Any, settings: DecodeSettings) -> Any:
+    """npud's decoding for one generation, fully specified by npud.
+
+    It starts from OpenVINO GenAI's defaults, not from the model folder's generation_config.json:
+    Qwen2.5-Instruct ships sampling defaults (do_sample, temperature 0.7, top_p 0.8, top_k 20,
+    repetition_penalty 1.1) that must not leak into npud's jobs. Only the model's end-of-sequence
+    ids are taken from it: when the model is done is a fact about the model, not a decoding choice.
+    Beam search and several sequences are never asked for: the NPU pipeline refuses both.
+    """
+    config = og.GenerationConfig()
+    config.eos_token_id = model_config.eos_token_id
+    config.stop_token_ids = set(model_config.stop_token_ids)
+    config.apply_chat_template = False  # the prompt is already templated (and counted)
+    config.max_new_tokens = settings.max_new_tokens
+    config.do_sample = False
+    config.repetition_penalty = settings.repetition_penalty
+    if settings.no_repeat_ngram_size:
+        # Accepted by every pipeline but only applied in beam search (measured): no effect in
+        # greedy decoding. Kept so the job table says what it asks for; see CONTRACT.md §8.
+        config.no_repeat_ngram_size = settings.no_repeat_ngram_size
+    return config
 
 
 class OpenVinoEngine:
@@ -357,6 +442,9 @@ class OpenVinoEngine:
 
         self._pipeline = pipeline
         self._tokenizer = pipeline.get_tokenizer()
+        self._og = og
+        # Read once: only its end-of-sequence ids are used (see generation_config).
+        self._model_config = pipeline.get_generation_config()
         self.model_id = model_id
         self.device_info = info or DeviceInfo(device="CPU", openvino_version=ov.__version__,
                                               genai_version=og.__version__, max_prompt_len=0)
@@ -364,7 +452,6 @@ class OpenVinoEngine:
         self._finish_reasons: dict[Any, FinishReason] = {
             og.GenerationFinishReason.STOP: "stop",
             og.GenerationFinishReason.LENGTH: "length",
-            og.GenerationFinishReason.NONE: "cancelled",
         }
 
     def render_prompt(self, messages: Sequence[Message]) -> tuple[str, int]:
@@ -374,13 +461,7 @@ class OpenVinoEngine:
         return prompt, int(tokens.get_shape()[-1])
 
     def generate(self, prompt: str, settings: DecodeSettings, should_stop: Callable[[], bool]) -> Generation:
-        config = self._pipeline.get_generation_config()
-        config.max_new_tokens = settings.max_new_tokens
-        config.do_sample = False
-        config.apply_chat_template = False  # the prompt is already templated (and counted)
-        config.repetition_penalty = settings.repetition_penalty
-        if settings.no_repeat_ngram_size:
-            config.no_repeat_ngram_size = settings.no_repeat_ngram_size
+        config = generation_config(self._og, self._model_config, settings)
         # Stopping at the next token (deadline, cancel, client gone) needs a streamer. A token-level
         # StreamerBase is used rather than a text callback: it skips the incremental detokenization
         # (measured: about half the per-token cost). OpenVINO GenAI swallows exceptions raised in a
@@ -388,15 +469,36 @@ class OpenVinoEngine:
         # stopping is done by status.
         streamer = self._streamer_class(should_stop)
 
-        # A list input returns DecodedResults (with finish reasons and metrics); a str would not.
-        result = self._pipeline.generate([prompt], config, streamer)
+        # A list of strings returns DecodedResults (with finish reasons and metrics); a str would
+        # not. Never a ChatHistory: on the NPU pipeline one ChatHistory call makes every later
+        # list-of-strings call fail ("Chat doesn't support switching between input types").
+        try:
+            result = self._pipeline.generate([prompt], config, streamer)
+        except RuntimeError as exc:
+            over = PROMPT_LIMIT_ERROR.search(str(exc))
+            if over is None:
+                raise
+            raise PromptTooLong(limit=int(over[1]), actual=int(over[2])) from None
         metrics = result.perf_metrics
         return Generation(
             text=result.texts[0],
-            finish_reason=self._finish_reasons.get(result.finish_reasons[0], "stop"),
+            finish_reason=self._finish_reason(result.finish_reasons[0], streamer.stopped),
             prompt_tokens=int(metrics.get_num_input_tokens()),
             generated_tokens=int(metrics.get_num_generated_tokens()),
         )
+
+    def _finish_reason(self, reason: Any, asked_to_stop: bool) -> FinishReason:
+        """GenAI reports NONE both for a streamer that cancelled and for an NPU pipeline whose KV
+        cache (MAX_PROMPT_LEN + MIN_RESPONSE_LEN) is full, which stops silently. Only npud's own
+        streamer makes it "cancelled"; a NONE nobody asked for is the length limit of the KV
+        cache (the worker's budget rule keeps it from happening)."""
+        known = self._finish_reasons.get(reason)
+        if known is not None:
+            return known
+        if asked_to_stop:
+            return "cancelled"
+        log.warning("the pipeline stopped before max_new_tokens without being asked to (KV cache full?)")
+        return "length"
 
 
 def _stop_streamer_class(og: Any) -> Any:
@@ -407,9 +509,14 @@ def _stop_streamer_class(og: Any) -> Any:
         def __init__(self, should_stop: Callable[[], bool]) -> None:
             super().__init__()
             self._should_stop = should_stop
+            #: npud asked the pipeline to stop (tells a cancel from a full KV cache: both give NONE).
+            self.stopped = False
 
         def write(self, token: Any) -> Any:
-            return cancel if self._should_stop() else running
+            if self._should_stop():
+                self.stopped = True
+                return cancel
+            return running
 
         def end(self) -> None:
             pass
@@ -420,9 +527,8 @@ def _stop_streamer_class(og: Any) -> Any:
 class OpenVinoLoader:
     """Loads models with OpenVINO GenAI.
 
-    The pipeline class, the device list and the device-property reader can be replaced: the NPU
-    stand-in of the tests (:mod:`npud.testing.npu`) plugs in there, so this very code runs in NPU
-    mode on a machine without an NPU.
+    The pipeline class, the device list, the device-property reader and the NPU plugin check can
+    be replaced (tests record what reaches the pipeline, or simulate a missing plugin).
     """
 
     def __init__(
@@ -430,13 +536,23 @@ class OpenVinoLoader:
         pipeline_factory: Callable[..., Any] | None = None,
         devices: Callable[[], list[str]] = available_devices,
         device_properties: Callable[[str, Sequence[str]], dict[str, Any]] = read_device_properties,
+        npu_plugin: Callable[[], str | None] = npu_plugin_problem,
     ) -> None:
         self._pipeline_factory = pipeline_factory
         self._devices = devices
         self._device_properties = device_properties
+        self._npu_plugin = npu_plugin
 
     def preflight(self, config: Config) -> None:
         check_model_spec(config.model)
+        if config.npu_emulation:
+            # Asked for by name: OpenVINO does not list NPU without the hardware, so instead of the
+            # device list, the plugin that will run the pipeline must answer.
+            problem = self._npu_plugin()
+            if problem is not None:
+                raise StartupError(f"--npu-emulation: {problem}")
+            log.warning("NPU emulation: the NPU pipeline computes on the CPU; results are not NPU results")
+            return
         devices = self._devices()
         device = config.device  # upper case since load_config; used exactly as OpenVINO lists it
         # AUTO would quietly pick another device, so only a device OpenVINO lists is accepted.
@@ -453,9 +569,11 @@ class OpenVinoLoader:
         try:
             path = resolve_model_path(config)  # a failed GGUF conversion is a ModelLoadError already
             names = ("FULL_DEVICE_NAME", *NPU_FACTS) if config.is_npu else ("FULL_DEVICE_NAME",)
-            props = self._device_properties(config.device, names)
+            # Emulated, there is no hardware to ask (and a real NPU in the machine is not the one
+            # computing): its properties stay absent.
+            props = {} if config.npu_emulation else self._device_properties(config.device, names)
             entry = self._cache_entry(config, path, props)
-            pipeline = factory(str(path), config.device, **pipeline_properties(config, entry.path))
+            pipeline = factory(str(path), config.device, **pipeline_kwargs(config, entry.path))
         except (RuntimeError, OSError, StartupError) as exc:
             raise ModelLoadError(f"{type(exc).__name__}: {exc}") from exc
         cache = CompileCacheInfo(key=entry.key, path=str(entry.path), hit=entry.hit)

@@ -352,6 +352,7 @@ class Dispatcher:
             status=snap.status,
             model=snap.model_id or model_id_for(self._config.model),
             device=self._config.device,
+            emulated=self._emulated,
             version=__version__,
             uptime_s=round(time.monotonic() - self._started_at, 3),
             queue=QueueInfo(depth=snap.queue_depth, capacity=self.worker.capacity, running=snap.running),
@@ -378,6 +379,7 @@ class Dispatcher:
                 max_new_tokens=max(spec.max_new_tokens for spec in JOBS.values()),
             ),
             device_info=self._device_info(snap.device_info),
+            emulated=self._emulated,
             jobs=[
                 JobInfo(name=spec.name, default_max_new_tokens=spec.default_max_new_tokens,
                         max_new_tokens=spec.max_new_tokens, default_timeout_ms=spec.default_timeout_ms)
@@ -385,6 +387,12 @@ class Dispatcher:
             ],
         )
         return ModelsResult(models=[info])
+
+    @property
+    def _emulated(self) -> bool | UnsetType:
+        """``true`` in health and models with --npu-emulation (known before the model loads);
+        absent otherwise, so older clients never see the field."""
+        return True if self._config.npu_emulation else UNSET
 
     def _device_info(self, info: DeviceInfo | None) -> DeviceInfo | None:
         """Static facts from the load, plus the live sysfs ones (cheap reads, never on the job path)."""

@@ -47,7 +47,7 @@ from npuclient.protocol import (
 
 from .busy import BusyCounter, BusyCounterError, verify_delta
 from .config import Config
-from .engine import DecodeSettings, Engine, EngineLoader, Generation, ModelLoadError
+from .engine import DecodeSettings, Engine, EngineLoader, Generation, ModelLoadError, PromptTooLong
 from .jobs import JobSpec
 from .npulock import LockTimeout, LockWaitCancelled, NpuLock
 
@@ -94,14 +94,18 @@ class WorkerSnapshot:
     device_info: DeviceInfo | None
 
 
+def prompt_over_budget(prompt_tokens: int, limit: int) -> InvalidParams:
+    return InvalidParams(
+        f"prompt is {prompt_tokens} tokens after the chat template; the limit is {limit}",
+        LimitData(limit=limit, actual=prompt_tokens, unit="tokens", field="input"),
+    )
+
+
 def check_prompt_budget(prompt_tokens: int, limit: int) -> None:
     """Refuse a prompt over the budget before the device sees it (the NPU would raise, the CPU
     would run it silently past the model's context)."""
     if prompt_tokens > limit:
-        raise InvalidParams(
-            f"prompt is {prompt_tokens} tokens after the chat template; the limit is {limit}",
-            LimitData(limit=limit, actual=prompt_tokens, unit="tokens", field="input"),
-        )
+        raise prompt_over_budget(prompt_tokens, limit)
 
 
 def _resolve(job: Job, outcome: JobResult | BaseException) -> None:
@@ -354,7 +358,7 @@ class Worker:
             self._engine = engine
             self._load_time_ms = (self._clock() - started) * 1000
             self._status = "ready"
-        log.info("model %s ready on %s in %.0f ms", engine.model_id, self._config.device, self._load_time_ms)
+        log.info("model %s ready on %s in %.0f ms", engine.model_id, self._config.device_label, self._load_time_ms)
         return True
 
     def _next_job(self) -> Job | None:
@@ -414,7 +418,12 @@ class Worker:
         prompt, prompt_tokens = engine.render_prompt(spec.messages(job.input))
         check_prompt_budget(prompt_tokens, self._config.max_prompt_tokens)
         max_new_tokens = self._max_new_tokens(spec, job.max_new_tokens, prompt_tokens)
-        generation, busy_delta = self._generate_on_device(engine, prompt, spec, max_new_tokens, job)
+        try:
+            generation, busy_delta = self._generate_on_device(engine, prompt, spec, max_new_tokens, job)
+        except PromptTooLong as exc:
+            # The pipeline counted more than npud did: still the client's over-long input, in the
+            # pipeline's own numbers, not a generation failure.
+            raise prompt_over_budget(exc.actual, exc.limit) from None
         output = spec.postprocess(generation.text)
         if output.is_empty and generation.finish_reason != "cancelled":
             raise GenerationFailed("the model produced no usable output")
@@ -433,19 +442,22 @@ class Worker:
             ),
             npu_busy_delta_us=busy_delta,
             candidates=output.candidates if output.candidates is not None else UNSET,
+            emulated=True if self._config.npu_emulation else UNSET,
         )
 
     def _max_new_tokens(self, spec: JobSpec, requested: int | None, prompt_tokens: int) -> int:
         """The generation budget, checked against the NPU's KV capacity.
 
-        On the NPU the KV cache holds MAX_PROMPT_LEN + MIN_RESPONSE_LEN - 1 tokens and generation
-        stops silently when it is full. An explicit request that cannot fit is refused; the
-        job's default shrinks to what fits, since the client did not ask for a number.
+        On the NPU the KV cache holds exactly MAX_PROMPT_LEN + MIN_RESPONSE_LEN tokens, prompt
+        and generated together (measured on the NPU pipeline for many sizes: at the edge every
+        token is generated; one more and it stops silently, finish reason NONE). An explicit
+        request that cannot fit is refused; the job's default shrinks to what fits, since the
+        client did not ask for a number.
         """
         wanted = requested if requested is not None else spec.default_max_new_tokens
         if not self._config.is_npu:
             return wanted
-        room = self._config.max_prompt_tokens + self._config.min_response_len - 1 - prompt_tokens
+        room = self._config.max_prompt_tokens + self._config.min_response_len - prompt_tokens
         if wanted <= room:
             return wanted
         if requested is None and room >= 1:

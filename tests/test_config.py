@@ -112,3 +112,21 @@ def test_bad_value_exits_2_with_message() -> None:
     proc = subprocess.run(npud_command("--queue-depth", "zero"), capture_output=True, text=True)
     assert proc.returncode == 2
     assert "npud: --queue-depth:" in proc.stderr
+
+
+def test_npu_emulation_is_explicit_and_only_for_the_npu() -> None:
+    assert load_config([], {"HOME": "/h"}).npu_emulation is False  # never on by default
+    assert load_config(["--npu-emulation"], {"HOME": "/h"}).npu_emulation is True
+    config = load_config([], {"HOME": "/h", "OV_GENAI_NPU_EMULATION": "1"})
+    assert config.npu_emulation is True and config.device == "NPU"
+    assert config.device_label == "NPU (emulated on the CPU)"
+    assert load_config([], {"HOME": "/h"}).device_label == "NPU"
+    for argv, env in ((["--npu-emulation", "--device", "CPU"], {}),
+                      ([], {"OV_GENAI_NPU_EMULATION": "yes", "OV_GENAI_NPU_DEVICE": "cpu"})):
+        with pytest.raises(ConfigError, match="--npu-emulation runs the NPU pipeline on the CPU and needs --device NPU"):
+            load_config(argv, {"HOME": "/h", **env})
+
+
+def test_npu_emulation_is_in_help() -> None:
+    out = " ".join(subprocess.run(npud_command("--help"), capture_output=True, text=True, check=True).stdout.split())
+    assert "--npu-emulation" in out and "OV_GENAI_NPU_EMULATION" in out and "NPUW_DEVICES=CPU" in out

@@ -77,6 +77,8 @@ def scenario_daemon(name: str, factory: Any, tmp_path: Path) -> Iterator[Running
         behaviour.fail_with = RuntimeError("Infer Request is busy")
     elif name == "deadline":
         behaviour.gate = gate  # never opened before the deadline: the streamer stops the job
+    elif name == "emulated":
+        options["npu_emulation"] = True
     elif name == "one_connection":
         options["max_connections"] = 1
     elif name == "queue_full":
