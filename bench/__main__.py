@@ -2,7 +2,7 @@
 alternating, on this machine. Not part of the test suite.
 
 usage: python -m bench [--json results.json] [--quick] [--only SECTIONS] [--peer-threads N]
-                       [--bg-variant LABEL=COMMAND ...]
+                       [--peer-npud-flags FLAGS] [--bg-variant LABEL=COMMAND ...]
 
 Sections (``--only overhead,control,peer,background,cold``):
   overhead    npud ÷ a plain in-process LLMPipeline, same prompt, settings and token count
@@ -20,6 +20,7 @@ import argparse
 import http.client
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -352,6 +353,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", help=f"comma-separated sections to run (default: all of {', '.join(SECTIONS)})")
     parser.add_argument("--peer-threads", type=int, default=None,
                         help="llama.cpp threads (default: one per physical core, as OpenVINO's CPU plugin uses)")
+    parser.add_argument("--peer-npud-flags", default="", metavar="FLAGS",
+                        help="extra npud flags for the daemon of the llama.cpp comparison (e.g. a decoding switch)")
     parser.add_argument("--bg-variant", action="append", default=None, metavar="LABEL=COMMAND",
                         help="a daemon variant for the background section, e.g. 'low=nice -n 10 npud' or "
                              "'flag=npud --some-flag 10' (repeatable; replaces the defaults: "
@@ -437,10 +440,12 @@ def run_peer(cache: Path, args: argparse.Namespace, scale: float) -> dict[str, A
     if missing:
         log(f"llama.cpp comparison skipped: {missing}")
         return {"skipped": missing}
-    daemon = DaemonProcess(["--device", "CPU", "--model", "smollm2-135m", "--cache-dir", str(cache)])
+    daemon = DaemonProcess(["--device", "CPU", "--model", "smollm2-135m", "--cache-dir", str(cache),
+                            *shlex.split(args.peer_npud_flags)])
     try:
-        return peer_comparison(daemon.socket, builtin_smollm2_gguf(), args.peer_threads or physical_cores(),
-                               per_job_inputs=2 if args.quick else 4, rounds=1 if args.quick else 4, log=log)
+        result = peer_comparison(daemon.socket, builtin_smollm2_gguf(), args.peer_threads or physical_cores(),
+                                 per_job_inputs=2 if args.quick else 4, rounds=1 if args.quick else 4, log=log)
+        return {**result, "npud_flags": args.peer_npud_flags}
     finally:
         daemon.stop()
 
