@@ -1,7 +1,17 @@
 """npud benchmarks: every figure is a ratio (or difference) of two things measured in the same run,
 alternating, on this machine. Not part of the test suite.
 
-usage: python -m bench [--json results.json] [--quick]
+usage: python -m bench [--json results.json] [--quick] [--only SECTIONS] [--peer-threads N]
+                       [--peer-npud-flags FLAGS] [--bg-variant LABEL=COMMAND ...]
+
+Sections (``--only overhead,control,peer,background,cold``):
+  overhead    npud ÷ a plain in-process LLMPipeline, same prompt, settings and token count
+  control     the control plane: health ÷ an asyncio echo, queue-full rejections, HTTP ÷ socket
+  peer        per job, npud ÷ llama.cpp (xllamacpp) on the same GGUF: bench/peer.py
+              (skipped, with the install hint, when the ``bench`` extra is not installed)
+  background  per daemon variant: health p99 busy ÷ idle, a CPU-bound foreground process's
+              slowdown while npud generates, nice values of the working threads: bench/background.py
+  cold        socket-activated cold start and memory
 """
 
 from __future__ import annotations
@@ -10,17 +20,19 @@ import argparse
 import http.client
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from bench.background import DEFAULT_VARIANTS, Busy, Variant, background
 from bench.harness import (
     DaemonProcess,
     EchoServer,
@@ -30,11 +42,11 @@ from bench.harness import (
     machine,
     ms,
     rss_kib,
-    timed,
 )
 from bench.npu_emulated import npu_emulated_overhead, table_row as npu_emulated_row
+from bench.peer import peer_comparison, peer_missing, physical_cores
 from npud.config import Config
-from npud.engine import DecodeSettings, resolve_model_path
+from npud.engine import DecodeSettings, builtin_smollm2_gguf, resolve_model_path
 from npud.jobs import JOBS
 from npud.testing.activator import _EXEC_WITH_FDS
 from npud.testing.tiny_model import build_tiny_gguf
@@ -119,39 +131,25 @@ def control_plane(daemon: DaemonProcess, n: int) -> dict[str, Any]:
 
 
 def head_of_line(daemon: DaemonProcess, n: int) -> dict[str, Any]:
-    """health while a long generation runs vs idle, and how fast a full queue says no."""
+    """How fast a full queue says no while a long generation runs (one running, one queued).
+
+    health during a generation ÷ idle is measured per daemon variant in the background section."""
     client = LineClient(daemon.socket)
-    health = client.request_bytes("health")
-    idle = [timed(lambda: client.roundtrip(health)) for _ in range(n)]
-    stop = threading.Event()
-
-    def keep_busy() -> None:
-        worker = LineClient(daemon.socket)
-        while not stop.is_set():
-            worker.roundtrip(worker.request_bytes("generate", {"job": "summary", "input": TEXT, "max_new_tokens": 256}))
-        worker.close()
-
-    busy_threads = [threading.Thread(target=keep_busy) for _ in range(2)]  # one running, one queued
-    for thread in busy_threads:
-        thread.start()
-    while msgspec.json.decode(client.roundtrip(health))["result"]["queue"]["depth"] < 1:
-        time.sleep(0.01)
-    busy = [timed(lambda: client.roundtrip(health)) for _ in range(n)]
     reject = client.request_bytes("generate", {"job": "title", "input": "one more"})
     rejections = []
-    for _ in range(n):
-        start = time.perf_counter_ns()
-        reply = msgspec.json.decode(client.roundtrip(reject))
-        rejections.append(time.perf_counter_ns() - start)
-        if "error" not in reply or reply["error"]["code"] != -32000:
-            rejections.pop()  # a slot was free for a moment: not a rejection
-    stop.set()
-    for thread in busy_threads:
-        thread.join()
+    with Busy(daemon.socket).running(client):
+        health = client.request_bytes("health")
+        while msgspec.json.decode(client.roundtrip(health))["result"]["queue"]["depth"] < 1:
+            time.sleep(0.01)
+        for _ in range(n):
+            start = time.perf_counter_ns()
+            reply = msgspec.json.decode(client.roundtrip(reject))
+            elapsed = time.perf_counter_ns() - start
+            if "error" in reply and reply["error"]["code"] == -32000:
+                rejections.append(elapsed)  # otherwise a slot was free for a moment: not a rejection
     client.close()
-    a, b, r = Summary.of([ms(t) for t in idle]), Summary.of([ms(t) for t in busy]), Summary.of([ms(t) for t in rejections])
-    return {"idle_health_ms_p99": a.p99, "busy_health_ms_p99": b.p99, "ratio_p99": b.p99 / a.p99,
-            "queue_full_ms_p50": r.p50, "queue_full_ms_p99": r.p99, "rejections": r.n}
+    r = Summary.of([ms(t) for t in rejections])
+    return {"queue_full_ms_p50": r.p50, "queue_full_ms_p99": r.p99, "rejections": r.n}
 
 
 def http_vs_socket(daemon: DaemonProcess, n: int) -> dict[str, Any]:
@@ -259,77 +257,202 @@ def memory(model: str, model_path: Path, cache: Path) -> dict[str, Any]:
             "ratio": loaded_kib / direct_kib}
 
 
-def table(results: dict[str, Any]) -> str:
-    o, s, c, h, w, cold, mem = (results[k] for k in ("overhead_tiny", "overhead_smollm2", "control_plane",
-                                                      "head_of_line", "http", "cold_start", "memory"))
-    rows = [
-        ("overhead, tiny model (npud − direct, p50 / p99)", f"{o['overhead_us_p50']:.0f} µs / {o['overhead_us_p99']:.0f} µs",
-         "p50 ≤ 1000 µs"),
-        ("overhead, smollm2-135m (npud ÷ direct, p50)", f"{s['ratio']:.3f} ({s['npud_ms']:.0f} vs {s['direct_ms']:.0f} ms)",
-         "≤ 1.02"),
-        npu_emulated_row(results["overhead_npu_emulated"]),
-        ("health round trip ÷ asyncio echo (p50)", f"{c['ratio_p50']:.2f} ({c['health_ms_p50'] * 1000:.0f} vs "
-         f"{c['echo_ms_p50'] * 1000:.0f} µs)", "≤ 1.5"),
-        ("pipelined health req/s ÷ echo", f"{c['rps_ratio']:.2f} ({c['pipelined_rps']:.0f} vs {c['echo_rps']:.0f}/s)", "—"),
-        ("health p99 during generation ÷ idle", f"{h['ratio_p99']:.2f} ({h['busy_health_ms_p99']:.2f} vs "
-         f"{h['idle_health_ms_p99']:.2f} ms)", "≤ 2"),
-        ("queue-full rejection p99", f"{h['queue_full_ms_p99']:.2f} ms", "≤ 5 ms"),
-        ("HTTP ÷ socket: health p50", f"{w['health_ratio']:.2f} ({w['health_http_ms'] * 1000:.0f} vs "
-         f"{w['health_socket_ms'] * 1000:.0f} µs)", "—"),
-        ("HTTP ÷ socket: generate p50", f"{w['generate_ratio']:.3f}", "—"),
-        ("cold start: activated → result ÷ load + generate", f"{cold['ratio']:.3f} ({cold['activated_to_result_s']:.2f} vs "
-         f"{cold['direct_load_and_generate_s']:.2f} s)", "≤ 1.05"),
-        ("cold start: activated → first health", f"{cold['activated_to_health_s'] * 1000:.0f} ms", "≪ 1 s"),
-        ("RSS: idle daemon without a model", f"{mem['idle_no_model_mib']:.0f} MiB", "—"),
-        ("RSS: daemon with smollm2 ÷ in-process pipeline", f"{mem['ratio']:.2f} ({mem['loaded_mib']:.0f} vs "
-         f"{mem['direct_mib']:.0f} MiB)", "—"),
-    ]
-    width = max(len(r[0]) for r in rows)
-    lines = [f"| {'measure'.ljust(width)} | result | target |", f"|{'-' * (width + 2)}|---|---|"]
-    lines += [f"| {name.ljust(width)} | {value} | {target} |" for name, value, target in rows]
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def main() -> int:
+def spread(r: dict[str, float], digits: int = 2) -> str:
+    """A ratio's median with its p10–p90 range."""
+    return f"{r['p50']:.{digits}f} ({r['p10']:.{digits}f}–{r['p90']:.{digits}f})"
+
+
+def table(results: dict[str, Any]) -> str:
+    rows: list[tuple[str, str, str]] = []
+    if "overhead_tiny" in results:
+        o, s = results["overhead_tiny"], results["overhead_smollm2"]
+        rows += [
+            ("overhead, tiny model (npud − direct, p50 / p99)",
+             f"{o['overhead_us_p50']:.0f} µs / {o['overhead_us_p99']:.0f} µs", "p50 ≤ 1000 µs"),
+            ("overhead, smollm2-135m (npud ÷ direct, p50)",
+             f"{s['ratio']:.3f} ({s['npud_ms']:.0f} vs {s['direct_ms']:.0f} ms)", "≤ 1.02"),
+        ]
+    if "overhead_npu_emulated" in results:
+        rows.append(npu_emulated_row(results["overhead_npu_emulated"]))
+    if "control_plane" in results:
+        c, h, w = results["control_plane"], results["head_of_line"], results["http"]
+        rows += [
+            ("health round trip ÷ asyncio echo (p50)", f"{c['ratio_p50']:.2f} ({c['health_ms_p50'] * 1000:.0f} vs "
+             f"{c['echo_ms_p50'] * 1000:.0f} µs)", "≤ 1.5"),
+            ("pipelined health req/s ÷ echo", f"{c['rps_ratio']:.2f} ({c['pipelined_rps']:.0f} vs {c['echo_rps']:.0f}/s)",
+             "—"),
+            ("queue-full rejection p99", f"{h['queue_full_ms_p99']:.2f} ms", "≤ 5 ms"),
+            ("HTTP ÷ socket: health p50", f"{w['health_ratio']:.2f} ({w['health_http_ms'] * 1000:.0f} vs "
+             f"{w['health_socket_ms'] * 1000:.0f} µs)", "—"),
+            ("HTTP ÷ socket: generate p50", f"{w['generate_ratio']:.3f}", "—"),
+        ]
+    if "background" in results:
+        for v in results["background"]["variants"]:
+            h, f = v["health"], v["foreground"]
+            rows += [
+                (f"health p99 during generation ÷ idle [{v['label']}]",
+                 f"{h['ratio_p99']:.2f} ({h['busy_ms_p99']:.2f} vs {h['idle_ms_p99']:.2f} ms)", "≤ 2"),
+                (f"CPU-bound foreground, npud generating ÷ idle [{v['label']}]",
+                 f"{spread(f['slowdown'])} ({f['busy_ms_p50']:.0f} vs {f['idle_ms_p50']:.0f} ms)", "—"),
+            ]
+    if "cold_start" in results:
+        cold, mem = results["cold_start"], results["memory"]
+        rows += [
+            ("cold start: activated → result ÷ load + generate",
+             f"{cold['ratio']:.3f} ({cold['activated_to_result_s']:.2f} vs {cold['direct_load_and_generate_s']:.2f} s)",
+             "≤ 1.05"),
+            ("cold start: activated → first health", f"{cold['activated_to_health_s'] * 1000:.0f} ms", "≪ 1 s"),
+            ("RSS: idle daemon without a model", f"{mem['idle_no_model_mib']:.0f} MiB", "—"),
+            ("RSS: daemon with smollm2 ÷ in-process pipeline",
+             f"{mem['ratio']:.2f} ({mem['loaded_mib']:.0f} vs {mem['direct_mib']:.0f} MiB)", "—"),
+        ]
+    return markdown(("measure", "result", "target"), rows) if rows else ""
+
+
+#: Targets of the per-job comparison with llama.cpp (issue 11).
+PEER_TARGETS = {"title": "≤ 1.0", "summary": "≤ 0.8", "notification": "≤ 0.8", "memory_candidate": "—"}
+
+
+def job_table(results: dict[str, Any]) -> str:
+    """One row per job: npud ÷ llama.cpp on the same GGUF, messages and token counts."""
+    peer = results.get("peer")
+    if not peer or "skipped" in peer:
+        return ""
+    rows = []
+    for job, r in peer["jobs"].items():
+        rows.append((job, f"{min(r['generated_tokens'])}–{max(r['generated_tokens'])}", f"{r['npud_ms_p50']:.0f}",
+                     f"{r['peer_ms_p50']:.0f}", spread(r["ratio"]), PEER_TARGETS.get(job, "—"),
+                     spread(r["ratio_no_reuse"])))
+    return markdown(("job", "tokens", "npud ms", "llama.cpp ms", "npud ÷ llama.cpp (p10–p90)", "target",
+                     "÷ llama.cpp without KV reuse"), rows)
+
+
+def thread_table(results: dict[str, Any]) -> str:
+    if "background" not in results:
+        return ""
+    rows = []
+    for v in results["background"]["variants"]:
+        t = v["threads"]
+        rows.append((v["label"], f"`{v['command']}`", ", ".join(str(n) for n in t["busy_thread_nice"]) or "—",
+                     str(t["busy_threads"]), str(t["main_thread_nice"])))
+    return markdown(("variant", "command", "nice of working threads", "working threads", "nice of main thread"), rows)
+
+
+SECTIONS = ("overhead", "control", "peer", "background", "cold")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
-    args = parser.parse_args()
+    parser.add_argument("--only", help=f"comma-separated sections to run (default: all of {', '.join(SECTIONS)})")
+    parser.add_argument("--peer-threads", type=int, default=None,
+                        help="llama.cpp threads (default: one per physical core, as OpenVINO's CPU plugin uses)")
+    parser.add_argument("--peer-npud-flags", default="", metavar="FLAGS",
+                        help="extra npud flags for the daemon of the llama.cpp comparison (e.g. a decoding switch)")
+    parser.add_argument("--bg-variant", action="append", default=None, metavar="LABEL=COMMAND",
+                        help="a daemon variant for the background section, e.g. 'low=nice -n 10 npud' or "
+                             "'flag=npud --some-flag 10' (repeatable; replaces the defaults: "
+                             + "; ".join(DEFAULT_VARIANTS) + ")")
+    args = parser.parse_args(argv)
+    args.sections = SECTIONS if not args.only else tuple(x.strip() for x in args.only.split(",") if x.strip())
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    try:
+        args.variants = [Variant.parse(v) for v in (args.bg_variant or DEFAULT_VARIANTS)]
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     scale = 0.2 if args.quick else 1.0
     results: dict[str, Any] = {"machine": machine()}
+    if results["machine"]["cpu_busy_before"] > 0.1:
+        log(f"warning: the CPU was {results['machine']['cpu_busy_before']:.0%} busy before the run started: "
+            "other processes add noise to every figure")
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(os.environ.get("NPUD_BENCH_CACHE", Path.home() / ".cache" / "npud"))
-        tiny = build_tiny_gguf(Path(tmp) / "tiny-qwen2.gguf")
-        smollm2_ir = resolve_model_path(Config(model="smollm2-135m", cache_dir=str(cache), lock_file=f"{tmp}/lock"))
-        print("overhead (tiny)…", file=sys.stderr)
-        results["overhead_tiny"] = overhead(str(tiny), tiny, cache, int(300 * scale))
-        print("overhead (smollm2)…", file=sys.stderr)
-        results["overhead_smollm2"] = overhead("smollm2-135m", smollm2_ir, cache, max(5, int(30 * scale)))
-        print("overhead (emulated NPU)…", file=sys.stderr)
-        results["overhead_npu_emulated"] = npu_emulated_overhead(int(300 * scale), TEXT, TOKENS)
-        daemon = DaemonProcess(["--device", "CPU", "--model", "smollm2-135m", "--cache-dir", str(cache),
-                                "--queue-depth", "1", "--max-in-flight", "4096",
-                                # the pipelined burst is sent before any reply is read
-                                "--write-buffer-limit", str(64 * 1024 * 1024)])
-        try:
-            print("control plane…", file=sys.stderr)
-            results["control_plane"] = control_plane(daemon, int(3000 * scale))
-            print("head of line…", file=sys.stderr)
-            results["head_of_line"] = head_of_line(daemon, int(500 * scale))
-            print("http…", file=sys.stderr)
-            results["http"] = http_vs_socket(daemon, int(1000 * scale))
-        finally:
-            daemon.stop()
-        print("cold start…", file=sys.stderr)
-        results["cold_start"] = cold_start("smollm2-135m", smollm2_ir, cache, 3 if not args.quick else 1)
-        print("memory…", file=sys.stderr)
-        results["memory"] = memory("smollm2-135m", smollm2_ir, cache)
-    print(f"npud benchmarks, {results['machine']['date']}, {results['machine']['cpu']}, "
-          f"{results['machine']['cores']} cores, openvino-genai {results['machine']['openvino_genai']}")
-    print(table(results))
+        # The IR npud converts the built-in GGUF to (made once, then cached): the in-process baselines load it.
+        needs_ir = {"overhead", "cold"} & set(args.sections)
+        smollm2_ir = (resolve_model_path(Config(model="smollm2-135m", cache_dir=str(cache), lock_file=f"{tmp}/lock"))
+                      if needs_ir else Path())
+        if "overhead" in args.sections:
+            tiny = build_tiny_gguf(Path(tmp) / "tiny-qwen2.gguf")
+            log("overhead (tiny)…")
+            results["overhead_tiny"] = overhead(str(tiny), tiny, cache, int(300 * scale))
+            log("overhead (smollm2)…")
+            results["overhead_smollm2"] = overhead("smollm2-135m", smollm2_ir, cache, max(5, int(30 * scale)))
+            log("overhead (emulated NPU)…")
+            results["overhead_npu_emulated"] = npu_emulated_overhead(int(300 * scale), TEXT, TOKENS)
+        if "control" in args.sections:
+            daemon = DaemonProcess(["--device", "CPU", "--model", "smollm2-135m", "--cache-dir", str(cache),
+                                    "--queue-depth", "1", "--max-in-flight", "4096",
+                                    # the pipelined burst is sent before any reply is read
+                                    "--write-buffer-limit", str(64 * 1024 * 1024)])
+            try:
+                log("control plane…")
+                results["control_plane"] = control_plane(daemon, int(3000 * scale))
+                log("head of line…")
+                results["head_of_line"] = head_of_line(daemon, int(500 * scale))
+                log("http…")
+                results["http"] = http_vs_socket(daemon, int(1000 * scale))
+            finally:
+                daemon.stop()
+        if "peer" in args.sections:
+            results["peer"] = run_peer(cache, args, scale)
+        if "background" in args.sections:
+            results["background"] = background(args.variants, "smollm2-135m", cache, scale, FOREGROUND_ITERATIONS, log)
+        if "cold" in args.sections:
+            log("cold start…")
+            results["cold_start"] = cold_start("smollm2-135m", smollm2_ir, cache, 3 if not args.quick else 1)
+            log("memory…")
+            results["memory"] = memory("smollm2-135m", smollm2_ir, cache)
+    m = results["machine"]
+    print(f"npud benchmarks, {m['date']}, {m['cpu']}, {m['cores']} cores, openvino-genai {m['openvino_genai']}, "
+          f"CPU {m['cpu_busy_before']:.0%} busy before the run")
+    for part in (table(results), job_table(results), thread_table(results)):
+        if part:
+            print()
+            print(part)
+    if "peer" in results and "skipped" in results["peer"]:
+        print(f"\nllama.cpp comparison skipped: {results['peer']['skipped']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+#: The foreground workload's size: about 0.3 s of pure Python on an idle core of the reference machine.
+FOREGROUND_ITERATIONS = 4_000_000
+
+
+def run_peer(cache: Path, args: argparse.Namespace, scale: float) -> dict[str, Any]:
+    missing = peer_missing()
+    if missing:
+        log(f"llama.cpp comparison skipped: {missing}")
+        return {"skipped": missing}
+    daemon = DaemonProcess(["--device", "CPU", "--model", "smollm2-135m", "--cache-dir", str(cache),
+                            *shlex.split(args.peer_npud_flags)])
+    try:
+        result = peer_comparison(daemon.socket, builtin_smollm2_gguf(), args.peer_threads or physical_cores(),
+                                 per_job_inputs=2 if args.quick else 4, rounds=1 if args.quick else 4, log=log)
+        return {**result, "npud_flags": args.peer_npud_flags}
+    finally:
+        daemon.stop()
 
 
 if __name__ == "__main__":

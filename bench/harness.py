@@ -46,11 +46,44 @@ class Summary:
                    percentile(values, 75) - percentile(values, 25), len(values))
 
 
+def ratio_spread(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Median and p10/p90 of the per-pair ratios a[i] / b[i] (pairs measured back to back)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need the same non-zero number of values on both sides, got {len(a)} and {len(b)}")
+    ratios = [x / y for x, y in zip(a, b)]
+    return {"p10": percentile(ratios, 10), "p50": statistics.median(ratios), "p90": percentile(ratios, 90),
+            "n": len(ratios)}
+
+
+def rotated(subject: str, others: Sequence[str], k: int) -> list[str]:
+    """``others`` in their order with ``subject`` inserted at position k mod (len(others) + 1).
+
+    Successive k move the subject through every slot, so no arm always runs first (or right after
+    another), while the others keep their relative order (which the peer's KV reuse relies on)."""
+    order = list(others)
+    order.insert(k % (len(others) + 1), subject)
+    return order
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
+
+
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Fraction of all CPUs busy over ``seconds`` (from /proc/stat): other processes' load, if we are idle."""
+
+    def sample() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = values[3] + values[4]  # idle + iowait
+        return sum(values[:8]), idle  # user … steal; guest time is already counted in user
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
 
 
 def machine() -> dict[str, Any]:
@@ -68,16 +101,21 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "openvino_genai": og.__version__,
         "kernel": platform.release(),
+        # Measured before anything of the benchmark runs: other processes' share of the CPU.
+        "cpu_busy_before": cpu_busy(),
     }
 
 
 class DaemonProcess:
     """`npud` (or the fake-engine npud) in a child process, ready when its log says so."""
 
-    def __init__(self, args: Sequence[str], module: str = "npud", env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: Sequence[str], module: str = "npud", env: dict[str, str] | None = None,
+                 prefix: Sequence[str] = ()) -> None:
+        # ``prefix`` wraps the command (e.g. ``nice -n 10``); such wrappers exec, so the pid is npud's.
         self.socket = f"@npud-bench-{os.getpid()}-{id(self)}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, "--socket", self.socket, "--port", "0", "--log-level", "INFO", *args],
+            [*prefix, sys.executable, "-m", module, "--socket", self.socket, "--port", "0", "--log-level", "INFO",
+             *args],
             stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
         )
         self.http_port: int | None = None
