@@ -1,28 +1,157 @@
-"""The NPU owners' acceptance command: for real on the CPU, and in NPU mode on the stand-in."""
+"""The NPU owners' acceptance command: for real on the CPU, and in NPU mode on the stand-in, with
+synthetic sysfs and /dev trees for the machines it must explain (no driver, no access, a kernel
+without the busy counter, --no-busy-check)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from npud.config import load_config
-from npud.smoke import run
-from npud.testing.npu import npu_loader
+from npud.accel import Groups
+from npud.config import Config, load_config
+from npud.engine import EngineLoader
+from npud.smoke import Host, Report, run
+from npud.testing.fake import FakeBehaviour, FakeLoader
+from npud.testing.npu import FAKE_PROPERTIES, npu_loader
 from npud.testing.sysfs import make_npu_sysfs
 
-pytestmark = pytest.mark.realmodel
+ME = Groups(user="me", uid=1000, process=frozenset({"me", "render"}), configured=frozenset({"me", "render"}))
+OUTSIDER = Groups(user="me", uid=1000, process=frozenset({"me"}), configured=frozenset({"me"}))
 
 
-def test_smoke_on_cpu_runs_every_step_and_skips_npu_ones(tiny_gguf: Path, tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "npud.smoke", "--device", "CPU", "--model", str(tiny_gguf),
-                           "--cache-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+def host(groups: Groups = ME, usable: bool = True, kernel: str = "6.11.0-19-generic") -> Host:
+    return Host(groups, kernel, access=lambda path, mode: usable,
+                device_properties=lambda device, names: {n: FAKE_PROPERTIES[n] for n in names if n in FAKE_PROPERTIES})
+
+
+def npu_machine(tmp_path: Path, model: Path | str, *, counter: bool = True, node: bool = True,
+                extra: tuple[str, ...] = ()) -> tuple[Config, Path]:
+    busy = make_npu_sysfs(tmp_path / "sys", busy_counter=counter)
+    dev = tmp_path / "dev" / "accel"
+    dev.mkdir(parents=True)
+    if node:
+        (dev / "accel0").touch()
+    config = load_config(["--device", "NPU", "--model", str(model), "--cache-dir", str(tmp_path / "cache"),
+                          "--sysfs-root", str(tmp_path / "sys"), "--dev-accel", str(dev), *extra],
+                         {"HOME": str(tmp_path)})
+    return config, busy
+
+
+def rows(report: Report) -> dict[str, tuple[str, str]]:
+    return {name: (state, detail) for name, state, detail in report.checks}
+
+
+# ---------------------------------------------------------------- no model needed (fake engine)
+
+
+def test_kernel_without_the_counter_fails_that_row_and_says_what_to_do(tmp_path: Path) -> None:
+    behaviour = FakeBehaviour()
+    config, _ = npu_machine(tmp_path, "fake-model", counter=False)
+    report, out = run(config, FakeLoader(behaviour), ["CPU", "NPU"], host(kernel="6.8.0-45-generic"))
+    table = rows(report)
+    state, detail = table["busy counter readable"]
+    assert state == "FAIL" and "has no npu_busy_time_us" in detail and "this kernel is 6.8.0-45-generic" in detail
+    assert "linux-generic-hwe-24.04" in detail and "--no-busy-check" in detail
+    assert table["intel_vpu driver (sysfs)"][0] == "PASS"  # the device is there: no modprobe advice
+    assert table["NPU busy delta > 0"] == ("SKIP", "not verified: no busy counter (see 'busy counter readable')")
+    assert report.failed and out["verified"] is False
+    assert out["report"]["kernel"] == "6.8.0-45-generic"
+    assert out["report"]["busy_counter"] == {"path": None, "present": False, "readable": False}
+
+
+def test_no_busy_check_is_honoured_and_marked_unverified(tmp_path: Path) -> None:
+    config, _ = npu_machine(tmp_path, "fake-model", counter=False, extra=("--no-busy-check",))
+    report, out = run(config, FakeLoader(FakeBehaviour()), ["CPU", "NPU"], host(kernel="6.8.0-45-generic"))
+    table = rows(report)
+    assert table["busy counter readable"] == (
+        "SKIP", "disabled by --no-busy-check: results are NOT verified to run on the NPU")
+    assert table["NPU busy delta > 0"] == ("SKIP", "not verified: --no-busy-check")
+    # The fake engine reports no driver and no compile cache; nothing else fails.
+    failed = [name for name, state, _ in report.checks if state == "FAIL"]
+    assert failed == ["driver / compiler version", "compile cache hit on second load"], report.table()
+    assert out["verified"] is False and out["busy_check"] is False and out["npu_busy_delta_us"] is None
+
+
+def test_device_without_access_is_explained(tmp_path: Path) -> None:
+    config, _ = npu_machine(tmp_path, "fake-model")
+    report, out = run(config, FakeLoader(), ["CPU"], host(OUTSIDER, usable=False))
+    table = rows(report)
+    node = f"{tmp_path}/dev/accel/accel0"
+    assert table["device node /dev/accel"][0] == "PASS" and table["device node /dev/accel"][1].startswith(node)
+    state, detail = table["permissions"]
+    assert state == "FAIL" and "cannot open it read/write: your user is not in the" in detail
+    assert "sudo systemctl restart user@1000.service" in detail
+    state, detail = table["OpenVINO lists NPU"]
+    assert state == "FAIL" and detail.startswith("device NPU is not available (OpenVINO sees: CPU): the NPU is "
+                                                 "present but not accessible")
+    assert "--device CPU" not in detail
+    assert out["report"]["dev_accel"][0]["usable"] is False and out["report"]["groups"]["user"] == "me"
+    assert out["driver_version"] == FAKE_PROPERTIES["NPU_DRIVER_VERSION"]  # read even though nothing loaded
+
+
+def test_driver_missing_is_explained(tmp_path: Path) -> None:
+    config = load_config(["--device", "NPU", "--model", "fake-model", "--sysfs-root", str(tmp_path / "nothing"),
+                          "--dev-accel", str(tmp_path / "no-dev")], {"HOME": str(tmp_path)})
+    report, _ = run(config, FakeLoader(), ["CPU"], host())
+    table = rows(report)
+    assert table["device node /dev/accel"][0] == "FAIL" and "modprobe intel_vpu" in table["device node /dev/accel"][1]
+    assert table["intel_vpu driver (sysfs)"][0] == "FAIL"
+    assert "'sudo modprobe intel_vpu'" in table["intel_vpu driver (sysfs)"][1]
+    assert table["OpenVINO lists NPU"][1].startswith("device NPU is not available (OpenVINO sees: CPU): there is "
+                                                     "no /dev/accel/accel* node.")
+
+
+def test_a_failing_step_still_gives_the_whole_report(tmp_path: Path) -> None:
+    class BrokenLoader(FakeLoader):
+        def load(self, config: Config) -> Any:
+            raise KeyError("a bug in a loader")
+
+    config, _ = npu_machine(tmp_path, "fake-model")
+    report, out = run(config, BrokenLoader(), ["CPU", "NPU"], host())
+    assert rows(report)["unexpected error"] == ("FAIL", "KeyError: 'a bug in a loader'")
+    assert out["report"]["npud_version"] and "total" in out["timing_ms"]
+    failing = FakeLoader(FakeBehaviour(fail_with=RuntimeError("Infer Request is busy")))
+    report, _ = run(config, failing, ["CPU", "NPU"], host())
+    assert rows(report)["title job"] == ("FAIL", "generation raised RuntimeError: Infer Request is busy")
+
+
+def test_smoke_command_prints_table_and_json_when_the_model_is_missing(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "npud.smoke", "--env-file", "none", "--device", "CPU",
+                           "--model", str(tmp_path / "nope"), "--cache-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    out = json.loads(proc.stdout)
+    status = {c["check"]: c["status"] for c in out["checks"]}
+    assert status["model load"] == "FAIL" and out["ok"] is False
+    assert "FAIL  model load" in proc.stderr
+    report = out["report"]
+    assert report["openvino_version"].startswith("2026.4") and report["genai_version"].startswith("2026.4")
+    assert report["kernel"] == os.uname().release and report["env_file"] == {"path": None, "found": False}
+
+
+# ---------------------------------------------------------------- real models
+
+@pytest.mark.realmodel
+def test_smoke_on_cpu_reads_the_service_env_file(tiny_gguf: Path, tmp_path: Path) -> None:
+    """No flags: the settings come from ~/.config/npud/npud.env, as for the user units."""
+    env_file = tmp_path / "config" / "npud" / "npud.env"
+    env_file.parent.mkdir(parents=True)
+    env_file.write_text(f"# as the user units read it\nOV_GENAI_NPU_DEVICE=CPU\nOV_GENAI_NPU_MODEL={tiny_gguf}\n"
+                        f"OV_GENAI_NPU_CACHE='{tmp_path / 'cache'}'\n")
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+           "OV_GENAI_NPU_DEVICE": "NPU"}  # the shell's value loses: the service would not see it
+    proc = subprocess.run([sys.executable, "-m", "npud.smoke"], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["ok"] is True and out["device"] == "CPU" and out["npu_busy_delta_us"] is None
+    assert out["report"]["env_file"] == {"path": str(env_file), "found": True, "skipped_invalid_names": [],
+                                         "variables": ["OV_GENAI_NPU_CACHE", "OV_GENAI_NPU_DEVICE", "OV_GENAI_NPU_MODEL"]}
     assert set(out["timing_ms"]) == {"load", "generate", "total"} and out["timing_ms"]["load"] > 0
     status = {c["check"]: c["status"] for c in out["checks"]}
     assert status["OpenVINO lists CPU"] == "PASS" and status["title job"] == "PASS"
@@ -31,41 +160,23 @@ def test_smoke_on_cpu_runs_every_step_and_skips_npu_ones(tiny_gguf: Path, tmp_pa
                      "compile cache hit on second load"):
         assert status[npu_only] == "SKIP"
     assert "PASS  title job" in proc.stderr  # the human-readable table
+    assert (tmp_path / "cache" / "compiled").is_dir()  # the cache the env file names was used
 
 
+@pytest.mark.realmodel
 def test_smoke_in_npu_mode_on_the_stand_in(tiny_gguf: Path, tmp_path: Path) -> None:
-    busy = make_npu_sysfs(tmp_path / "sys")
-    dev = tmp_path / "dev" / "accel"
-    dev.mkdir(parents=True)
-    (dev / "accel0").touch()
-    config = load_config(["--device", "NPU", "--model", str(tiny_gguf), "--cache-dir", str(tmp_path / "cache"),
-                          "--sysfs-root", str(tmp_path / "sys")], {"HOME": str(tmp_path)})
-    report, out = run(config, npu_loader(busy, compile_s=0.3), ["CPU", "NPU"], dev_accel=dev)
-    status = {name: state for name, state, _ in report.checks}
+    config, busy = npu_machine(tmp_path, tiny_gguf)
+    loader: EngineLoader = npu_loader(busy, compile_s=0.3)
+    report, out = run(config, loader, ["CPU", "NPU"], host())
     assert not report.failed, report.table()
-    assert all(state == "PASS" for state in status.values()), report.table()
-    assert out["npu_busy_delta_us"] > 0 and out["compiler_version"] == "7.21"
+    assert all(state == "PASS" for _, state, _ in report.checks), report.table()
+    assert out["npu_busy_delta_us"] > 0 and out["compiler_version"] == "7.21" and out["verified"] is True
     assert out["compile_cache"]["hit"] is True
+    assert out["report"]["busy_counter"] == {"path": str(busy), "present": True, "readable": True}
 
 
-def test_smoke_fails_clearly_without_an_npu(tiny_gguf: Path, tmp_path: Path) -> None:
-    config = load_config(["--device", "NPU", "--model", str(tiny_gguf), "--sysfs-root", str(tmp_path / "nothing")],
-                         {"HOME": str(tmp_path)})
-    report, _ = run(config, npu_loader(None), ["CPU"], dev_accel=tmp_path / "no-dev")
-    rows = {name: (state, detail) for name, state, detail in report.checks}
-    assert report.failed
-    assert rows["device node /dev/accel"][0] == "FAIL" and "modprobe intel_vpu" in rows["device node /dev/accel"][1]
-    assert rows["intel_vpu driver (sysfs)"][0] == "FAIL"
-    assert rows["OpenVINO lists NPU"] == ("FAIL", "available: CPU")
-
-
+@pytest.mark.realmodel
 def test_smoke_npu_silent_fallback_fails(tiny_gguf: Path, tmp_path: Path) -> None:
-    busy = make_npu_sysfs(tmp_path / "sys")
-    dev = tmp_path / "dev"
-    dev.mkdir()
-    (dev / "accel0").touch()
-    config = load_config(["--device", "NPU", "--model", str(tiny_gguf), "--cache-dir", str(tmp_path / "cache"),
-                          "--sysfs-root", str(tmp_path / "sys")], {"HOME": str(tmp_path)})
-    report, out = run(config, npu_loader(busy, advance_busy=False, compile_s=0.3), ["CPU", "NPU"], dev_accel=dev)
-    rows = {name: (state, detail) for name, state, detail in report.checks}
-    assert rows["NPU busy delta > 0"] == ("FAIL", "0 µs (no_growth)") and report.failed
+    config, busy = npu_machine(tmp_path, tiny_gguf)
+    report, _ = run(config, npu_loader(busy, advance_busy=False, compile_s=0.3), ["CPU", "NPU"], host())
+    assert rows(report)["NPU busy delta > 0"] == ("FAIL", "0 µs (no_growth)") and report.failed
