@@ -221,8 +221,9 @@ class Daemon:
             # Listening first, loading second: health answers "loading" while the model compiles.
             self._log_listening()
             self.worker.start()
-            notifier.notify("READY=1", f"STATUS={self._status_line(self.worker.snapshot())}")
-            self.spawn(self._report_status())
+            first_status = self._status_line(self.worker.snapshot())
+            notifier.notify("READY=1", f"STATUS={first_status}")
+            self.spawn(self._report_status(first_status))
             if self.systemd.watchdog_interval_s is not None:
                 self.spawn(self._feed_watchdog(self.systemd.watchdog_interval_s))
             if self.config.exit_idle_after_s is not None:
@@ -269,9 +270,10 @@ class Daemon:
         return (f"ready, {snap.queue_depth} queued{running}, {snap.jobs_served} jobs served, "
                 f"{snap.jobs_failed} failed{unverified}")
 
-    async def _report_status(self) -> None:
+    async def _report_status(self, last: str = "") -> None:
+        """STATUS= whenever the line changes (checked every second, and at once when the worker
+        reports a load status change); EXTEND_TIMEOUT_USEC while the model loads."""
         notifier = self.systemd.notifier
-        last = ""
         while True:
             if self._status_event is not None:
                 self._status_event.clear()  # before the snapshot: a later change sets it again

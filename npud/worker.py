@@ -422,6 +422,11 @@ class Worker:
                 queued, error = self._take_queue(), self._not_ready()
             self._resolve_all(queued, error)
             self._status_changed()
+            # Logged once health says so: whoever reads the log can then ask health.
+            if isinstance(exc, (ModelLoadError, LockTimeout, LockWaitCancelled)):
+                log.error("model load failed: %s", message)
+            else:
+                log.error("model load failed unexpectedly", exc_info=exc)
             if delay is None:
                 if retries:
                     log.error("model load failed %d times; giving up (restart npud to try again)",
@@ -447,10 +452,8 @@ class Worker:
             else:
                 engine = self._loader.load(self._config)
         except (ModelLoadError, LockTimeout, LockWaitCancelled) as exc:
-            log.error("model load failed: %s", exc)
             return str(exc), exc
         except Exception as exc:  # a loader bug must not leave health saying "loading" forever
-            log.exception("model load failed unexpectedly")
             return f"{type(exc).__name__}: {exc}", exc
         with self._cond:
             self._engine = engine

@@ -34,18 +34,17 @@ class Backoff:
     def __init__(self) -> None:
         self.delays: list[float] = []
         self.waiting = threading.Event()
-        self._release = threading.Event()
+        self._releases = threading.Semaphore(0)  # a release may come before the wait starts
 
     def __call__(self, delay: float) -> bool:
         self.delays.append(delay)
-        self._release.clear()
         self.waiting.set()
-        self._release.wait(30)
+        assert self._releases.acquire(timeout=30), "the test never released this backoff"
         return False
 
     def release(self) -> None:
         self.waiting.clear()
-        self._release.set()
+        self._releases.release()
 
 
 def run_retrying(tmp_path: Path, loader: FakeLoader, backoff: Backoff, body: Callable[[Dispatcher, Worker], Any],
@@ -263,3 +262,16 @@ def test_a_failed_load_then_recovery_in_a_real_process(tmp_path: Path) -> None:
         assert proc.stderr is not None
         log = proc.stderr.read()
         assert "model load failed with a transient error; attempt 2 of 11 in 0.5s" in log
+
+
+def test_http_retry_after_follows_the_scheduled_attempt() -> None:
+    from npuclient.errors import NotReady
+    from npuclient.protocol import NotReadyData
+    from npud.http import RETRY_NOT_READY_S, _retry_after
+
+    scheduled = NotReady("model failed to load; the next attempt is in 12.3 s",
+                         NotReadyData(status="error", error="x", retry_in_s=12.3)).to_object()
+    assert _retry_after(scheduled) == 13
+    assert NotReady(data={"status": "error", "retry_in_s": 0.2}).retry_in_s == 0.2  # as a client decodes it
+    final = NotReady("model failed to load", NotReadyData(status="error", error="x")).to_object()
+    assert _retry_after(final) == RETRY_NOT_READY_S
