@@ -21,15 +21,19 @@ if [ ! -e "$config_home/npud/npud.env" ]; then
 fi
 cat <<MSG
 Installed into $units (ExecStart=$npud).
-Settings: $config_home/npud/npud.env
+Settings: $config_home/npud/npud.env (python -m npud.smoke reads the same file)
 
 Socket-activated (recommended):
   systemctl --user daemon-reload
   systemctl --user enable --now npud.socket npud-http.socket
-Or always on:
+Or always on (not together with the sockets above):
   systemctl --user daemon-reload
   systemctl --user enable --now openvino-genai-npu-worker.service
+To keep it running without a login session and across reboots:
+  sudo loginctl enable-linger \$USER
 
-The NPU device /dev/accel/accel0 is root:render 0660: your user must be in the "render" group
-(sudo usermod -aG render \$USER, then log in again).
+The NPU device /dev/accel/accel* is root:render 0660: your user must be in the "render" group
+(sudo usermod -aG render \$USER), and your user services only get the group when the user
+manager starts again: reboot, or 'sudo systemctl restart user@$(id -u).service' (that stops your
+user services). Check: systemd-run --user --pipe --wait id -nG
 MSG

@@ -100,6 +100,12 @@ class NotReady(RpcError):
     code = -32001
     default_message = "model not ready"
 
+    @property
+    def retry_in_s(self) -> float | None:
+        """Seconds until npud tries to load the model again; None when it will not by itself."""
+        value = self.data_field("retry_in_s")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
 
 class NotVerified(RpcError):
     """The NPU busy counter did not grow: the job may not have run on the NPU."""

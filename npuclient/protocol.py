@@ -143,6 +143,9 @@ class JobResult(Struct, omit_defaults=True):
     #: ``true`` when the daemon runs with ``--npu-emulation`` (the NPU pipeline computing on the
     #: CPU): the result did not come from NPU hardware. Absent otherwise.
     emulated: Union[bool, UnsetType] = UNSET
+    #: ``false`` on the NPU when npud runs with ``--no-busy-check``: nothing proves that the job
+    #: ran on the NPU. Absent otherwise (on the NPU a result always carries its proof, the delta).
+    verified: Union[bool, UnsetType] = UNSET
 
 
 class QueueInfo(Struct):
@@ -235,6 +238,10 @@ class HealthResult(Struct, omit_defaults=True, kw_only=True):
     stats: Union[Stats, UnsetType] = UNSET
     #: ``None`` until the model has loaded.
     device_info: Union[DeviceInfo, None, UnsetType] = UNSET
+    #: Load attempts so far; present once a load has failed (retries included).
+    load_attempts: Union[int, UnsetType] = UNSET
+    #: Seconds until the next load attempt, while one is scheduled after a transient failure.
+    retry_in_s: Union[float, UnsetType] = UNSET
 
 
 class JobInfo(Struct):
@@ -281,6 +288,8 @@ class QueueFullData(Struct):
 class NotReadyData(Struct, omit_defaults=True):
     status: HealthStatus
     error: Union[str, UnsetType] = UNSET
+    #: Seconds until npud tries to load the model again (absent: it will not retry by itself).
+    retry_in_s: Union[float, UnsetType] = UNSET
 
 
 class DeadlineData(Struct):

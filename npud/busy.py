@@ -5,14 +5,25 @@ device. It grows in real time while the firmware runs jobs, so a positive delta 
 generation proves that NPU work happened in that window. A delta of zero means the work ran
 elsewhere (a silent CPU fallback, say) and a counter that goes backwards means the driver was
 reloaded mid-job: both fail the job rather than report a success we cannot prove.
+
+The device and the counter are found separately, because they fail separately: the driver
+(``intel_vpu``, Linux 6.3+) may be loaded by a kernel that predates the counter. The counter came
+with commit 0adff3b0ef12 "accel/ivpu: Share NPU busy time in sysfs", merged for Linux 6.11 (it
+reached drm-next in drm-misc-next-2024-06-06, after 6.10-rc1; stable backports that fix it are
+tagged "v6.11+"). Ubuntu 24.04's stock 6.8 kernel therefore has the device but not the counter.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 BUSY_FILE_NAME = "npu_busy_time_us"
 NPU_DRIVER = "intel_vpu"
+#: The first Linux release whose intel_vpu driver has npu_busy_time_us (see the module docstring).
+COUNTER_KERNEL = "6.11"
+#: How to get such a kernel on the distribution this project documents first.
+UBUNTU_HWE_KERNEL = "sudo apt install --install-recommends linux-generic-hwe-24.04"
 
 
 class BusyCounterError(Exception):
@@ -31,23 +42,75 @@ def _driver_of(device_dir: Path) -> str | None:
     return None
 
 
-def discover_busy_file(sysfs_root: str = "/sys") -> Path | None:
-    """The busy counter of the first ``intel_vpu`` accel device, or ``None``.
+@dataclass(frozen=True)
+class NpuDiscovery:
+    """What sysfs says about the NPU: every accel device, the intel_vpu one, and its counter."""
+
+    sysfs_root: str
+    #: ``accelN`` names under ``<sysfs>/class/accel`` with their driver (None when unreadable).
+    accel_devices: tuple[tuple[str, str | None], ...] = ()
+    #: The intel_vpu device: ``<sysfs>/class/accel/accelN/device``.
+    device: Path | None = None
+    #: Its ``npu_busy_time_us``, when the kernel has it.
+    counter: Path | None = None
+
+    @property
+    def accel_dir(self) -> Path:
+        return Path(self.sysfs_root) / "class" / "accel"
+
+    def problem(self, kernel_release: str) -> str | None:
+        """What is missing and what to do about it, or None when the counter is there."""
+        if self.device is None:
+            return missing_device_message(self)
+        if self.counter is None:
+            return missing_counter_message(self.device, kernel_release)
+        return None
+
+
+def discover_npu(sysfs_root: str = "/sys") -> NpuDiscovery:
+    """Find the first ``intel_vpu`` accel device and, separately, its busy counter.
 
     Devices are matched by driver name in ``uevent`` rather than by assuming ``accel0``: a
     machine may have other accel devices, and numbering follows probe order.
     """
     accel = Path(sysfs_root) / "class" / "accel"
     try:
-        candidates = sorted(accel.iterdir())
+        entries = sorted(accel.iterdir())
     except OSError:
-        return None
-    for entry in candidates:
-        device = entry / "device"
-        counter = device / BUSY_FILE_NAME
-        if _driver_of(device) == NPU_DRIVER and counter.exists():
-            return counter
-    return None
+        return NpuDiscovery(sysfs_root)
+    found = tuple((entry.name, _driver_of(entry / "device")) for entry in entries)
+    for entry, (_, driver) in zip(entries, found):
+        if driver == NPU_DRIVER:
+            device = entry / "device"
+            counter = device / BUSY_FILE_NAME
+            return NpuDiscovery(sysfs_root, found, device, counter if counter.exists() else None)
+    return NpuDiscovery(sysfs_root, found)
+
+
+def discover_busy_file(sysfs_root: str = "/sys") -> Path | None:
+    """The busy counter of the first ``intel_vpu`` accel device, or ``None``."""
+    return discover_npu(sysfs_root).counter
+
+
+def missing_device_message(found: NpuDiscovery) -> str:
+    others = ", ".join(f"{name} ({driver or 'unknown driver'})" for name, driver in found.accel_devices)
+    seen = f"only other accelerators: {others}" if others else "no accel device at all"
+    return (
+        f"no intel_vpu device under {found.accel_dir} ({seen}). The NPU kernel driver is not loaded: "
+        "run 'sudo modprobe intel_vpu' and check 'sudo dmesg | grep -i vpu'. If modprobe finds no "
+        "module, or the driver does not bind, this kernel is too old for this processor's NPU "
+        "(intel_vpu is in Linux since 6.3; newer NPUs need newer kernels)."
+    )
+
+
+def missing_counter_message(device: Path, kernel_release: str) -> str:
+    return (
+        f"the intel_vpu device {device} has no {BUSY_FILE_NAME}: the driver has this counter from "
+        f"Linux {COUNTER_KERNEL} on, and this kernel is {kernel_release or 'unknown'} (Ubuntu 24.04's "
+        f"stock kernel is 6.8). Without it npud cannot prove that a job ran on the NPU. Either "
+        f"install a newer kernel (Ubuntu 24.04: '{UBUNTU_HWE_KERNEL}', then reboot), or run with "
+        "--no-busy-check (OV_GENAI_NPU_NO_BUSY_CHECK=1): results then say \"verified\": false."
+    )
 
 
 class BusyCounter:

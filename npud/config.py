@@ -41,6 +41,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     queue_depth: int = 8
     busy_file: str | None = None
     sysfs_root: str = "/sys"
+    dev_accel: str = "/dev/accel"
     busy_check: bool = True
     allow_uids: tuple[int, ...] = ()
     allow_gids: tuple[int, ...] = ()
@@ -62,6 +63,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     write_buffer_bytes: int = 1024 * 1024
     exit_idle_after_s: float | None = None
     stuck_after_s: float = 300.0
+    load_retries: int = 10
+    load_retry_delay_s: float = 5.0
     log_level: str = "INFO"
 
     @property
@@ -134,6 +137,13 @@ def _device(text: str) -> str:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -183,6 +193,8 @@ OPTIONS: tuple[Option, ...] = (
            "npu_busy_time_us file to read",
            default_text="discovered under <sysfs-root>/class/accel"),
     Option("sysfs_root", "--sysfs-root", "SYSFS_ROOT", str, "root of sysfs for NPU discovery"),
+    Option("dev_accel", "--dev-accel", "DEV_ACCEL", str,
+           "directory of the NPU device nodes (accel*), inspected to explain a missing NPU"),
     Option("busy_check", "--no-busy-check", "NO_BUSY_CHECK", lambda s: not _parse_bool(s),
            "NPU only: do not require the busy counter (health reports it disabled)", switch_value=False),
     Option("allow_uids", "--allow-uid", "ALLOW_UID", _parse_id_list,
@@ -226,6 +238,11 @@ OPTIONS: tuple[Option, ...] = (
            default_text="off"),
     Option("stuck_after_s", "--stuck-after", "STUCK_AFTER", _positive_float,
            "a generation running longer than this counts as hung: the systemd watchdog is no longer fed"),
+    Option("load_retries", "--load-retries", "LOAD_RETRIES", _non_negative_int,
+           "retry a model load that failed for a transient reason (NPU lock held, device busy or "
+           "lost) this many times; 0: never"),
+    Option("load_retry_delay_s", "--load-retry-delay", "LOAD_RETRY_DELAY", _positive_float,
+           "seconds before the first load retry; doubled each time, at most 300"),
     Option("log_level", "--log-level", "LOG_LEVEL", lambda s: s.upper(),
            "DEBUG, INFO, WARNING or ERROR"),
 )

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+import platform
 import signal
 import socket
 import time
@@ -23,10 +25,11 @@ from typing import Any
 from npuclient.errors import ShuttingDown
 
 from . import __version__
-from .busy import BusyCounter, BusyCounterError, discover_busy_file
+from .accel import current_groups, inspect_nodes, npu_unavailable_message
+from .busy import BusyCounter, BusyCounterError, discover_npu
 from .config import Config
 from .connlog import ConnectionLog
-from .engine import EngineLoader, StartupError
+from .engine import DeviceUnavailable, EngineLoader, StartupError
 from .http import HttpShim, bind_http_socket, read_token_file
 from .metrics import Metrics
 from .npulock import NpuLock
@@ -62,25 +65,40 @@ class SystemdContext:
     watchdog_interval_s: float | None = None
 
 
-def prepare_busy_counter(config: Config) -> BusyCounter | None:
-    """On the NPU the busy counter is required (unless disabled); elsewhere it is not used."""
+def prepare_busy_counter(config: Config, kernel_release: str = "") -> BusyCounter | None:
+    """On the NPU the busy counter is required (unless disabled); elsewhere it is not used.
+
+    The intel_vpu device and its counter are looked for separately, so the message says which
+    one is missing: no device (the driver is not loaded) or no counter (a kernel before 6.11).
+    """
     if not config.is_npu or not config.busy_check:
         return None
-    path = Path(config.busy_file) if config.busy_file else discover_busy_file(config.sysfs_root)
-    if path is None:
-        raise StartupError(
-            f"NPU busy counter npu_busy_time_us not found under {config.sysfs_root}/class/accel "
-            "(it needs the intel_vpu driver of Linux 6.11 or later); without it npud cannot prove "
-            "that jobs ran on the NPU. Pass --no-busy-check to run anyway"
-            + (" (emulated, there is no NPU counter: --no-busy-check, or --busy-file with a synthetic one)."
-               if config.npu_emulation else ".")
-        )
+    if config.busy_file:
+        path = Path(config.busy_file)
+        if not path.exists():
+            raise StartupError(f"NPU busy counter {path} (--busy-file) does not exist")
+    else:
+        found = discover_npu(config.sysfs_root)
+        problem = found.problem(kernel_release)
+        if problem is not None or found.counter is None:
+            emulated = (" Emulated NPU: there is no NPU counter; pass --no-busy-check, or --busy-file "
+                        "with a synthetic one." if config.npu_emulation else "")
+            raise StartupError(f"NPU busy counter npu_busy_time_us not found: {problem}{emulated}")
+        path = found.counter
     counter = BusyCounter(path)
     try:
         counter.read()
     except BusyCounterError as exc:
         raise StartupError(f"NPU busy counter unusable: {exc}") from None
     return counter
+
+
+def explain_missing_device(config: Config, exc: DeviceUnavailable) -> str:
+    """Why OpenVINO lists no NPU, from the device nodes, their access and this process's groups."""
+    if not config.is_npu:
+        return str(exc)
+    nodes = inspect_nodes(Path(config.dev_accel))
+    return npu_unavailable_message(nodes, current_groups(), discover_npu(config.sysfs_root), exc.devices)
 
 
 @dataclass
@@ -150,10 +168,13 @@ class Daemon:
         self.http_shim = (HttpShim(self.dispatcher, config, listeners.http_token, listeners.http.getsockname())
                           if listeners.http is not None else None)
         self.systemd = systemd or SystemdContext()
+        #: On the NPU without the busy counter: say so wherever the owner looks (log, STATUS).
+        self._unverified = config.is_npu and busy_counter is None
         self.exit_code = EXIT_OK
         self._background: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.AbstractServer] = []
         self._stop: asyncio.Event | None = None
+        self._status_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -186,6 +207,9 @@ class Daemon:
     async def serve(self, on_ready: Callable[[], None] | None = None, handle_signals: bool = False) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        self._status_event = status_event = asyncio.Event()
+        loop = self._loop
+        self.worker.on_status_change = lambda: _call_soon(loop, status_event.set)
         self.connection_log.attach(self._loop.call_later)
         notifier = self.systemd.notifier
         # Handlers first: a SIGTERM that arrives once we serve (or once the log says "ready",
@@ -199,8 +223,9 @@ class Daemon:
             # Listening first, loading second: health answers "loading" while the model compiles.
             self._log_listening()
             self.worker.start()
-            notifier.notify("READY=1", f"STATUS={self._status_line(self.worker.snapshot())}")
-            self.spawn(self._report_status())
+            first_status = self._status_line(self.worker.snapshot())
+            notifier.notify("READY=1", f"STATUS={first_status}")
+            self.spawn(self._report_status(first_status))
             if self.systemd.watchdog_interval_s is not None:
                 self.spawn(self._feed_watchdog(self.systemd.watchdog_interval_s))
             if self.config.exit_idle_after_s is not None:
@@ -224,20 +249,37 @@ class Daemon:
         http = f", http 127.0.0.1:{self.listeners.http_port}" if self.listeners.http else ""
         log.info("npud %s listening on %s%s (device %s, model %s)",
                  __version__, where, http, self.config.device_label, self.config.model)
+        if self._unverified:
+            log.warning("--no-busy-check: results are not verified to have run on the NPU "
+                        "(they carry \"verified\": false)")
 
     def _status_line(self, snap: WorkerSnapshot) -> str:
+        """systemd's STATUS=: one line (a newline would end the sd_notify field)."""
+        return one_line(self._status_text(snap))
+
+    def _status_text(self, snap: WorkerSnapshot) -> str:
         if snap.status == "loading":
-            return f"loading {self.config.model} on {self.config.device_label}"
+            attempt = f" (attempt {snap.load_attempts})" if snap.load_attempts > 1 else ""
+            return f"loading {self.config.model} on {self.config.device_label}{attempt}"
         if snap.status == "error":
+            if snap.retry_in_s is not None:
+                # Whole seconds: the line is re-sent only when it changes, at most once a second.
+                return (f"model failed to load (attempt {snap.load_attempts}), retrying in "
+                        f"{math.ceil(snap.retry_in_s)}s: {snap.error}")
             return f"model failed to load: {snap.error}"
         running = ", 1 running" if snap.running else ""
         ready = "ready (NPU emulated on the CPU)" if self.config.npu_emulation else "ready"
-        return f"{ready}, {snap.queue_depth} queued{running}, {snap.jobs_served} jobs served, {snap.jobs_failed} failed"
+        unverified = ", NPU use NOT verified (--no-busy-check)" if self._unverified else ""
+        return (f"{ready}, {snap.queue_depth} queued{running}, {snap.jobs_served} jobs served, "
+                f"{snap.jobs_failed} failed{unverified}")
 
-    async def _report_status(self) -> None:
+    async def _report_status(self, last: str = "") -> None:
+        """STATUS= whenever the line changes (checked every second, and at once when the worker
+        reports a load status change); EXTEND_TIMEOUT_USEC while the model loads."""
         notifier = self.systemd.notifier
-        last = ""
         while True:
+            if self._status_event is not None:
+                self._status_event.clear()  # before the snapshot: a later change sets it again
             snap = self.worker.snapshot()
             line = self._status_line(snap)
             if snap.status == "loading":
@@ -246,7 +288,14 @@ class Daemon:
             if line != last:
                 notifier.notify(f"STATUS={line}")
                 last = line
-            await asyncio.sleep(STATUS_INTERVAL_S)
+            # Woken early by a load status change (a failure, a retry): STATUS follows at once.
+            if self._status_event is None:
+                await asyncio.sleep(STATUS_INTERVAL_S)
+                continue
+            try:
+                await asyncio.wait_for(self._status_event.wait(), STATUS_INTERVAL_S)
+            except asyncio.TimeoutError:
+                pass
 
     async def _feed_watchdog(self, interval_s: float) -> None:
         """WATCHDOG=1 only while the worker is alive and not stuck: a hung worker lets it fire."""
@@ -360,6 +409,19 @@ class Daemon:
         return restore
 
 
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines included) collapsed to one space."""
+    return " ".join(text.split())
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """Schedule ``callback`` on ``loop`` from another thread; a closed loop (exiting) is ignored."""
+    try:
+        loop.call_soon_threadsafe(callback)
+    except RuntimeError:
+        pass
+
+
 def run(config: Config, loader: EngineLoader, systemd: SystemdContext | None = None) -> int:
     """Start, serve until told to stop, shut down. Returns the process exit code."""
     systemd = systemd or SystemdContext()
@@ -370,12 +432,15 @@ def run(config: Config, loader: EngineLoader, systemd: SystemdContext | None = N
         namespace_problem = allow_list_problem(*read_id_maps(), config.allow_uids, config.allow_gids)
         if namespace_problem is not None:
             raise StartupError(namespace_problem)
-        loader.preflight(config)
-        busy_counter = prepare_busy_counter(config)
+        try:
+            loader.preflight(config)
+        except DeviceUnavailable as exc:
+            raise StartupError(explain_missing_device(config, exc)) from None
+        busy_counter = prepare_busy_counter(config, platform.release())
         listeners = open_listeners(config, systemd.activated)
     except StartupError as exc:
         log.error("cannot start: %s", exc)
-        systemd.notifier.notify(f"STATUS=cannot start: {exc}")
+        systemd.notifier.notify(f"STATUS=cannot start: {one_line(str(exc))}")
         return EXIT_STARTUP_FAILED
     daemon = Daemon(config, loader, listeners, busy_counter, systemd)
     asyncio.run(daemon.serve(handle_signals=True))

@@ -48,6 +48,14 @@ class StartupError(Exception):
     """The daemon cannot start with this configuration; the message says what to change."""
 
 
+class DeviceUnavailable(StartupError):
+    """OpenVINO does not list the configured device; ``devices`` is what it does list."""
+
+    def __init__(self, message: str, devices: Sequence[str]) -> None:
+        super().__init__(message)
+        self.devices = tuple(devices)
+
+
 class ModelLoadError(Exception):
     """The model could not be loaded (health reports it; the daemon stays up)."""
 
@@ -558,8 +566,9 @@ class OpenVinoLoader:
         # AUTO would quietly pick another device, so only a device OpenVINO lists is accepted.
         if device not in devices:
             hint = " Use --device CPU to run without an NPU." if device == "NPU" else ""
-            raise StartupError(
-                f"device {config.device} is not available (OpenVINO sees: {', '.join(devices) or 'none'}).{hint}"
+            raise DeviceUnavailable(
+                f"device {config.device} is not available (OpenVINO sees: {', '.join(devices) or 'none'}).{hint}",
+                devices,
             )
 
     def load(self, config: Config) -> Engine:

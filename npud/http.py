@@ -251,7 +251,9 @@ def _retry_after(error: ErrorObject) -> int | None:
         millis = QueueFull(error.message, error.data).retry_after_ms
         return max(1, math.ceil((millis or 1000) / 1000))
     if error.code == NotReady.code:
-        return RETRY_NOT_READY_S
+        # A load retry is scheduled: come back when it starts (CONTRACT.md §4, health).
+        retry_in = NotReady(error.message, error.data).retry_in_s
+        return max(1, math.ceil(retry_in)) if retry_in is not None else RETRY_NOT_READY_S
     if error.code == DeviceBusy.code:
         return RETRY_DEVICE_BUSY_S
     if error.code == ShuttingDown.code:

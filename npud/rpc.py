@@ -363,6 +363,8 @@ class Dispatcher:
             error=snap.error if snap.error is not None else UNSET,
             stats=self.metrics.stats(),
             device_info=self._device_info(snap.device_info),
+            load_attempts=snap.load_attempts if snap.load_attempts > 1 or snap.status == "error" else UNSET,
+            retry_in_s=UNSET if snap.retry_in_s is None else snap.retry_in_s,
         )
 
     def _models(self, request: Request, ctx: CallContext) -> ModelsResult:
@@ -464,9 +466,11 @@ class Dispatcher:
             return await asyncio.wait_for(asyncio.shield(job.future), until_deadline)
         except asyncio.TimeoutError:
             pass
+        loading = self.worker.snapshot().status == "loading"
         if self.worker.expire_queued(job):
             # Still queued (behind another job, or while the model loads): withdrawn, answered now.
-            raise DeadlineExceeded(f"deadline of {job.timeout_ms} ms passed while queued",
+            where = "while the model was still loading (an NPU compile can take minutes)" if loading else "while queued"
+            raise DeadlineExceeded(f"deadline of {job.timeout_ms} ms passed {where}",
                                    DeadlineData(job.timeout_ms, "queued"))
         # Taken by the worker: it stops the job (streamer, NPU lock wait) and answers it itself.
         try:

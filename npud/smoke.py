@@ -1,38 +1,67 @@
 """``python -m npud.smoke``: the acceptance check for NPU owners (no daemon needed).
 
-Takes the same flags and OV_GENAI_NPU_* variables as npud. It finds the NPU (or says why not),
-prints driver and compiler versions, loads the configured model twice with the NPU properties
-(the second load should hit the compile cache), runs one ``title`` job with the busy counter read
-around it, and checks that an over-long prompt is refused before the device. Output: a pass/fail
-table on stderr and one JSON object on stdout; the exit status is 1 if any check failed. With
-``--device CPU`` the same steps run and the NPU-only checks are marked skipped. With
-``--npu-emulation`` the NPU pipeline runs on the CPU: the hardware rows (device node, driver) are
-skipped, everything else runs, and the output says ``emulated`` plainly.
+It checks, and warms the compile cache for, the configuration the service will run: it reads the
+service's environment file first (``--env-file``, default ``~/.config/npud/npud.env``, the one the
+user units read; ``/etc/npud/npud.env`` for the system units), then the same flags and
+``OV_GENAI_NPU_*`` variables as npud. It finds the NPU (or says exactly what is missing: the
+device node, access to it, the intel_vpu driver, the user-space driver, the busy counter), loads
+the configured model twice with the NPU properties (the second load should hit the compile
+cache), runs one ``title`` job with the busy counter read around it, and checks that an
+over-long prompt is refused before the device.
+
+Output: a pass/fail table on stderr and one JSON object on stdout, also when a step fails or
+raises; the JSON carries what a problem report needs (versions, kernel, driver and compiler,
+the device nodes and their modes, the busy counter, the env file used). The exit status is 1 if
+any check failed. With ``--device CPU`` the NPU-only checks are marked skipped; with
+``--no-busy-check`` the busy-counter checks are skipped and the JSON says ``"verified": false``.
+With ``--npu-emulation`` the NPU pipeline runs on the CPU: the hardware rows (device node, driver)
+are skipped, everything else runs, and the output says ``emulated`` plainly.
 """
 
 from __future__ import annotations
 
-import grp
+import argparse
 import json
 import os
+import platform
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from npuclient.errors import InvalidParams
 
-from .busy import BusyCounter, BusyCounterError, discover_busy_file, verify_delta
+from . import __version__
+from .accel import AccelNode, Groups, access_problem, current_groups, inspect_nodes, npu_unavailable_message
+from .busy import BusyCounter, BusyCounterError, NpuDiscovery, discover_npu, missing_counter_message, verify_delta
 from .config import ConfigError, Config, load_config
-from .engine import DecodeSettings, Engine, EngineLoader, ModelLoadError, OpenVinoLoader, StartupError, available_devices
+from .engine import (
+    NPU_FACTS,
+    DecodeSettings,
+    Engine,
+    EngineLoader,
+    ModelLoadError,
+    OpenVinoLoader,
+    StartupError,
+    available_devices,
+    decode_compiler_version,
+    read_device_properties,
+)
+from .envfile import EnvFileError, read_env_file
 from .jobs import JOBS
 from .worker import check_prompt_budget
 
 SAMPLE = ("Our team spent the sprint replacing the flaky integration tests of the billing service with "
           "contract tests, which cut the CI time from 40 to 12 minutes.")
 OVER_BUDGET = "Long text for the prompt budget check. " * 400
+#: The user units read this file (``EnvironmentFile=-%E/npud/npud.env``); system units read
+#: ``SYSTEM_ENV_FILE``.
+ENV_FILE_NAME = Path("npud") / "npud.env"
+SYSTEM_ENV_FILE = Path("/etc/npud/npud.env")
+
+PropertyReader = Callable[[str, Sequence[str]], dict[str, Any]]
 
 
 @dataclass
@@ -52,33 +81,76 @@ class Report:
         return "\n".join(f"{status:4}  {name.ljust(width)}  {detail}" for name, status, detail in self.checks)
 
 
+@dataclass
+class Host:
+    """What the check needs from the machine, read at the edge (tests pass synthetic ones)."""
+
+    groups: Groups
+    kernel_release: str
+    access: Callable[[str, int], bool] = os.access
+    device_properties: PropertyReader | None = None
+
+    @classmethod
+    def current(cls) -> Host:
+        return cls(current_groups(), platform.release(), os.access, read_device_properties)
+
+
+def default_env_file(environ: Mapping[str, str]) -> Path:
+    """The environment file of the user units: ``$XDG_CONFIG_HOME/npud/npud.env``."""
+    home = Path(environ.get("HOME", str(Path.home())))
+    return Path(environ.get("XDG_CONFIG_HOME") or home / ".config") / ENV_FILE_NAME
+
+
+def load_env_file(path: Path | None) -> tuple[dict[str, str], dict[str, Any]]:
+    """The variables of the env file, and what the report says about it (names, never values)."""
+    if path is None:
+        return {}, {"path": None, "found": False}
+    info: dict[str, Any] = {"path": str(path), "found": path.is_file()}
+    if not info["found"]:
+        return {}, info
+    try:
+        values, skipped = read_env_file(path)
+    except EnvFileError as exc:
+        return {}, {**info, "error": str(exc)}
+    return values, {**info, "variables": sorted(values), "skipped_invalid_names": skipped}
+
+
+# ---------------------------------------------------------------- the NPU-only checks
+
 EMULATED = "emulated: no NPU hardware"
 
 
-def check_device_node(report: Report, dev_accel: Path, npu: bool, emulated: bool = False) -> None:
-    if not npu or emulated:
-        report.add("device node /dev/accel", None, EMULATED if emulated else "not the NPU")
-        report.add("permissions", None, EMULATED if emulated else "not the NPU")
-        return
-    nodes = sorted(dev_accel.glob("accel*")) if dev_accel.is_dir() else []
-    if not report.add("device node /dev/accel", bool(nodes), ", ".join(map(str, nodes)) or
-                      f"no {dev_accel}/accel*: is the intel_vpu driver loaded (modprobe intel_vpu)?"):
+def check_device_node(report: Report, nodes: Sequence[AccelNode], dev_accel: str, groups: Groups) -> None:
+    if not report.add("device node /dev/accel", bool(nodes), "; ".join(n.describe() for n in nodes) or
+                      f"no {dev_accel}/accel*: the intel_vpu kernel driver is not loaded "
+                      "(sudo modprobe intel_vpu; see the 'intel_vpu driver' row)"):
         report.add("permissions", False, "no device node")
         return
-    usable = [n for n in nodes if os.access(n, os.R_OK | os.W_OK)]
-    groups = {grp.getgrgid(g).gr_name for g in os.getgroups() if _group_exists(g)}
-    detail = "read/write ok" if usable else (
-        "no read/write access: add your user to the 'render' group" + ("" if "render" in groups else
-                                                                       " (you are not in it)"))
-    report.add("permissions", bool(usable), detail)
+    problem = access_problem(nodes, groups)
+    report.add("permissions", problem is None, problem or "read/write ok")
 
 
-def _group_exists(gid: int) -> bool:
+def check_busy_counter(report: Report, config: Config, sysfs: NpuDiscovery, kernel: str) -> BusyCounter | None:
+    """The counter to read around the job, or None (disabled, missing, unreadable)."""
+    if not config.busy_check:
+        report.add("busy counter readable", None,
+                   "disabled by --no-busy-check: results are NOT verified to run on the NPU")
+        return None
+    path = Path(config.busy_file) if config.busy_file else sysfs.counter
+    if path is None:
+        detail = missing_counter_message(sysfs.device, kernel) if sysfs.device else "no intel_vpu device"
+        report.add("busy counter readable", False, detail)
+        return None
+    counter = BusyCounter(path)
     try:
-        grp.getgrgid(gid)
-        return True
-    except KeyError:
-        return False
+        report.add("busy counter readable", counter.read() >= 0, str(path))
+    except BusyCounterError as exc:
+        report.add("busy counter readable", False, str(exc))
+        return None
+    return counter
+
+
+# ---------------------------------------------------------------- the run
 
 
 def load_timed(loader: EngineLoader, config: Config) -> tuple[Engine, float]:
@@ -87,42 +159,60 @@ def load_timed(loader: EngineLoader, config: Config) -> tuple[Engine, float]:
     return engine, (time.perf_counter() - start) * 1000
 
 
-def run(config: Config, loader: EngineLoader, devices: Sequence[str], dev_accel: Path = Path("/dev/accel")) -> tuple[Report, dict[str, Any]]:
+def run(config: Config, loader: EngineLoader, devices: Sequence[str], host: Host) -> tuple[Report, dict[str, Any]]:
+    """Every check; a failing step fails its row and ends the run, the report is always whole."""
     report = Report()
-    npu = config.is_npu
+    out: dict[str, Any] = {"device": config.device, "model": config.model, "busy_check": config.busy_check}
     started = time.perf_counter()
-    out: dict[str, Any] = {"device": config.device, "model": config.model}
-    emulated = config.npu_emulation
+    try:
+        _run_checks(report, out, config, loader, devices, host)
+    except Exception as exc:  # whatever breaks, the owner still gets the table and the JSON
+        report.add("unexpected error", False, f"{type(exc).__name__}: {exc}")
+    out["timing_ms"] = {**out.get("timing_ms", {}), "total": round((time.perf_counter() - started) * 1000, 1)}
+    return report, out
+
+
+def _run_checks(report: Report, out: dict[str, Any], config: Config, loader: EngineLoader,
+                devices: Sequence[str], host: Host) -> None:
+    npu, emulated = config.is_npu, config.npu_emulation
     if emulated:
         out["emulated"] = True
-    check_device_node(report, dev_accel, npu, emulated)
-    busy_path = (Path(config.busy_file) if config.busy_file else discover_busy_file(config.sysfs_root)) if npu else None
-    report.add("intel_vpu driver (sysfs)", bool(busy_path) if npu else None,
-               str(busy_path.parent) if busy_path else ("no intel_vpu device under "
-                                                        f"{config.sysfs_root}/class/accel" if npu else "not the NPU"))
+    nodes = inspect_nodes(Path(config.dev_accel), host.access)
+    sysfs = discover_npu(config.sysfs_root)
+    out["report"] = environment_report(config, nodes, sysfs, host)
+    if npu and not emulated:
+        check_device_node(report, nodes, config.dev_accel, host.groups)
+        report.add("intel_vpu driver (sysfs)", sysfs.device is not None,
+                   str(sysfs.device) if sysfs.device else (sysfs.problem(host.kernel_release) or ""))
+    else:
+        for name in ("device node /dev/accel", "permissions", "intel_vpu driver (sysfs)"):
+            report.add(name, None, EMULATED if emulated else "not the NPU")
     if emulated:
         if not report.add("NPU plugin (emulated on the CPU)", *_emulation_preflight(loader, config)):
-            return report, out
-    elif not report.add(f"OpenVINO lists {config.device}", config.device.upper() in devices,
-                        f"available: {', '.join(devices) or 'none'}"):
-        return report, out
-    counter = BusyCounter(busy_path) if busy_path else None
-    readable = None
-    if npu:
-        try:
-            readable = counter is not None and counter.read() >= 0
-        except BusyCounterError:
-            readable = False
-    report.add("busy counter readable", readable if npu else None,
-               str(busy_path) if busy_path else ("needs Linux 6.11+ intel_vpu" if npu else "not the NPU"))
+            return
+    else:
+        listed = config.device in devices
+        detail = (npu_unavailable_message(nodes, host.groups, sysfs, devices) if npu and not listed
+                  else f"available: {', '.join(devices) or 'none'}")
+        if not report.add(f"OpenVINO lists {config.device}", listed, detail):
+            _record_device_facts(out, config, host)
+            return
+    counter = check_busy_counter(report, config, sysfs, host.kernel_release) if npu else None
+    if not npu:
+        report.add("busy counter readable", None, "not the NPU")
+    # True only once the busy counter proved the title job ran on the NPU (None off the NPU).
+    out["verified"] = False if npu else None
+    out["report"]["busy_counter"]["readable"] = counter is not None
     try:
         _, first_ms = load_timed(loader, config)  # compiles (or finds a blob from an earlier run)
         engine, second_ms = load_timed(loader, config)  # must find this run's blob
     except (ModelLoadError, StartupError) as exc:
         report.add("model load", False, str(exc))
-        return report, out
+        _record_device_facts(out, config, host)
+        return
     info = engine.device_info
     report.add("model load", True, f"{first_ms:.0f} ms, then {second_ms:.0f} ms")
+    out.update(driver_version=info.npu_driver_version, compiler_version=info.npu_compiler_version)
     report.add("driver / compiler version", None if not npu or emulated else bool(info.npu_driver_version),
                EMULATED if emulated else
                f"driver {info.npu_driver_version}, compiler {info.npu_compiler_version}" if npu else "not the NPU")
@@ -133,22 +223,42 @@ def run(config: Config, loader: EngineLoader, devices: Sequence[str], dev_accel:
     report.add("compile cache hit on second load", (hit and faster) if npu else None,
                f"key {cache.key if cache else '-'}, {'hit' if hit else 'miss'}, load {first_ms:.0f} → {second_ms:.0f} ms"
                + ("" if npu else " (the CPU does not use the cache to speed up loads)"))
+    out["compile_cache"] = {"key": cache.key, "hit": cache.hit} if cache else None
+    out["timing_ms"] = {"load": round(first_ms, 1)}
+    _run_title_job(report, out, config, engine, counter)
+
+
+def _run_title_job(report: Report, out: dict[str, Any], config: Config, engine: Engine,
+                   counter: BusyCounter | None) -> None:
+    npu = config.is_npu
     spec = JOBS["title"]
     prompt, prompt_tokens = engine.render_prompt(spec.messages(SAMPLE))
     if prompt_tokens > config.max_prompt_tokens:  # the device would refuse it: say why, do not crash
         report.add("title job", False, f"the sample prompt is {prompt_tokens} tokens, over --max-prompt-len "
                                        f"{config.max_prompt_tokens}")
-        return report, out
-    before = counter.read() if counter and readable else None
+        return
+    before = _read(counter)
     gen_start = time.perf_counter()
-    generation = engine.generate(prompt, DecodeSettings.for_job(spec, spec.default_max_new_tokens), lambda: False)
+    try:
+        generation = engine.generate(prompt, DecodeSettings.for_job(spec, spec.default_max_new_tokens), lambda: False)
+    except Exception as exc:
+        report.add("title job", False, f"generation raised {type(exc).__name__}: {exc}")
+        return
     generate_ms = (time.perf_counter() - gen_start) * 1000
-    after = counter.read() if counter and readable else None
+    after = _read(counter)
     text = spec.postprocess(generation.text).text
     report.add("title job", bool(text), f"{generation.generated_tokens} tokens in {generate_ms:.0f} ms: {text!r}")
-    delta, reason = verify_delta(before, after)
-    report.add("NPU busy delta > 0", (reason is None) if npu else None,
-               f"{delta} µs" + (f" ({reason})" if reason else "") if npu else "not the NPU")
+    if not npu:
+        delta = None
+        report.add("NPU busy delta > 0", None, "not the NPU")
+    elif counter is None:
+        delta = None
+        why = "--no-busy-check" if not config.busy_check else "no busy counter (see 'busy counter readable')"
+        report.add("NPU busy delta > 0", None, f"not verified: {why}")
+    else:
+        delta, reason = verify_delta(before, after)
+        report.add("NPU busy delta > 0", reason is None, f"{delta} µs" + (f" ({reason})" if reason else ""))
+        out["verified"] = reason is None
     _, over = engine.render_prompt(spec.messages(OVER_BUDGET))
     try:
         check_prompt_budget(over, config.max_prompt_tokens)
@@ -159,15 +269,79 @@ def run(config: Config, loader: EngineLoader, devices: Sequence[str], dev_accel:
                f"{over} tokens vs MAX_PROMPT_LEN {config.max_prompt_tokens}")
     out.update({
         "text": text,
-        "timing_ms": {"load": round(first_ms, 1), "generate": round(generate_ms, 1),
-                      "total": round((time.perf_counter() - started) * 1000, 1)},
-        "npu_busy_delta_us": delta if npu else None,
+        "npu_busy_delta_us": delta,
         "tokens": {"prompt": prompt_tokens, "generated": generation.generated_tokens},
-        "driver_version": info.npu_driver_version,
-        "compiler_version": info.npu_compiler_version,
-        "compile_cache": {"key": cache.key, "hit": cache.hit} if cache else None,
     })
-    return report, out
+    out["timing_ms"]["generate"] = round(generate_ms, 1)
+
+
+def _read(counter: BusyCounter | None) -> int | None:
+    if counter is None:
+        return None
+    try:
+        return counter.read()
+    except BusyCounterError:
+        return None
+
+
+def _record_device_facts(out: dict[str, Any], config: Config, host: Host) -> None:
+    """Driver and compiler versions straight from OpenVINO when no model loaded (best effort)."""
+    if not config.is_npu or host.device_properties is None:
+        return
+    try:
+        props = host.device_properties(config.device, NPU_FACTS)
+    except Exception:
+        return
+    out.setdefault("driver_version", props.get("NPU_DRIVER_VERSION"))
+    out.setdefault("compiler_version", decode_compiler_version(props.get("NPU_COMPILER_VERSION")))
+
+
+def environment_report(config: Config, nodes: Sequence[AccelNode], sysfs: NpuDiscovery, host: Host) -> dict[str, Any]:
+    """What a problem report needs besides the table: versions, kernel, nodes, groups, counter."""
+    counter = Path(config.busy_file) if config.busy_file else sysfs.counter
+    return {
+        "npud_version": __version__,
+        "openvino_version": _version_of("openvino"),
+        "genai_version": _version_of("openvino_genai"),
+        "python": platform.python_version(),
+        "kernel": host.kernel_release,
+        "dev_accel": [asdict(node) for node in nodes],
+        "groups": {"user": host.groups.user, "process": sorted(host.groups.process),
+                   "configured": sorted(host.groups.configured)},
+        "sysfs": {"accel_devices": [list(entry) for entry in sysfs.accel_devices],
+                  "intel_vpu_device": str(sysfs.device) if sysfs.device else None},
+        "busy_counter": {"path": str(counter) if counter else None,
+                         "present": bool(counter and counter.exists()), "readable": None},
+    }
+
+
+def _version_of(module: str) -> str | None:
+    try:
+        return str(__import__(module).__version__)
+    except Exception:
+        return None
+
+
+# ---------------------------------------------------------------- the command
+
+
+def parse_smoke_args(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[Path | None, list[str]]:
+    """``--env-file PATH`` (``none`` to read no file) and everything else for npud's own parser."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--env-file", default=None)
+    known, rest = parser.parse_known_args(list(argv))
+    if known.env_file is None:
+        return default_env_file(environ), rest
+    return (None if known.env_file == "none" else Path(known.env_file)), rest
+
+
+USAGE = """\
+usage: python -m npud.smoke [--env-file PATH|none] [npud options]
+
+The NPU acceptance check. Reads the service's environment file first (default
+~/.config/npud/npud.env, the one the user units read; /etc/npud/npud.env for the system
+units), then npud's flags and OV_GENAI_NPU_* variables (see npud --help), which win.
+"""
 
 
 def _emulation_preflight(loader: EngineLoader, config: Config) -> tuple[bool, str]:
@@ -180,25 +354,41 @@ def _emulation_preflight(loader: EngineLoader, config: Config) -> tuple[bool, st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:
+        sys.stdout.write(USAGE)
+        return 0
+    env_path, rest = parse_smoke_args(args, os.environ)
+    values, env_info = load_env_file(env_path)
+    # The service's process gets every variable of the file (ZE_INTEL_NPU_CACHE_DIR for the NPU
+    # driver too), and not this shell's: the file wins over the shell, flags win over both.
+    os.environ.update(values)
     try:
-        config = load_config(argv, os.environ)
+        config = load_config(rest, os.environ)
     except ConfigError as exc:
         sys.stderr.write(f"npud.smoke: {exc}\n")
         return 2
     try:
         devices = available_devices()
-    except RuntimeError as exc:
+    except Exception as exc:
         devices = []
         sys.stderr.write(f"npud.smoke: OpenVINO could not list devices: {exc}\n")
-    report, out = run(config, OpenVinoLoader(), devices)
+    report, out = run(config, OpenVinoLoader(), devices, Host.current())
+    out.setdefault("report", {})["env_file"] = env_info
+    if "error" in env_info:
+        report.add("environment file", False, env_info["error"])
+    emit(report, out)
+    return 1 if report.failed else 0
+
+
+def emit(report: Report, out: dict[str, Any]) -> None:
     out["checks"] = [{"check": name, "status": status, "detail": detail} for name, status, detail in report.checks]
     out["ok"] = not report.failed
-    if config.npu_emulation:
+    if out.get("emulated"):
         sys.stderr.write("NPU emulated on the CPU (--npu-emulation): the NPU code path for real, "
                          "but no NPU hardware, driver, compiler or timings\n")
     sys.stderr.write(report.table() + "\n")
     sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
-    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":

@@ -59,6 +59,40 @@ SERVICE_TIME_SMOOTHING = 0.3
 # but never less than this, so a hint is never "retry now" while the worker is busy.
 MIN_SERVICE_ESTIMATE_MS = 100.0
 
+# Load retries: the delay doubles from --load-retry-delay up to this cap. With the defaults (5 s,
+# 10 retries) the last attempt starts about 25 minutes after the first failure, long enough to
+# outlast another service holding the NPU at login or an NPU that comes back after a reset,
+# short enough that a broken setup ends in a plain `error`, not in endless log lines.
+LOAD_RETRY_MAX_DELAY_S = 300.0
+# Load failures worth another attempt: the device was busy, lost or asleep, which goes away by
+# itself. Matched against the loader's message (OpenVINO reports Level Zero results by name, e.g.
+# "L0 zeFenceHostSynchronize result: ZE_RESULT_ERROR_DEVICE_LOST, code 0x70000001 - device hung,
+# reset, was removed, or driver update occurred"). Anything else (a missing or corrupt model, an
+# unwritable cache, a model the NPU compiler rejects) fails the same way every time: no retry.
+TRANSIENT_LOAD_FAILURES = (
+    "ZE_RESULT_ERROR_DEVICE_LOST",
+    "ZE_RESULT_ERROR_DEVICE_IN_LOW_POWER_STATE",
+    "ZE_RESULT_NOT_READY",
+    "ZE_RESULT_ERROR_OUT_OF_DEVICE_MEMORY",
+    "device or resource busy",
+    "EBUSY",
+)
+
+
+def is_transient_load_failure(exc: BaseException) -> bool:
+    """Whether a failed load may succeed if tried again later (see TRANSIENT_LOAD_FAILURES)."""
+    if isinstance(exc, LockTimeout):
+        return True  # another process holds the NPU; it lets go eventually
+    if isinstance(exc, ModelLoadError):
+        text = str(exc).lower()
+        return any(marker.lower() in text for marker in TRANSIENT_LOAD_FAILURES)
+    return False
+
+
+def load_retry_delay(first_s: float, retry: int) -> float:
+    """Seconds before retry number ``retry`` (1-based): first_s, doubled each time, capped."""
+    return float(min(first_s * 2.0 ** (retry - 1), LOAD_RETRY_MAX_DELAY_S))
+
 
 @dataclass
 class Job:
@@ -92,6 +126,10 @@ class WorkerSnapshot:
     load_time_ms: float | None
     model_id: str | None
     device_info: DeviceInfo | None
+    #: Load attempts so far (1 while the first one runs); more than 1 only after a failure.
+    load_attempts: int = 0
+    #: Seconds until the next load attempt, while one is scheduled after a transient failure.
+    retry_in_s: float | None = None
 
 
 def prompt_over_budget(prompt_tokens: int, limit: int) -> InvalidParams:
@@ -133,6 +171,7 @@ class Worker:
         busy_counter: BusyCounter | None,
         npu_lock: NpuLock | None,
         clock: Callable[[], float] = time.monotonic,
+        backoff_wait: Callable[[float], bool] | None = None,
     ) -> None:
         self._config = config
         self._loader = loader
@@ -148,6 +187,8 @@ class Worker:
         self._status: HealthStatus = "loading"
         self._error: str | None = None
         self._load_time_ms: float | None = None
+        self._load_attempts = 0
+        self._retry_at: float | None = None  # worker clock time of the next load attempt
         self._running_since: float | None = None
         self._service_ms: float | None = None
         self._served = 0
@@ -155,6 +196,11 @@ class Worker:
         self._current: Job | None = None  # the job being processed (answered if the worker dies)
         #: Called (from the worker thread) if the worker dies of a bug; the daemon then exits non-zero.
         self.on_crash: Callable[[], None] | None = None
+        #: Called (from the worker thread) when the load status changes, so systemd's STATUS= line
+        #: follows at once rather than at the next periodic refresh.
+        self.on_status_change: Callable[[], None] | None = None
+        #: Waits out a load-retry delay; True means "stop instead" (shutdown). Tests replace it.
+        self._backoff_wait = backoff_wait or self._stopping.wait
 
     # ------------------------------------------------------------ event-loop side
 
@@ -171,7 +217,7 @@ class Worker:
             if self._stopping.is_set():
                 raise ShuttingDown()
             if self._status == "error":
-                raise NotReady("model failed to load", NotReadyData(status="error", error=self._error or UNSET))
+                raise self._not_ready()
             # While the model loads, jobs queue like any other (their deadlines run): a client
             # that started npud through socket activation simply waits for its first answer.
             if len(self._queue) >= self.capacity:
@@ -188,6 +234,22 @@ class Worker:
 
     def now(self) -> float:
         return self._clock()
+
+    def _retry_in_s(self) -> float | None:
+        """Seconds until the scheduled load attempt (caller holds the lock)."""
+        if self._retry_at is None:
+            return None
+        return round(max(0.0, self._retry_at - self._clock()), 1)
+
+    def _not_ready(self) -> NotReady:
+        """The answer to a job while the model is not loaded after a failure (caller holds the lock):
+        with the time of the next attempt when one is scheduled, so a client can come back then."""
+        retry_in = self._retry_in_s()
+        data = NotReadyData(status="error", error=self._error or UNSET,
+                            retry_in_s=UNSET if retry_in is None else retry_in)
+        if retry_in is None:
+            return NotReady("model failed to load", data)
+        return NotReady(f"model failed to load; the next attempt is in {retry_in:g} s", data)
 
     def withdraw(self, job: Job) -> bool:
         """Forget a job whose client went away; a running job stops at its next token (or stops
@@ -291,6 +353,8 @@ class Worker:
                 load_time_ms=self._load_time_ms,
                 model_id=self._engine.model_id if self._engine else None,
                 device_info=self._engine.device_info if self._engine else None,
+                load_attempts=self._load_attempts,
+                retry_in_s=self._retry_in_s(),
             )
 
     def _retry_after_ms(self, ahead: int) -> int:
@@ -309,11 +373,9 @@ class Worker:
 
     def _run(self) -> None:
         try:
-            loaded = self._load()
+            loaded = self._load_with_retries()
             self._load_finished.set()
             if not loaded:
-                self._fail_queued(NotReady("model failed to load",
-                                           NotReadyData(status="error", error=self._error or UNSET)))
                 return
             while True:
                 job = self._next_job()
@@ -335,7 +397,56 @@ class Worker:
             if self.on_crash is not None:
                 self.on_crash()
 
-    def _load(self) -> bool:
+    def _load_with_retries(self) -> bool:
+        """Load the model; after a transient failure try again with backoff, up to --load-retries.
+
+        Between attempts health says ``error`` with ``retry_in_s`` and jobs are refused at once
+        with -32001 naming the next attempt (a backoff can outlast any job deadline); jobs queued
+        during an attempt that fails get the same answer. The wait ends early at shutdown.
+        """
+        retries = 0
+        while True:
+            with self._cond:
+                self._load_attempts += 1
+                self._status, self._retry_at = "loading", None
+            self._status_changed()
+            failure = self._load()
+            self._status_changed()
+            if failure is None:
+                return True
+            message, exc = failure
+            delay = None
+            if is_transient_load_failure(exc) and retries < self._config.load_retries:
+                retries += 1
+                delay = load_retry_delay(self._config.load_retry_delay_s, retries)
+            with self._cond:
+                # One lock section: a job submitted now sees the error and the next attempt together.
+                self._status, self._error = "error", message
+                self._retry_at = None if delay is None else self._clock() + delay
+                queued, error = self._take_queue(), self._not_ready()
+            self._resolve_all(queued, error)
+            self._status_changed()
+            # Logged once health says so: whoever reads the log can then ask health.
+            if isinstance(exc, (ModelLoadError, LockTimeout, LockWaitCancelled)):
+                log.error("model load failed: %s", message)
+            else:
+                log.error("model load failed unexpectedly", exc_info=exc)
+            if delay is None:
+                if retries:
+                    log.error("model load failed %d times; giving up (restart npud to try again)",
+                              self._load_attempts)
+                return False
+            log.warning("model load failed with a transient error; attempt %d of %d in %gs",
+                        retries + 1, self._config.load_retries + 1, delay)
+            if self._backoff_wait(delay) or self._stopping.is_set():
+                return False
+
+    def _status_changed(self) -> None:
+        if self.on_status_change is not None:
+            self.on_status_change()
+
+    def _load(self) -> tuple[str, BaseException] | None:
+        """One load attempt: None on success, else (the message health shows, the exception)."""
         started = self._clock()
         try:
             if self._npu_lock is not None:
@@ -345,21 +456,15 @@ class Worker:
             else:
                 engine = self._loader.load(self._config)
         except (ModelLoadError, LockTimeout, LockWaitCancelled) as exc:
-            with self._cond:
-                self._status, self._error = "error", str(exc)
-            log.error("model load failed: %s", exc)
-            return False
+            return str(exc), exc
         except Exception as exc:  # a loader bug must not leave health saying "loading" forever
-            with self._cond:
-                self._status, self._error = "error", f"{type(exc).__name__}: {exc}"
-            log.exception("model load failed unexpectedly")
-            return False
+            return f"{type(exc).__name__}: {exc}", exc
         with self._cond:
             self._engine = engine
             self._load_time_ms = (self._clock() - started) * 1000
-            self._status = "ready"
+            self._status, self._error = "ready", None
         log.info("model %s ready on %s in %.0f ms", engine.model_id, self._config.device_label, self._load_time_ms)
-        return True
+        return None
 
     def _next_job(self) -> Job | None:
         with self._cond:
@@ -443,6 +548,8 @@ class Worker:
             npu_busy_delta_us=busy_delta,
             candidates=output.candidates if output.candidates is not None else UNSET,
             emulated=True if self._config.npu_emulation else UNSET,
+            # On the NPU without the busy counter (--no-busy-check) nothing proves where it ran.
+            verified=False if self._config.is_npu and self._busy is None else UNSET,
         )
 
     def _max_new_tokens(self, spec: JobSpec, requested: int | None, prompt_tokens: int) -> int:

@@ -238,10 +238,16 @@ def test_npu_without_busy_counter_refuses_unless_disabled(tiny_gguf: Path, tmp_p
     from npud.config import load_config
     from npud.daemon import prepare_busy_counter
 
-    env = {"HOME": str(tmp_path), "OV_GENAI_NPU_SYSFS_ROOT": str(tmp_path / "empty-sys")}
+    from npud.testing.sysfs import make_npu_sysfs
+
+    make_npu_sysfs(tmp_path / "old-kernel-sys", busy_counter=False)  # the device, not the counter
+    env = {"HOME": str(tmp_path), "OV_GENAI_NPU_SYSFS_ROOT": str(tmp_path / "old-kernel-sys")}
     with pytest.raises(StartupError, match="--no-busy-check"):
         prepare_busy_counter(load_config([], env))
     assert prepare_busy_counter(load_config(["--no-busy-check"], env)) is None
+    # No device at all: the driver is not loaded, which --no-busy-check would not fix.
+    with pytest.raises(StartupError, match="modprobe intel_vpu"):
+        prepare_busy_counter(load_config([], {**env, "OV_GENAI_NPU_SYSFS_ROOT": str(tmp_path / "empty-sys")}))
 
 
 def test_npud_process_lifecycle(tiny_gguf: Path, tmp_path: Path) -> None:

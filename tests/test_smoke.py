@@ -1,31 +1,165 @@
-"""The NPU owners' acceptance command: for real on the CPU, and on the emulated NPU (the NPU
-pipeline computing on the CPU)."""
+"""The NPU owners' acceptance command: for real on the CPU and on the emulated NPU (the NPU pipeline
+computing on the CPU), and with synthetic sysfs and /dev trees for the machines it must explain (no
+driver, no access, a kernel without the busy counter, --no-busy-check)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from npud.config import load_config
+from npud.accel import Groups
+from npud.config import Config, load_config
 from npud.engine import OpenVinoLoader
-from npud.smoke import run
-from npud.testing.sysfs import AdvancingBusyCounter
+from npud.smoke import Host, Report, run
+from npud.testing.fake import FakeBehaviour, FakeLoader
+from npud.testing.sysfs import AdvancingBusyCounter, make_npu_sysfs
 
 from .emulated import LONGER_PROMPTS, MODELS, RESPONSE_LEN, Prompts, model_dir, npu_cache  # noqa: F401 (a fixture)
 
-pytestmark = pytest.mark.realmodel
+#: What OpenVINO would report for a real NPU, for the checks that only read properties.
+NPU_PROPERTIES = {
+    "FULL_DEVICE_NAME": "Intel(R) AI Boost",
+    "NPU_DRIVER_VERSION": "1.28.0.20251218",
+    "NPU_COMPILER_VERSION": (7 << 16) | 21,
+}
+
+ME = Groups(user="me", uid=1000, process=frozenset({"me", "render"}), configured=frozenset({"me", "render"}))
+OUTSIDER = Groups(user="me", uid=1000, process=frozenset({"me"}), configured=frozenset({"me"}))
 
 
-def test_smoke_on_cpu_runs_every_step_and_skips_npu_ones(tiny_gguf: Path, tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "npud.smoke", "--device", "CPU", "--model", str(tiny_gguf),
-                           "--cache-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+def host(groups: Groups = ME, usable: bool = True, kernel: str = "6.11.0-19-generic") -> Host:
+    return Host(groups, kernel, access=lambda path, mode: usable,
+                device_properties=lambda device, names: {n: NPU_PROPERTIES[n] for n in names if n in NPU_PROPERTIES})
+
+
+def npu_machine(tmp_path: Path, model: Path | str, *, counter: bool = True, node: bool = True,
+                extra: tuple[str, ...] = ()) -> tuple[Config, Path]:
+    busy = make_npu_sysfs(tmp_path / "sys", busy_counter=counter)
+    dev = tmp_path / "dev" / "accel"
+    dev.mkdir(parents=True)
+    if node:
+        (dev / "accel0").touch()
+    config = load_config(["--device", "NPU", "--model", str(model), "--cache-dir", str(tmp_path / "cache"),
+                          "--sysfs-root", str(tmp_path / "sys"), "--dev-accel", str(dev), *extra],
+                         {"HOME": str(tmp_path)})
+    return config, busy
+
+
+def rows(report: Report) -> dict[str, tuple[str, str]]:
+    return {name: (state, detail) for name, state, detail in report.checks}
+
+
+# ---------------------------------------------------------------- no model needed (fake engine)
+
+
+def test_kernel_without_the_counter_fails_that_row_and_says_what_to_do(tmp_path: Path) -> None:
+    behaviour = FakeBehaviour()
+    config, _ = npu_machine(tmp_path, "fake-model", counter=False)
+    report, out = run(config, FakeLoader(behaviour), ["CPU", "NPU"], host(kernel="6.8.0-45-generic"))
+    table = rows(report)
+    state, detail = table["busy counter readable"]
+    assert state == "FAIL" and "has no npu_busy_time_us" in detail and "this kernel is 6.8.0-45-generic" in detail
+    assert "linux-generic-hwe-24.04" in detail and "--no-busy-check" in detail
+    assert table["intel_vpu driver (sysfs)"][0] == "PASS"  # the device is there: no modprobe advice
+    assert table["NPU busy delta > 0"] == ("SKIP", "not verified: no busy counter (see 'busy counter readable')")
+    assert report.failed and out["verified"] is False
+    assert out["report"]["kernel"] == "6.8.0-45-generic"
+    assert out["report"]["busy_counter"] == {"path": None, "present": False, "readable": False}
+
+
+def test_no_busy_check_is_honoured_and_marked_unverified(tmp_path: Path) -> None:
+    config, _ = npu_machine(tmp_path, "fake-model", counter=False, extra=("--no-busy-check",))
+    report, out = run(config, FakeLoader(FakeBehaviour()), ["CPU", "NPU"], host(kernel="6.8.0-45-generic"))
+    table = rows(report)
+    assert table["busy counter readable"] == (
+        "SKIP", "disabled by --no-busy-check: results are NOT verified to run on the NPU")
+    assert table["NPU busy delta > 0"] == ("SKIP", "not verified: --no-busy-check")
+    # The fake engine reports no driver and no compile cache; nothing else fails.
+    failed = [name for name, state, _ in report.checks if state == "FAIL"]
+    assert failed == ["driver / compiler version", "compile cache hit on second load"], report.table()
+    assert out["verified"] is False and out["busy_check"] is False and out["npu_busy_delta_us"] is None
+
+
+def test_device_without_access_is_explained(tmp_path: Path) -> None:
+    config, _ = npu_machine(tmp_path, "fake-model")
+    report, out = run(config, FakeLoader(), ["CPU"], host(OUTSIDER, usable=False))
+    table = rows(report)
+    node = f"{tmp_path}/dev/accel/accel0"
+    assert table["device node /dev/accel"][0] == "PASS" and table["device node /dev/accel"][1].startswith(node)
+    state, detail = table["permissions"]
+    assert state == "FAIL" and "cannot open it read/write: your user is not in the" in detail
+    assert "sudo systemctl restart user@1000.service" in detail
+    state, detail = table["OpenVINO lists NPU"]
+    assert state == "FAIL" and detail.startswith("device NPU is not available (OpenVINO sees: CPU): the NPU is "
+                                                 "present but not accessible")
+    assert "--device CPU" not in detail
+    assert out["report"]["dev_accel"][0]["usable"] is False and out["report"]["groups"]["user"] == "me"
+    assert out["driver_version"] == NPU_PROPERTIES["NPU_DRIVER_VERSION"]  # read even though nothing loaded
+
+
+def test_driver_missing_is_explained(tmp_path: Path) -> None:
+    config = load_config(["--device", "NPU", "--model", "fake-model", "--sysfs-root", str(tmp_path / "nothing"),
+                          "--dev-accel", str(tmp_path / "no-dev")], {"HOME": str(tmp_path)})
+    report, _ = run(config, FakeLoader(), ["CPU"], host())
+    table = rows(report)
+    assert table["device node /dev/accel"][0] == "FAIL" and "modprobe intel_vpu" in table["device node /dev/accel"][1]
+    assert table["intel_vpu driver (sysfs)"][0] == "FAIL"
+    assert "'sudo modprobe intel_vpu'" in table["intel_vpu driver (sysfs)"][1]
+    assert table["OpenVINO lists NPU"][1].startswith("device NPU is not available (OpenVINO sees: CPU): there is "
+                                                     "no /dev/accel/accel* node.")
+
+
+def test_a_failing_step_still_gives_the_whole_report(tmp_path: Path) -> None:
+    class BrokenLoader(FakeLoader):
+        def load(self, config: Config) -> Any:
+            raise KeyError("a bug in a loader")
+
+    config, _ = npu_machine(tmp_path, "fake-model")
+    report, out = run(config, BrokenLoader(), ["CPU", "NPU"], host())
+    assert rows(report)["unexpected error"] == ("FAIL", "KeyError: 'a bug in a loader'")
+    assert out["report"]["npud_version"] and "total" in out["timing_ms"]
+    failing = FakeLoader(FakeBehaviour(fail_with=RuntimeError("Infer Request is busy")))
+    report, _ = run(config, failing, ["CPU", "NPU"], host())
+    assert rows(report)["title job"] == ("FAIL", "generation raised RuntimeError: Infer Request is busy")
+
+
+def test_smoke_command_prints_table_and_json_when_the_model_is_missing(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "npud.smoke", "--env-file", "none", "--device", "CPU",
+                           "--model", str(tmp_path / "nope"), "--cache-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    out = json.loads(proc.stdout)
+    status = {c["check"]: c["status"] for c in out["checks"]}
+    assert status["model load"] == "FAIL" and out["ok"] is False
+    assert "FAIL  model load" in proc.stderr
+    report = out["report"]
+    assert report["openvino_version"].startswith("2026.4") and report["genai_version"].startswith("2026.4")
+    assert report["kernel"] == os.uname().release and report["env_file"] == {"path": None, "found": False}
+
+
+# ---------------------------------------------------------------- real models
+
+@pytest.mark.realmodel
+def test_smoke_on_cpu_reads_the_service_env_file(tiny_gguf: Path, tmp_path: Path) -> None:
+    """No flags: the settings come from ~/.config/npud/npud.env, as for the user units."""
+    env_file = tmp_path / "config" / "npud" / "npud.env"
+    env_file.parent.mkdir(parents=True)
+    env_file.write_text(f"# as the user units read it\nOV_GENAI_NPU_DEVICE=CPU\nOV_GENAI_NPU_MODEL={tiny_gguf}\n"
+                        f"OV_GENAI_NPU_CACHE='{tmp_path / 'cache'}'\n")
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+           "OV_GENAI_NPU_DEVICE": "NPU"}  # the shell's value loses: the service would not see it
+    proc = subprocess.run([sys.executable, "-m", "npud.smoke"], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["ok"] is True and out["device"] == "CPU" and out["npu_busy_delta_us"] is None
+    assert out["report"]["env_file"] == {"path": str(env_file), "found": True, "skipped_invalid_names": [],
+                                         "variables": ["OV_GENAI_NPU_CACHE", "OV_GENAI_NPU_DEVICE", "OV_GENAI_NPU_MODEL"]}
     assert set(out["timing_ms"]) == {"load", "generate", "total"} and out["timing_ms"]["load"] > 0
     status = {c["check"]: c["status"] for c in out["checks"]}
     assert status["OpenVINO lists CPU"] == "PASS" and status["title job"] == "PASS"
@@ -34,6 +168,7 @@ def test_smoke_on_cpu_runs_every_step_and_skips_npu_ones(tiny_gguf: Path, tmp_pa
                      "compile cache hit on second load"):
         assert status[npu_only] == "SKIP"
     assert "PASS  title job" in proc.stderr  # the human-readable table
+    assert (tmp_path / "cache" / "compiled").is_dir()  # the cache the env file names was used
 
 
 def emulated_smoke_args(model: str, busy: Path, cache: Path) -> list[str]:
@@ -42,11 +177,12 @@ def emulated_smoke_args(model: str, busy: Path, cache: Path) -> list[str]:
             "--cache-dir", str(cache), "--max-prompt-len", str(budget), "--min-response-len", str(RESPONSE_LEN)]
 
 
+@pytest.mark.realmodel
 def test_smoke_passes_on_the_emulated_npu_and_says_so(tmp_path: Path, npu_cache: Path) -> None:
     """The acceptance command through the real NPU pipeline (computing on the CPU), with a
     synthetic busy counter that advances at every read."""
     with AdvancingBusyCounter.in_sysfs(tmp_path / "sys") as busy:
-        proc = subprocess.run([sys.executable, "-m", "npud.smoke",
+        proc = subprocess.run([sys.executable, "-m", "npud.smoke", "--env-file", "none",
                                *emulated_smoke_args(MODELS[0], busy.path, npu_cache)],
                               capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -56,7 +192,7 @@ def test_smoke_passes_on_the_emulated_npu_and_says_so(tmp_path: Path, npu_cache:
     assert out["driver_version"] is None and out["compiler_version"] is None
     status = {c["check"]: c["status"] for c in out["checks"]}
     assert status == {
-        "device node /dev/accel": "SKIP", "permissions": "SKIP", "intel_vpu driver (sysfs)": "PASS",
+        "device node /dev/accel": "SKIP", "permissions": "SKIP", "intel_vpu driver (sysfs)": "SKIP",
         "NPU plugin (emulated on the CPU)": "PASS", "busy counter readable": "PASS", "model load": "PASS",
         "driver / compiler version": "SKIP", "compile cache hit on second load": "PASS", "title job": "PASS",
         "NPU busy delta > 0": "PASS", "prompt limit enforced before the device": "PASS",
@@ -64,23 +200,12 @@ def test_smoke_passes_on_the_emulated_npu_and_says_so(tmp_path: Path, npu_cache:
     assert "NPU emulated on the CPU (--npu-emulation): " in proc.stderr  # before the table
 
 
-def test_smoke_fails_clearly_without_an_npu(tiny_gguf: Path, tmp_path: Path) -> None:
-    config = load_config(["--device", "NPU", "--model", str(tiny_gguf), "--sysfs-root", str(tmp_path / "nothing")],
-                         {"HOME": str(tmp_path)})
-    report, _ = run(config, OpenVinoLoader(), ["CPU"], dev_accel=tmp_path / "no-dev")
-    rows = {name: (state, detail) for name, state, detail in report.checks}
-    assert report.failed
-    assert rows["device node /dev/accel"][0] == "FAIL" and "modprobe intel_vpu" in rows["device node /dev/accel"][1]
-    assert rows["intel_vpu driver (sysfs)"][0] == "FAIL"
-    assert rows["OpenVINO lists NPU"] == ("FAIL", "available: CPU")
-    assert "model load" not in rows  # nothing was loaded
-
-
+@pytest.mark.realmodel
 def test_smoke_fails_when_the_busy_counter_does_not_grow(tmp_path: Path, npu_cache: Path) -> None:
     model = MODELS[1]
     with AdvancingBusyCounter.in_sysfs(tmp_path / "sys", step=0) as busy:
         config = load_config(emulated_smoke_args(model, busy.path, npu_cache), {"HOME": str(tmp_path)})
-        report, out = run(config, OpenVinoLoader(), ["CPU"], dev_accel=tmp_path / "no-dev")
+        report, out = run(config, OpenVinoLoader(), ["CPU"], host())
     rows = {name: (state, detail) for name, state, detail in report.checks}
     assert rows["NPU busy delta > 0"] == ("FAIL", "0 µs (no_growth)") and report.failed
     assert rows["title job"][0] == "PASS" and out["emulated"] is True

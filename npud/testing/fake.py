@@ -96,6 +96,8 @@ class FakeLoader:
 
     behaviour: FakeBehaviour = field(default_factory=FakeBehaviour)
     load_error: str | None = None
+    #: Raised by the first loads, one per attempt, before ``load_error`` (a failure that clears).
+    load_failures: list[BaseException] = field(default_factory=list)
     load_gate: threading.Event | None = None
     preflight_error: Exception | None = None
     model_id: str = "fake-model"
@@ -110,6 +112,8 @@ class FakeLoader:
         self.behaviour.threads.add(threading.current_thread().name)
         if self.load_gate is not None:
             self.load_gate.wait()
+        if self.load_failures:
+            raise self.load_failures.pop(0)
         if self.load_error is not None:
             raise ModelLoadError(self.load_error)
         info = DeviceInfo(

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Install npud as a system service for the users of this machine (README "Serving other users"):
+# the npud account (sysusers.d), the units in /etc/systemd/system, /etc/npud/npud.env.
+# usage: sudo contrib/install-system-units.sh [--npud PATH] [--root DIR]
+#   --npud PATH  use this npud (outside /home and /root: the unit's ProtectHome= hides them);
+#                default: create the virtual environment /opt/npud and install npud into it
+#   --root DIR   install below DIR and do not touch the running system (no users, no reload)
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+npud="" root=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --npud) npud="$2"; shift 2 ;;
+        --root) root="${2%/}"; shift 2 ;;
+        *) echo "usage: $0 [--npud PATH] [--root DIR]" >&2; exit 2 ;;
+    esac
+done
+if [ -z "$root" ] && [ "$(id -u)" -ne 0 ]; then
+    echo "install-system-units.sh: run it as root (sudo), or with --root DIR" >&2
+    exit 1
+fi
+if [ -z "$npud" ]; then
+    prefix="$root/opt/npud"
+    python="${PYTHON:-python3}"
+    if ! "$python" -m venv "$prefix" >/dev/null 2>&1; then
+        echo "install-system-units.sh: '$python -m venv' failed; on Debian/Ubuntu: sudo apt install python3-venv" >&2
+        exit 1
+    fi
+    "$prefix/bin/python" -m pip --disable-pip-version-check -q install "$repo/npuclient" "$repo"
+    npud="/opt/npud/bin/npud"
+fi
+case "$npud" in
+    /home/*|/root/*)
+        echo "install-system-units.sh: $npud is under /home or /root, which the system unit hides" >&2
+        echo "(ProtectHome=yes); install npud elsewhere, e.g. without --npud (into /opt/npud)" >&2
+        exit 1 ;;
+    /*) ;;
+    *) echo "install-system-units.sh: --npud needs an absolute path" >&2; exit 1 ;;
+esac
+units="$root/etc/systemd/system"
+mkdir -p "$units" "$root/etc/sysusers.d" "$root/etc/npud"
+sed "s|^ExecStart=/usr/bin/env npud|ExecStart=$npud|" "$repo/systemd/system/npud.service" > "$units/npud.service"
+cp "$repo/systemd/system/npud.socket" "$repo/systemd/system/npud-http.socket" "$units/"
+cp "$repo/systemd/system/npud.sysusers.conf" "$root/etc/sysusers.d/npud.conf"
+if [ ! -e "$root/etc/npud/npud.env" ]; then
+    install -m 0644 "$repo/contrib/npud-system.env.example" "$root/etc/npud/npud.env"
+fi
+if [ -z "$root" ]; then
+    systemd-sysusers /etc/sysusers.d/npud.conf
+    # systemd creates these at the first start; the model copy and npud.smoke need them before.
+    install -d -o npud -g npud /var/lib/npud /var/lib/npud/models /var/cache/npud
+    systemctl daemon-reload
+fi
+cat <<MSG
+Installed the system units into $units (ExecStart=$npud).
+Settings: $root/etc/npud/npud.env    Account: npud (in render); clients' group: npud-users
+
+Put the model where the unit looks (or set OV_GENAI_NPU_MODEL in /etc/npud/npud.env):
+  sudo cp -r ~/.local/share/npud/models/Qwen2.5-1.5B-Instruct-int4-ov /var/lib/npud/models/
+  sudo chown -R npud:npud /var/lib/npud/models
+Check it as the service will run it (and warm the compile cache):
+  sudo -u npud $(dirname "$npud")/python -m npud.smoke --env-file /etc/npud/npud.env
+Start (not together with the user units):
+  sudo systemctl enable --now npud.socket npud-http.socket
+Let a user in: sudo usermod -aG npud-users alice, and in /etc/npud/npud.env
+  OV_GENAI_NPU_ALLOW_GID=\$(getent group npud-users | cut -d: -f3)
+MSG

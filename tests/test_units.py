@@ -1,0 +1,231 @@
+"""The shipped units and installers: user units carry nothing a user unit ignores or that turns on
+a private user namespace; the system units carry the hardening, verify clean, and agree with the
+system env file; the installers write verifiable units; bootstrap explains a missing python3-venv;
+the watchdog is fed while the model loads (a first NPU compile takes minutes)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from npud.envfile import read_env_file
+
+from .conftest import REPO, RawConnection, unique_socket
+from .test_systemd import FAKE_DAEMON, NotifyListener, daemon_env
+
+USER_UNITS = sorted((REPO / "systemd").glob("*.s*"))
+SYSTEM_DIR = REPO / "systemd" / "system"
+SYSTEM_UNITS = sorted(SYSTEM_DIR.glob("*.s*[te]"))  # .service, .socket
+HAVE_ANALYZE = shutil.which("systemd-analyze") is not None
+
+# Directives a unit of the per-user service manager cannot honour, from systemd.exec(5) and
+# systemd.resource-control(5). Those needing a mount or other namespace are documented as "only
+# available for system services, or for services running in per-user instances of the service
+# manager in which case PrivateUsers= is implicitly enabled" (older systemd: "... when
+# PrivateUsers= is enabled", i.e. otherwise without effect); either way wrong for npud, whose peer
+# check needs the real uids. Some are "only available for system services and not supported for
+# services running in per-user instances". The device filter (DeviceAllow=, DevicePolicy=) is the
+# system manager's BPF program; a user manager ignores it (systemd issue #23198). And a user
+# manager cannot change its service's identity.
+NAMESPACE_IMPLYING = {
+    "ProtectSystem", "ProtectHome", "ReadWritePaths", "ReadOnlyPaths", "InaccessiblePaths", "ExecPaths",
+    "NoExecPaths", "TemporaryFileSystem", "PrivateTmp", "PrivateDevices", "PrivateNetwork",
+    "NetworkNamespacePath", "PrivateIPC", "IPCNamespacePath", "ProtectHostname", "ProtectClock",
+    "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs", "PrivateMounts", "MountFlags",
+    "RootDirectory", "BindPaths", "BindReadOnlyPaths", "ExtensionDirectories", "PrivateUsers", "PAMName",
+}
+SYSTEM_ONLY = {
+    "RootImage", "RootImageOptions", "RootHash", "RootHashSignature", "RootVerity", "ProtectProc", "ProcSubset",
+    "MountImages", "ExtensionImages", "SecureBits", "ProtectControlGroups", "RemoveIPC", "LogNamespace",
+}
+IGNORED_IN_USER_UNITS = {"DeviceAllow", "DevicePolicy", "User", "Group", "SupplementaryGroups", "DynamicUser",
+                         "AmbientCapabilities", "CapabilityBoundingSet", "IPAddressDeny", "IPAddressAllow"}
+NOT_FOR_USER_UNITS = NAMESPACE_IMPLYING | SYSTEM_ONLY | IGNORED_IN_USER_UNITS
+
+
+def directives(unit: Path) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        match = re.match(r"([A-Za-z]+)=(.*)$", line)
+        if match:
+            found.setdefault(match.group(1), []).append(match.group(2))
+    return found
+
+
+def verify(units: list[Path], user: bool, cwd: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    return subprocess.run(["systemd-analyze", "verify", *(["--user"] if user else []), *map(str, units)],
+                          capture_output=True, text=True, cwd=cwd, env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
+
+
+@pytest.mark.parametrize("unit", USER_UNITS, ids=lambda p: p.name)
+def test_user_units_carry_no_line_a_user_unit_ignores(unit: Path) -> None:
+    assert not set(directives(unit)) & NOT_FOR_USER_UNITS
+
+
+def test_user_services_keep_what_a_user_manager_enforces() -> None:
+    for name in ("npud.service", "openvino-genai-npu-worker.service"):
+        found = directives(REPO / "systemd" / name)
+        for key, value in (("Type", "notify"), ("NoNewPrivileges", "yes"), ("CacheDirectory", "npud"),
+                           ("RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6"), ("WatchdogSec", "120")):
+            assert found[key] == [value], (name, key)
+        assert "PrivateNetwork" not in found and "MemoryDenyWriteExecute" not in found
+
+
+@pytest.mark.skipif(not HAVE_ANALYZE, reason="systemd-analyze is not installed")
+def test_system_units_verify_without_warnings(tmp_path: Path) -> None:
+    assert {u.name for u in SYSTEM_UNITS} == {"npud.service", "npud.socket", "npud-http.socket"}
+    proc = verify(SYSTEM_UNITS, user=False, cwd=SYSTEM_DIR, tmp_path=tmp_path)
+    assert proc.returncode == 0 and proc.stderr == "" and proc.stdout == "", proc.stderr
+
+
+def test_system_service_is_hardened_and_serves_other_users() -> None:
+    found = directives(SYSTEM_DIR / "npud.service")
+    for key, value in (("User", "npud"), ("SupplementaryGroups", "render"), ("ProtectSystem", "strict"),
+                       ("ProtectHome", "yes"), ("PrivateTmp", "yes"), ("DevicePolicy", "closed"),
+                       ("DeviceAllow", "char-accel rw"), ("StateDirectory", "npud"), ("CacheDirectory", "npud"),
+                       ("NoNewPrivileges", "yes"), ("EnvironmentFile", "-/etc/npud/npud.env")):
+        assert found[key] == [value], key
+    # These would break serving other users or the NPU: see the comment in the unit.
+    for absent in ("PrivateUsers", "PrivateNetwork", "PrivateDevices", "MemoryDenyWriteExecute", "DynamicUser"):
+        assert absent not in found
+    socket_unit = directives(SYSTEM_DIR / "npud.socket")
+    assert socket_unit["ListenStream"] == ["@npud"] and socket_unit["FileDescriptorName"] == ["rpc"]
+
+
+def test_system_unit_defaults_and_the_system_env_file_agree() -> None:
+    """npud.smoke reads /etc/npud/npud.env: it must say what the unit does."""
+    unit = dict(value.split("=", 1) for value in directives(SYSTEM_DIR / "npud.service")["Environment"])
+    example, _ = read_env_file(REPO / "contrib" / "npud-system.env.example")
+    assert unit == example
+    assert unit["OV_GENAI_NPU_MODEL"].startswith("/var/lib/npud/")  # StateDirectory=npud
+    assert unit["OV_GENAI_NPU_CACHE"] == "/var/cache/npud"  # CacheDirectory=npud
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers is not installed")
+def test_sysusers_snippet_creates_the_account_in_render(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    proc = subprocess.run(["systemd-sysusers", f"--root={tmp_path}", str(SYSTEM_DIR / "npud.sysusers.conf")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    passwd = (tmp_path / "etc" / "passwd").read_text()
+    assert re.search(r"^npud:x:\d+:\d+:[^:]*:/var/lib/npud:", passwd, re.M)
+    group = (tmp_path / "etc" / "group").read_text()
+    assert re.search(r"^render:x:\d+:npud$", group, re.M) and re.search(r"^npud-users:x:\d+:$", group, re.M)
+
+
+@pytest.mark.skipif(not HAVE_ANALYZE, reason="systemd-analyze is not installed")
+def test_system_installer_writes_verifiable_units(tmp_path: Path) -> None:
+    npud = Path(sys.executable).parent / "npud"
+    root = tmp_path / "root"
+    proc = subprocess.run([str(REPO / "contrib" / "install-system-units.sh"), "--npud", str(npud), "--root", str(root)],
+                          capture_output=True, text=True)
+    if str(npud).startswith(("/home/", "/root/")):
+        assert proc.returncode == 1 and "which the system unit hides" in proc.stderr
+        return
+    assert proc.returncode == 0, proc.stderr
+    units = root / "etc" / "systemd" / "system"
+    assert f"ExecStart={npud}\n" in (units / "npud.service").read_text()
+    assert (root / "etc" / "sysusers.d" / "npud.conf").read_text() == (SYSTEM_DIR / "npud.sysusers.conf").read_text()
+    assert (root / "etc" / "npud" / "npud.env").exists()
+    assert "sudo systemctl enable --now npud.socket npud-http.socket" in proc.stdout
+    checked = verify(sorted(units.iterdir()), user=False, cwd=units, tmp_path=tmp_path)
+    assert checked.returncode == 0 and checked.stderr == "", checked.stderr
+
+
+def test_system_installer_refuses_an_npud_under_home(tmp_path: Path) -> None:
+    proc = subprocess.run([str(REPO / "contrib" / "install-system-units.sh"), "--npud", "/home/me/npud/.venv/bin/npud",
+                           "--root", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "(ProtectHome=yes)" in proc.stderr
+    assert not (tmp_path / "etc").exists()
+
+
+# ---------------------------------------------------------------- the watchdog during a long load
+
+
+def test_watchdog_is_fed_and_health_answers_while_the_model_loads(tmp_path: Path) -> None:
+    """The daemon's side of a long first compile: while the load blocks (fake loader), WATCHDOG=1
+    keeps coming and health says loading; a job sent meanwhile is answered once the model is
+    ready. (The real pipeline releasing the GIL is the emulated NPU's test.)"""
+    listener = NotifyListener()
+    name = unique_socket()
+    loaded = tmp_path / "loaded"
+    env = daemon_env(tmp_path, NOTIFY_SOCKET=listener.name, WATCHDOG_USEC="200000", NPUD_FAKE_LOAD_FILE=str(loaded))
+    proc = subprocess.Popen([*FAKE_DAEMON, "--socket", name, "--no-http"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        listener.wait_for("EXTEND_TIMEOUT_USEC=")
+        for _ in range(3):  # several pings while the load is still blocked
+            listener.wait_for("WATCHDOG=1")
+        with RawConnection.open(name) as conn:
+            assert conn.call("health")["result"]["status"] == "loading"
+            conn.send_json({"jsonrpc": "2.0", "id": 7, "method": "generate", "params": {"job": "title", "input": "x"}})
+            while conn.call("health", request_id="h")["result"]["queue"]["depth"] < 1:
+                pass
+            loaded.touch()
+            reply = conn.read_json()
+            assert reply["id"] == 7 and reply["result"]["job"] == "title"
+    finally:
+        loaded.touch()
+        listener.close()
+        proc.terminate()
+        assert proc.wait(30) == 0
+
+
+def test_a_job_whose_deadline_passes_during_the_load_says_loading(tmp_path: Path) -> None:
+    listener = NotifyListener()
+    name = unique_socket()
+    loaded = tmp_path / "loaded"
+    env = daemon_env(tmp_path, NOTIFY_SOCKET=listener.name, NPUD_FAKE_LOAD_FILE=str(loaded))
+    proc = subprocess.Popen([*FAKE_DAEMON, "--socket", name, "--no-http"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        listener.wait_for("READY=1")
+        with RawConnection.open(name) as conn:
+            reply = conn.call("generate", {"job": "title", "input": "x", "timeout_ms": 200})
+        assert reply["error"] == {
+            "code": -32007,
+            "message": "deadline of 200 ms passed while the model was still loading (an NPU compile can take minutes)",
+            "data": {"timeout_ms": 200, "stage": "queued"}}
+    finally:
+        loaded.touch()
+        listener.close()
+        proc.terminate()
+        assert proc.wait(30) == 0
+
+
+# ---------------------------------------------------------------- bootstrap without python3-venv
+
+FAKE_PYTHON = """#!/bin/sh
+# Like Debian's python3 without python3-venv: `-m venv` leaves a python but no pip, and fails.
+if [ "$1" = "-c" ]; then exit 0; fi
+if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
+    mkdir -p "$3/bin" && ln -sf /bin/false "$3/bin/python" && touch "$3/pyvenv.cfg"
+    echo "The virtual environment was not created successfully because ensurepip is not"
+    echo "available.  On Debian/Ubuntu systems, you need to install the python3-venv"
+    echo "package using the following command."
+    echo ""
+    echo "    apt install python3.12-venv"
+    exit 1
+fi
+exit 2
+"""
+
+
+def test_bootstrap_says_to_install_python3_venv(tmp_path: Path) -> None:
+    fake = tmp_path / "python3"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    venv = tmp_path / "venv"
+    env = {**os.environ, "PYTHON": str(fake), "NPUD_VENV": str(venv)}
+    for _ in range(2):  # the half-made venv of the first run must not fool the second
+        proc = subprocess.run([str(REPO / "contrib" / "bootstrap.sh")], capture_output=True, text=True, env=env)
+        assert proc.returncode == 1
+        assert "sudo apt install python3-venv" in proc.stderr and "Traceback" not in proc.stderr
+        assert not venv.exists()
