@@ -342,8 +342,10 @@ def thread_table(results: dict[str, Any]) -> str:
     for v in results["background"]["variants"]:
         t = v["threads"]
         rows.append((v["label"], f"`{v['command']}`", ", ".join(str(n) for n in t["busy_thread_nice"]) or "—",
-                     str(t["busy_threads"]), str(t["main_thread_nice"])))
-    return markdown(("variant", "command", "nice of working threads", "working threads", "nice of main thread"), rows)
+                     ", ".join(t.get("busy_thread_policy", [])) or "—", str(t["busy_threads"]),
+                     f"{t['main_thread_nice']}, {t.get('main_thread_policy', '?')}"))
+    return markdown(("variant", "command", "nice of working threads", "their policies", "working threads",
+                     "main thread (event loop)"), rows)
 
 
 SECTIONS = ("overhead", "control", "peer", "background", "cold")

@@ -10,10 +10,10 @@
   (the event loop), read while the generation runs.
 
 A variant is a command line in which the word ``npud`` stands for the daemon: words before it
-wrap it (``nice -n 10 npud``), words after it are npud flags (``npud --some-flag 10``). The
-default variants are npud as it is and ``nice -n 10 npud``, the *outside-nice stand-in*: it
-lowers every thread of the daemon, the event loop included, which is not what a built-in
-priority setting would do; it is there to show what the benchmark measures until npud has one.
+wrap it (``nice -n 10 npud``), words after it are npud flags (``npud --worker-nice 19``). The
+default variants are npud with its inference priority off (``--worker-nice 0 --worker-sched
+other``: every thread at the daemon's own priority) and npud with its defaults. ``nice -n 10
+npud`` would lower the event loop too, which is what the built-in setting avoids.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from bench.harness import DaemonProcess, LineClient, Summary, ms, ratio_spread, 
 from bench.workload import INPUTS
 
 QUEUE_FULL = -32000
-DEFAULT_VARIANTS = ("as is=npud", "outside nice 10 (stand-in)=nice -n 10 npud")
+DEFAULT_VARIANTS = ("priority off=npud --worker-nice 0 --worker-sched other", "default=npud")
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class Variant:
 class ThreadStat:
     nice: int
     cpu_ticks: int
+    policy: int = 0  # SCHED_OTHER 0, SCHED_BATCH 3, SCHED_IDLE 5
 
 
 def thread_stats(pid: int) -> dict[int, ThreadStat]:
@@ -82,18 +83,25 @@ def thread_stats(pid: int) -> dict[int, ThreadStat]:
 
 def parse_stat(text: str) -> ThreadStat:
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    # Fields from 3 on follow; utime, stime and nice are fields 14, 15 and 19 (proc(5)).
+    # Fields from 3 on follow; utime, stime, nice and policy are fields 14, 15, 19 and 41 (proc(5)).
     fields = text.rsplit(")", 1)[1].split()
-    return ThreadStat(nice=int(fields[19 - 3]), cpu_ticks=int(fields[14 - 3]) + int(fields[15 - 3]))
+    return ThreadStat(nice=int(fields[19 - 3]), cpu_ticks=int(fields[14 - 3]) + int(fields[15 - 3]),
+                      policy=int(fields[41 - 3]))
+
+
+POLICY_NAMES = {0: "other", 3: "batch", 5: "idle"}
 
 
 def busy_thread_nice(pid: int, before: dict[int, ThreadStat], after: dict[int, ThreadStat],
                      min_ticks: int = 5) -> dict[str, Any]:
     """Nice values of the threads that worked between two samples, and of the main thread."""
-    busy = {tid: s.nice for tid, s in after.items()
+    busy = {tid: s for tid, s in after.items()
             if s.cpu_ticks - before.get(tid, ThreadStat(s.nice, 0)).cpu_ticks >= min_ticks}
-    return {"busy_threads": len(busy), "busy_thread_nice": sorted(set(busy.values())),
-            "main_thread_nice": after[pid].nice if pid in after else None}
+    main = after.get(pid)
+    return {"busy_threads": len(busy), "busy_thread_nice": sorted({s.nice for s in busy.values()}),
+            "busy_thread_policy": sorted({POLICY_NAMES.get(s.policy, str(s.policy)) for s in busy.values()}),
+            "main_thread_nice": main.nice if main else None,
+            "main_thread_policy": POLICY_NAMES.get(main.policy, str(main.policy)) if main else None}
 
 
 # ---------------------------------------------------------------- keeping npud busy

@@ -201,6 +201,16 @@ class DeviceInfo(Struct, kw_only=True):
     compile_cache: Union[CompileCacheInfo, None] = None
 
 
+class WorkerPriority(Struct):
+    """The CPU priority of the inference: the worker thread and every thread OpenVINO made for it
+    (the event loop keeps the daemon's own)."""
+
+    #: Nice value, 0 (normal) to 19 (lowest).
+    nice: int
+    #: Linux scheduling policy: "other" (normal), "batch" or "idle".
+    policy: str
+
+
 class HistogramStats(Struct):
     count: int
     sum: float
@@ -242,6 +252,8 @@ class HealthResult(Struct, omit_defaults=True, kw_only=True):
     load_attempts: Union[int, UnsetType] = UNSET
     #: Seconds until the next load attempt, while one is scheduled after a transient failure.
     retry_in_s: Union[float, UnsetType] = UNSET
+    #: The CPU priority the inference runs at; present once the worker thread has started.
+    worker: Union[WorkerPriority, UnsetType] = UNSET
 
 
 class JobInfo(Struct):

@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import msgspec
 
@@ -21,6 +21,9 @@ from npuclient.protocol import DEFAULT_MAX_PROMPT_TOKENS
 ENV_PREFIX = "OV_GENAI_NPU_"
 DEFAULT_SOCKET = "@npud"
 BUILTIN_SMOLLM2 = "smollm2-135m"
+#: Linux scheduling policies for the inference threads, by the names sched(7) gives them.
+SchedPolicy = Literal["other", "batch", "idle"]
+SCHED_POLICIES: tuple[SchedPolicy, ...] = get_args(SchedPolicy)
 
 
 class ConfigError(Exception):
@@ -65,6 +68,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     stuck_after_s: float = 300.0
     load_retries: int = 10
     load_retry_delay_s: float = 5.0
+    #: CPU priority of the inference (the worker thread and the threads OpenVINO makes for it):
+    #: below the event loop's and the user's programs. See npud/priority.py.
+    worker_nice: int = 10
+    worker_sched: SchedPolicy = "other"
     log_level: str = "INFO"
 
     @property
@@ -142,6 +149,21 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise ValueError("must be 0 or more")
     return value
+
+
+def _nice(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 19:
+        raise ValueError("must be between 0 (normal priority) and 19 (lowest)")
+    return value
+
+
+def _sched_policy(text: str) -> SchedPolicy:
+    value = text.strip().lower()
+    for policy in SCHED_POLICIES:
+        if value == policy:
+            return policy
+    raise ValueError(f"unknown policy {text!r}; choose {', '.join(SCHED_POLICIES)}")
 
 
 def _positive_float(text: str) -> float:
@@ -243,6 +265,12 @@ OPTIONS: tuple[Option, ...] = (
            "lost) this many times; 0: never"),
     Option("load_retry_delay_s", "--load-retry-delay", "LOAD_RETRY_DELAY", _positive_float,
            "seconds before the first load retry; doubled each time, at most 300"),
+    Option("worker_nice", "--worker-nice", "WORKER_NICE", _nice,
+           "nice value of the inference threads, 0 (normal) to 19 (lowest); the event loop keeps "
+           "the daemon's own, so health and the user's programs stay fast while a job runs"),
+    Option("worker_sched", "--worker-sched", "WORKER_SCHED", _sched_policy,
+           "Linux scheduling policy of the inference threads: other (normal), batch, or idle "
+           "(runs only on CPU time nothing else wants)"),
     Option("log_level", "--log-level", "LOG_LEVEL", lambda s: s.upper(),
            "DEBUG, INFO, WARNING or ERROR"),
 )

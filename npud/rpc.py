@@ -365,6 +365,7 @@ class Dispatcher:
             device_info=self._device_info(snap.device_info),
             load_attempts=snap.load_attempts if snap.load_attempts > 1 or snap.status == "error" else UNSET,
             retry_in_s=UNSET if snap.retry_in_s is None else snap.retry_in_s,
+            worker=UNSET if snap.priority is None else snap.priority,
         )
 
     def _models(self, request: Request, ctx: CallContext) -> ModelsResult:

@@ -43,6 +43,7 @@ from npuclient.protocol import (
     NotVerifiedData,
     QueueFullData,
     TokenCounts,
+    WorkerPriority,
 )
 
 from .busy import BusyCounter, BusyCounterError, verify_delta
@@ -50,6 +51,7 @@ from .config import Config
 from .engine import DecodeSettings, Engine, EngineLoader, Generation, ModelLoadError, PromptTooLong
 from .jobs import JobSpec
 from .npulock import LockTimeout, LockWaitCancelled, NpuLock
+from .priority import lower_this_thread
 
 log = logging.getLogger("npud.worker")
 
@@ -130,6 +132,8 @@ class WorkerSnapshot:
     load_attempts: int = 0
     #: Seconds until the next load attempt, while one is scheduled after a transient failure.
     retry_in_s: float | None = None
+    #: The CPU priority the inference runs at, once the worker thread has set it.
+    priority: WorkerPriority | None = None
 
 
 def prompt_over_budget(prompt_tokens: int, limit: int) -> InvalidParams:
@@ -194,6 +198,8 @@ class Worker:
         self._served = 0
         self._failed = 0
         self._current: Job | None = None  # the job being processed (answered if the worker dies)
+        self._priority: WorkerPriority | None = None
+        self._priority_applied = threading.Event()
         #: Called (from the worker thread) if the worker dies of a bug; the daemon then exits non-zero.
         self.on_crash: Callable[[], None] | None = None
         #: Called (from the worker thread) when the load status changes, so systemd's STATUS= line
@@ -206,6 +212,8 @@ class Worker:
 
     def start(self) -> None:
         self._thread.start()
+        # A few system calls away: health reports the priority from its first answer on.
+        self._priority_applied.wait()
 
     @property
     def capacity(self) -> int:
@@ -355,6 +363,7 @@ class Worker:
                 device_info=self._engine.device_info if self._engine else None,
                 load_attempts=self._load_attempts,
                 retry_in_s=self._retry_in_s(),
+                priority=self._priority,
             )
 
     def _retry_after_ms(self, ahead: int) -> int:
@@ -373,6 +382,7 @@ class Worker:
 
     def _run(self) -> None:
         try:
+            self._lower_priority()
             loaded = self._load_with_retries()
             self._load_finished.set()
             if not loaded:
@@ -396,6 +406,16 @@ class Worker:
                 _resolve(current, error)
             if self.on_crash is not None:
                 self.on_crash()
+
+    def _lower_priority(self) -> None:
+        """Before anything loads: OpenVINO's threads (made during the load) and the GGUF converter
+        child inherit this thread's priority; retried loads run on it, so it is set only once."""
+        try:
+            priority = lower_this_thread(self._config.worker_nice, self._config.worker_sched)
+            with self._cond:
+                self._priority = priority
+        finally:
+            self._priority_applied.set()
 
     def _load_with_retries(self) -> bool:
         """Load the model; after a transient failure try again with backoff, up to --load-retries.

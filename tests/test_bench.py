@@ -67,18 +67,21 @@ def test_bad_cli_variant_and_section_are_usage_errors(capsys: pytest.CaptureFixt
     assert "nonsense" in capsys.readouterr().err
 
 
-def test_parse_stat_reads_nice_and_cpu_after_an_awkward_name() -> None:
-    # proc(5): pid (comm) state ppid … utime(14) stime(15) … nice(19); comm may hold ") (" and spaces.
+def test_parse_stat_reads_nice_cpu_and_policy_after_an_awkward_name() -> None:
+    # proc(5): pid (comm) state ppid … utime(14) stime(15) … nice(19) … policy(41); comm may hold
+    # ") (" and spaces.
     fields = ["S"] + [str(n) for n in range(4, 53)]
-    fields[14 - 3], fields[15 - 3], fields[19 - 3] = "120", "30", "10"
+    fields[14 - 3], fields[15 - 3], fields[19 - 3], fields[41 - 3] = "120", "30", "10", "3"
     stat = parse_stat("4242 (py) (thread x) " + " ".join(fields))
-    assert stat == ThreadStat(nice=10, cpu_ticks=150)
+    assert stat == ThreadStat(nice=10, cpu_ticks=150, policy=3)
 
 
 def test_busy_thread_nice_counts_threads_that_worked() -> None:
     before = {1: ThreadStat(0, 100), 2: ThreadStat(10, 0), 3: ThreadStat(10, 50)}
-    after = {1: ThreadStat(0, 101), 2: ThreadStat(10, 40), 3: ThreadStat(10, 90), 4: ThreadStat(5, 20)}
-    assert busy_thread_nice(1, before, after) == {"busy_threads": 3, "busy_thread_nice": [5, 10], "main_thread_nice": 0}
+    after = {1: ThreadStat(0, 101), 2: ThreadStat(10, 40, 5), 3: ThreadStat(10, 90, 5), 4: ThreadStat(5, 20, 3)}
+    assert busy_thread_nice(1, before, after) == {
+        "busy_threads": 3, "busy_thread_nice": [5, 10], "busy_thread_policy": ["batch", "idle"],
+        "main_thread_nice": 0, "main_thread_policy": "other"}
 
 
 def test_every_job_has_enough_distinct_inputs_to_rotate() -> None:

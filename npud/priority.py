@@ -1,0 +1,63 @@
+"""The inference's CPU priority: below the event loop's and below the user's own programs.
+
+On Linux the nice value and the scheduling policy belong to a *thread*, and a thread inherits
+both from the thread that creates it (and a child process from the thread that forks it).
+OpenVINO creates its inference threads while the pipeline is constructed (measured: the CPU
+plugin's and the emulated NPU pipeline's threads all appear during the load, none during
+generate, and take the constructing thread's nice), and GenAI's streamer thread is made by the
+thread that calls generate. So the worker thread lowers its own priority once, before it loads
+anything: every thread OpenVINO makes for it, and the GGUF converter child it starts, run at
+the lower priority; the event loop's thread is never touched.
+
+Lowering is one-way for an unprivileged process (raising the priority back needs
+CAP_SYS_NICE), so :func:`lower_this_thread` only ever lowers: a level at or below the current
+one (npud started under ``nice -n 15``, or a load retried on the same thread) is a no-op, and
+a refusal is logged, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from npuclient.protocol import WorkerPriority
+
+from .config import SchedPolicy
+
+log = logging.getLogger("npud.priority")
+
+#: The Linux policies by the names npud uses (sched(7)). ``other`` is the normal time-sharing
+#: policy; ``batch`` is the same share but never preempts a thread that wakes up; ``idle`` runs
+#: only on CPU time nobody else wants (a share far below nice 19).
+_POLICY_IDS: dict[SchedPolicy, int] = {"other": os.SCHED_OTHER, "batch": os.SCHED_BATCH, "idle": os.SCHED_IDLE}
+_POLICY_NAMES: dict[int, str] = {value: name for name, value in _POLICY_IDS.items()}
+
+
+def thread_priority(tid: int) -> WorkerPriority:
+    """The nice value and policy a thread runs with now (``tid``: a native thread id)."""
+    policy = os.sched_getscheduler(tid)
+    return WorkerPriority(nice=os.getpriority(os.PRIO_PROCESS, tid),
+                          policy=_POLICY_NAMES.get(policy, str(policy)))
+
+
+def lower_this_thread(nice: int, policy: SchedPolicy) -> WorkerPriority:
+    """Lower the calling thread to ``nice`` and ``policy`` (only ever down); return what applies.
+
+    ``other`` leaves the policy as it is: it never asks for a change, so it cannot fail.
+    """
+    tid = threading.get_native_id()
+    current = os.getpriority(os.PRIO_PROCESS, tid)
+    if nice > current:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except OSError as exc:
+            log.warning("cannot lower the worker's priority to nice %d: %s", nice, exc.strerror)
+    if policy != "other" and os.sched_getscheduler(tid) != _POLICY_IDS[policy]:
+        try:
+            # pid 0 is the calling thread; the static priority of these policies is always 0.
+            os.sched_setscheduler(0, _POLICY_IDS[policy], os.sched_param(0))
+        except OSError as exc:
+            log.warning("cannot set the worker's scheduling policy to %s: %s", policy, exc.strerror)
+    applied = thread_priority(tid)
+    log.info("inference runs at nice %d, policy %s", applied.nice, applied.policy)
+    return applied
