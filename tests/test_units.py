@@ -229,3 +229,17 @@ def test_bootstrap_says_to_install_python3_venv(tmp_path: Path) -> None:
         assert proc.returncode == 1
         assert "sudo apt install python3-venv" in proc.stderr and "Traceback" not in proc.stderr
         assert not venv.exists()
+
+
+def test_units_lower_the_service_not_its_event_loop() -> None:
+    """Background priority: the user units sit in background.slice (cgroup weight 30 against the
+    user's apps, systemd.special(7)), the system unit has a low CPUWeight=; none sets Nice= or a
+    scheduling policy, which would lower the event loop with the inference (npud lowers only the
+    inference threads itself, OV_GENAI_NPU_WORKER_NICE)."""
+    for name in ("npud.service", "openvino-genai-npu-worker.service"):
+        found = directives(REPO / "systemd" / name)
+        assert found["Slice"] == ["background.slice"], name
+    system = directives(SYSTEM_DIR / "npud.service")
+    assert system["CPUWeight"] == ["30"]
+    for unit in (*USER_UNITS, *SYSTEM_UNITS):
+        assert not {"Nice", "CPUSchedulingPolicy", "CPUSchedulingPriority"} & set(directives(unit)), unit.name
