@@ -301,7 +301,9 @@ def table(results: dict[str, Any]) -> str:
                 (f"health p99 during generation ÷ idle [{v['label']}]",
                  f"{h['ratio_p99']:.2f} ({h['busy_ms_p99']:.2f} vs {h['idle_ms_p99']:.2f} ms)", "≤ 2"),
                 (f"CPU-bound foreground, npud generating ÷ idle [{v['label']}]",
-                 f"{spread(f['slowdown'])} ({f['busy_ms_p50']:.0f} vs {f['idle_ms_p50']:.0f} ms)", "—"),
+                 f"{spread(f['slowdown'])} ({f['busy_ms_p50']:.0f} vs {f['idle_ms_p50']:.0f} ms; "
+                 f"npud {f.get('npud_jobs_per_s', 0):.1f} jobs/s meanwhile, {h.get('npud_jobs_per_s', 0):.1f} without it)",
+                 "—"),
             ]
     if "cold_start" in results:
         cold, mem = results["cold_start"], results["memory"]

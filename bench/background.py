@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,10 @@ class Busy:
         self.threads: list[threading.Thread] = []
         self.errors: list[str] = []
         self.done = 0
+        #: Seconds spent generating (between start and stop): with ``done``, npud's job rate, which
+        #: says whether it really ran (a lowered npud on a machine busy with other work may not).
+        self.busy_s = 0.0
+        self._since = 0.0
 
     def _loop(self, offset: int) -> None:
         client = LineClient(self.socket)
@@ -141,6 +145,7 @@ class Busy:
 
     def start(self, health: LineClient) -> None:
         self.stop_event.clear()
+        self._since = time.monotonic()
         self.threads = [threading.Thread(target=self._loop, args=(k,), daemon=True) for k in range(self.clients)]
         for thread in self.threads:
             thread.start()
@@ -155,6 +160,7 @@ class Busy:
         self.stop_event.set()
         for thread in self.threads:
             thread.join()
+        self.busy_s += time.monotonic() - self._since
         if self.errors:
             raise RuntimeError(f"npud failed to generate: {self.errors[0]}")
 
@@ -185,26 +191,43 @@ def in_states(states: Sequence[bool], busy: Busy, health: LineClient, measure: C
             busy.stop()
 
 
-def health_busy_vs_idle(socket: str, n: int, blocks: int = 4) -> dict[str, Any]:
-    """health round trips while npud generates ÷ idle, in alternating blocks (idle, busy, busy, idle…)."""
+@dataclass
+class HealthSamples:
+    """health round trips (ns) while npud was idle and while it generated, over all rounds."""
+
+    idle_ns: list[int] = field(default_factory=list)
+    busy_ns: list[int] = field(default_factory=list)
+    jobs: int = 0
+    busy_s: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        a, b = Summary.of([ms(t) for t in self.idle_ns]), Summary.of([ms(t) for t in self.busy_ns])
+        return {"idle_ms_p50": a.p50, "idle_ms_p99": a.p99, "busy_ms_p50": b.p50, "busy_ms_p99": b.p99,
+                "ratio_p99": b.p99 / a.p99, "ratio_p50": b.p50 / a.p50, "n": a.n + b.n,
+                "npud_jobs_per_s": self.jobs / self.busy_s if self.busy_s else 0.0}
+
+
+def health_busy_vs_idle(socket: str, n: int, blocks: int = 4, into: HealthSamples | None = None) -> HealthSamples:
+    """health round trips while npud generates and idle, in alternating blocks (idle, busy, busy, idle…)."""
+    samples = into or HealthSamples()
     client = LineClient(socket)
     request = client.request_bytes("health")
     for _ in range(50):
         client.roundtrip(request)
-    idle_ns: list[int] = []
-    busy_ns: list[int] = []
     per_block = max(1, n // blocks)
 
     def measure(state: bool) -> None:
-        (busy_ns if state else idle_ns).extend(timed(lambda: client.roundtrip(request)) for _ in range(per_block))
+        target = samples.busy_ns if state else samples.idle_ns
+        target.extend(timed(lambda: client.roundtrip(request)) for _ in range(per_block))
 
+    busy = Busy(socket)
     try:
-        in_states(block_states(blocks), Busy(socket), client, measure)
+        in_states(block_states(blocks), busy, client, measure)
     finally:
         client.close()
-    a, b = Summary.of([ms(t) for t in idle_ns]), Summary.of([ms(t) for t in busy_ns])
-    return {"idle_ms_p50": a.p50, "idle_ms_p99": a.p99, "busy_ms_p50": b.p50, "busy_ms_p99": b.p99,
-            "ratio_p99": b.p99 / a.p99, "ratio_p50": b.p50 / a.p50, "n": a.n + b.n}
+    samples.jobs += busy.done
+    samples.busy_s += busy.busy_s
+    return samples
 
 
 def block_states(count: int) -> list[bool]:
@@ -231,6 +254,7 @@ class Foreground:
     """A CPU-bound single-threaded Python process, kept alive between runs (no start-up in the timing)."""
 
     def __init__(self, iterations: int) -> None:
+        self.iterations = iterations
         self.proc = subprocess.Popen([sys.executable, "-c", FOREGROUND, str(iterations)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
@@ -248,22 +272,37 @@ class Foreground:
         self.proc.wait(10)
 
 
-def foreground_slowdown(socket: str, pairs: int, iterations: int) -> dict[str, Any]:
-    """Wall time of the fixed workload while npud generates ÷ while it is idle, per pair."""
-    foreground = Foreground(iterations)
+@dataclass
+class ForegroundSamples:
+    """Wall times (ms) of the foreground workload, in pairs: npud idle, npud generating."""
+
+    idle_ms: list[float] = field(default_factory=list)
+    busy_ms: list[float] = field(default_factory=list)
+    jobs: int = 0
+    busy_s: float = 0.0
+    iterations: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {"idle_ms_p50": Summary.of(self.idle_ms).p50, "busy_ms_p50": Summary.of(self.busy_ms).p50,
+                "slowdown": ratio_spread(self.busy_ms, self.idle_ms), "pairs": len(self.busy_ms),
+                "iterations": self.iterations, "npud_jobs_during": self.jobs,
+                "npud_jobs_per_s": self.jobs / self.busy_s if self.busy_s else 0.0}
+
+
+def foreground_slowdown(socket: str, pairs: int, foreground: Foreground,
+                        into: ForegroundSamples | None = None) -> ForegroundSamples:
+    """Wall time of the fixed workload while npud generates and while it is idle, in pairs."""
+    samples = into or ForegroundSamples(iterations=foreground.iterations)
     health = LineClient(socket)
     busy = Busy(socket)
-    idle_ms: list[float] = []
-    busy_ms: list[float] = []
     try:
-        foreground.run()  # warm-up
-        in_states(block_states(pairs), busy, health, lambda state: (busy_ms if state else idle_ms).append(foreground.run()))
+        in_states(block_states(pairs), busy, health,
+                  lambda state: (samples.busy_ms if state else samples.idle_ms).append(foreground.run()))
     finally:
         health.close()
-        foreground.stop()
-    return {"idle_ms_p50": Summary.of(idle_ms).p50, "busy_ms_p50": Summary.of(busy_ms).p50,
-            "slowdown": ratio_spread(busy_ms, idle_ms), "pairs": len(busy_ms), "iterations": iterations,
-            "npud_jobs_during": busy.done}
+    samples.jobs += busy.done
+    samples.busy_s += busy.busy_s
+    return samples
 
 
 def thread_priorities(daemon: DaemonProcess) -> dict[str, Any]:
@@ -282,24 +321,54 @@ def thread_priorities(daemon: DaemonProcess) -> dict[str, Any]:
     return busy_thread_nice(daemon.proc.pid, before, during)
 
 
-def run_variant(variant: Variant, model: str, cache: Path, scale: float, iterations: int,
-                log: Callable[[str], None]) -> dict[str, Any]:
-    log(f"background: {variant.label} ({variant.command})…")
+@dataclass
+class VariantRun:
+    variant: Variant
+    daemon: DaemonProcess
+    threads: dict[str, Any]
+    health: HealthSamples = field(default_factory=HealthSamples)
+    foreground: ForegroundSamples = field(default_factory=ForegroundSamples)
+
+    def result(self) -> dict[str, Any]:
+        return {"label": self.variant.label, "command": self.variant.command, "threads": self.threads,
+                "health": self.health.summary(), "foreground": self.foreground.summary()}
+
+
+def start_variant(variant: Variant, model: str, cache: Path, log: Callable[[str], None]) -> VariantRun:
+    log(f"background: starting {variant.label} ({variant.command})…")
     daemon = DaemonProcess(["--device", "CPU", "--model", model, "--cache-dir", str(cache), *variant.flags],
                            prefix=variant.prefix)
     try:
         warm = LineClient(daemon.socket)
         warm.roundtrip(warm.request_bytes("generate", {"job": "title", "input": "warm up"}))
         warm.close()
-        result: dict[str, Any] = {"label": variant.label, "command": variant.command}
-        result["threads"] = thread_priorities(daemon)
-        result["health"] = health_busy_vs_idle(daemon.socket, max(40, int(500 * scale)))
-        result["foreground"] = foreground_slowdown(daemon.socket, max(2, int(10 * scale)), iterations)
-    finally:
+        return VariantRun(variant, daemon, thread_priorities(daemon))
+    except BaseException:
         daemon.stop()
-    return result
+        raise
 
 
 def background(variants: Sequence[Variant], model: str, cache: Path, scale: float, iterations: int,
                log: Callable[[str], None]) -> dict[str, Any]:
-    return {"variants": [run_variant(v, model, cache, scale, iterations, log) for v in variants]}
+    """Every variant's daemon runs (idle) side by side; the measurements go round the variants in
+    rounds, the order rotating each round, so that load from other processes, which comes and
+    goes, falls on all of them alike instead of on whichever ran at the time."""
+    rounds = max(2, int(5 * scale))
+    health_per_round = max(40, int(500 * scale)) // rounds
+    runs: list[VariantRun] = []
+    foreground = Foreground(iterations)
+    try:
+        for variant in variants:
+            runs.append(start_variant(variant, model, cache, log))
+        foreground.run()  # warm-up
+        for r in range(rounds):
+            log(f"background: round {r + 1} of {rounds}…")
+            for run in runs[r % len(runs):] + runs[:r % len(runs)]:
+                health_busy_vs_idle(run.daemon.socket, health_per_round, blocks=4, into=run.health)
+                run.foreground.iterations = iterations
+                foreground_slowdown(run.daemon.socket, 2, foreground, into=run.foreground)
+    finally:
+        foreground.stop()
+        for run in runs:
+            run.daemon.stop()
+    return {"variants": [run.result() for run in runs], "rounds": rounds}

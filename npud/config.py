@@ -72,6 +72,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     #: below the event loop's and the user's programs. See npud/priority.py.
     worker_nice: int = 10
     worker_sched: SchedPolicy = "other"
+    #: OpenVINO CPU inference threads (INFERENCE_NUM_THREADS); 0: OpenVINO's default (one per
+    #: physical core). --device CPU only.
+    worker_threads: int = 0
     log_level: str = "INFO"
 
     @property
@@ -271,6 +274,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("worker_sched", "--worker-sched", "WORKER_SCHED", _sched_policy,
            "Linux scheduling policy of the inference threads: other (normal), batch, or idle "
            "(runs only on CPU time nothing else wants)"),
+    Option("worker_threads", "--worker-threads", "WORKER_THREADS", _non_negative_int,
+           "--device CPU only: OpenVINO inference threads (INFERENCE_NUM_THREADS); 0: OpenVINO's "
+           "default, one per physical core. Fewer leave cores to the user's programs"),
     Option("log_level", "--log-level", "LOG_LEVEL", lambda s: s.upper(),
            "DEBUG, INFO, WARNING or ERROR"),
 )
@@ -342,4 +348,8 @@ def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Confi
         # Never a silent change of device: emulation is an NPU mode, asked for by name.
         raise ConfigError(f"--npu-emulation runs the NPU pipeline on the CPU and needs --device NPU "
                           f"(got --device {values['device']}); without it, drop --npu-emulation")
+    if values["worker_threads"] and values["device"] != "CPU":
+        # The NPU computes on the NPU; its CPU-side threads are not this setting.
+        raise ConfigError(f"--worker-threads sets the CPU plugin's inference threads and needs --device CPU "
+                          f"(got --device {values['device']}{' with --npu-emulation' if values['npu_emulation'] else ''})")
     return Config(**values)

@@ -315,7 +315,10 @@ def npu_properties(config: Config) -> dict[str, Any]:
 
 def pipeline_properties(config: Config, cache_dir: Path | None = None) -> dict[str, Any]:
     """Properties for ``LLMPipeline``: NPU-only ones go to the NPU alone; ``CACHE_DIR`` everywhere."""
-    return {"CACHE_DIR": str(cache_dir or config.compile_cache_dir), **npu_properties(config)}
+    props = {"CACHE_DIR": str(cache_dir or config.compile_cache_dir), **npu_properties(config)}
+    if config.worker_threads and not config.is_npu:
+        props["INFERENCE_NUM_THREADS"] = config.worker_threads  # CPU plugin (load_config checks the device)
+    return props
 
 
 def pipeline_kwargs(config: Config, cache_dir: Path | None = None,

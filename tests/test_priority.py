@@ -213,3 +213,27 @@ def test_emulated_npu_threads_inherit_the_worker_priority(tmp_path: Path, npu_ca
     config = emulated_config(tmp_path, model, None, Prompts(model).budget(), cache_dir=str(npu_cache),
                              worker_nice=13, worker_sched="batch")
     assert_inference_lowered(probe(config), 13, "batch")
+
+
+# ---------------------------------------------------------------- CPU inference threads
+
+def test_worker_threads_reach_the_cpu_pipeline_only_when_set(tmp_path: Path) -> None:
+    from npud.engine import pipeline_properties
+
+    assert "INFERENCE_NUM_THREADS" not in pipeline_properties(make_config(tmp_path))
+    config = load_config(["--device", "cpu", "--worker-threads", "1"], ENV)
+    assert pipeline_properties(config)["INFERENCE_NUM_THREADS"] == 1
+    assert load_config([], {**ENV, "OV_GENAI_NPU_WORKER_THREADS": "3", "OV_GENAI_NPU_DEVICE": "CPU"}).worker_threads == 3
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--worker-threads", "1"], "--worker-threads sets the CPU plugin's inference threads and needs --device CPU "
+                                "(got --device NPU)"),
+    (["--worker-threads", "2", "--npu-emulation"], "--worker-threads sets the CPU plugin's inference threads and "
+                                                   "needs --device CPU (got --device NPU with --npu-emulation)"),
+    (["--device", "CPU", "--worker-threads", "-1"], "--worker-threads: must be 0 or more"),
+])
+def test_worker_threads_errors(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(argv, ENV)
+    assert str(exc.value) == message
