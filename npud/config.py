@@ -69,7 +69,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     load_retries: int = 10
     load_retry_delay_s: float = 5.0
     #: CPU priority of the inference (the worker thread and the threads OpenVINO makes for it):
-    #: below the event loop's and the user's programs. See npud/priority.py.
+    #: nice steps below the daemon's own, and the policy. See npud/priority.py.
     worker_nice: int = 10
     worker_sched: SchedPolicy = "other"
     #: OpenVINO CPU inference threads (INFERENCE_NUM_THREADS); 0: OpenVINO's default (one per
@@ -157,7 +157,7 @@ def _non_negative_int(text: str) -> int:
 def _nice(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 19:
-        raise ValueError("must be between 0 (normal priority) and 19 (lowest)")
+        raise ValueError("must be between 0 (no change) and 19 steps")
     return value
 
 
@@ -269,8 +269,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("load_retry_delay_s", "--load-retry-delay", "LOAD_RETRY_DELAY", _positive_float,
            "seconds before the first load retry; doubled each time, at most 300"),
     Option("worker_nice", "--worker-nice", "WORKER_NICE", _nice,
-           "nice value of the inference threads, 0 (normal) to 19 (lowest); the event loop keeps "
-           "the daemon's own, so health and the user's programs stay fast while a job runs"),
+           "run the inference threads this many nice steps (0 to 19) below the daemon, at most at "
+           "19, the lowest; the event loop keeps the daemon's own, so health and the user's programs "
+           "stay fast while a job runs"),
     Option("worker_sched", "--worker-sched", "WORKER_SCHED", _sched_policy,
            "Linux scheduling policy of the inference threads: other (normal), batch, or idle "
            "(runs only on CPU time nothing else wants)"),

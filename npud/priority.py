@@ -9,10 +9,12 @@ thread that calls generate. So the worker thread lowers its own priority once, b
 anything: every thread OpenVINO makes for it, and the GGUF converter child it starts, run at
 the lower priority; the event loop's thread is never touched.
 
-Lowering is one-way for an unprivileged process (raising the priority back needs
-CAP_SYS_NICE), so :func:`lower_this_thread` only ever lowers: a level at or below the current
-one (npud started under ``nice -n 15``, or a load retried on the same thread) is a no-op, and
-a refusal is logged, never fatal.
+The level is relative: ``--worker-nice 10`` puts the inference 10 nice steps below the thread
+that started the worker (the event loop), capped at 19, the lowest. npud started under ``nice
+-n 5`` then runs its inference at 15, still below its own event loop, not level with it.
+Lowering is one-way for an unprivileged process (raising the priority back needs CAP_SYS_NICE),
+and a relative step only ever lowers; the worker thread does it once (a retried load runs on the
+same thread), and a refusal is logged, never fatal.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ log = logging.getLogger("npud.priority")
 #: policy; ``batch`` is the same share but never preempts a thread that wakes up; ``idle`` runs
 #: only on CPU time nobody else wants (a share far below nice 19).
 _POLICY_IDS: dict[SchedPolicy, int] = {"other": os.SCHED_OTHER, "batch": os.SCHED_BATCH, "idle": os.SCHED_IDLE}
+NICE_LOWEST = 19
 _POLICY_NAMES: dict[int, str] = {value: name for name, value in _POLICY_IDS.items()}
 
 
@@ -40,13 +43,15 @@ def thread_priority(tid: int) -> WorkerPriority:
                           policy=_POLICY_NAMES.get(policy, str(policy)))
 
 
-def lower_this_thread(nice: int, policy: SchedPolicy) -> WorkerPriority:
-    """Lower the calling thread to ``nice`` and ``policy`` (only ever down); return what applies.
+def lower_this_thread(steps: int, policy: SchedPolicy) -> WorkerPriority:
+    """Lower the calling thread by ``steps`` nice steps (to 19 at most) and set ``policy``;
+    return what applies.
 
     ``other`` leaves the policy as it is: it never asks for a change, so it cannot fail.
     """
     tid = threading.get_native_id()
     current = os.getpriority(os.PRIO_PROCESS, tid)
+    nice = min(NICE_LOWEST, current + steps)
     if nice > current:
         try:
             os.setpriority(os.PRIO_PROCESS, tid, nice)

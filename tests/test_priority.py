@@ -44,6 +44,11 @@ def in_new_thread(action: Callable[[], Any]) -> Any:
     return box[0]
 
 
+def lowered(steps: int) -> int:
+    """The nice value ``steps`` below this (the test's main) thread's."""
+    return min(19, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + steps)
+
+
 def this_thread() -> tuple[int, str]:
     p = thread_priority(threading.get_native_id())
     return p.nice, p.policy
@@ -54,7 +59,7 @@ def this_thread() -> tuple[int, str]:
 def test_lowering_changes_the_calling_thread_only() -> None:
     main_before = this_thread()
     applied, seen = in_new_thread(lambda: (lower_this_thread(9, "batch"), this_thread()))
-    assert (applied.nice, applied.policy) == seen == (max(9, main_before[0]), "batch")
+    assert (applied.nice, applied.policy) == seen == (min(19, main_before[0] + 9), "batch")
     assert this_thread() == main_before
 
 
@@ -63,19 +68,34 @@ def test_threads_made_by_a_lowered_thread_inherit_its_priority() -> None:
         lower_this_thread(11, "idle")
         return in_new_thread(this_thread)
 
-    assert in_new_thread(lowered_then_spawn) == (11, "idle")
+    assert in_new_thread(lowered_then_spawn) == (min(19, this_thread()[0] + 11), "idle")
 
 
-def test_never_raises_a_priority_and_other_leaves_the_policy() -> None:
-    # A thread already lower (npud started under `nice -n 15`, or a load retried on the same
-    # thread) stays where it is: an unprivileged process could not go back up anyway.
-    def already_low() -> tuple[Any, tuple[int, str]]:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 15)
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-        return lower_this_thread(10, "other"), this_thread()
+def set_this_thread(nice: int, policy: int = os.SCHED_OTHER) -> None:
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    os.sched_setscheduler(0, policy, os.sched_param(0))
 
-    applied, seen = in_new_thread(already_low)
-    assert (applied.nice, applied.policy) == seen == (15, "batch")
+
+def test_steps_are_relative_to_the_thread_and_capped_at_19() -> None:
+    # npud started under `nice -n 5`: the inference still goes below its event loop, not level.
+    def started_at(nice: int, steps: int) -> tuple[int, str]:
+        set_this_thread(nice)
+        applied = lower_this_thread(steps, "other")
+        assert (applied.nice, applied.policy) == this_thread()
+        return this_thread()
+
+    assert in_new_thread(lambda: started_at(5, 10)) == (15, "other")
+    assert in_new_thread(lambda: started_at(15, 10)) == (19, "other")
+    assert in_new_thread(lambda: started_at(19, 3)) == (19, "other")
+
+
+def test_other_leaves_the_policy_as_it_is() -> None:
+    def batch_then_other() -> tuple[int, str]:
+        set_this_thread(2, os.SCHED_BATCH)
+        lower_this_thread(1, "other")
+        return this_thread()
+
+    assert in_new_thread(batch_then_other) == (3, "batch")
 
 
 def test_nice_zero_and_other_change_nothing() -> None:
@@ -94,7 +114,7 @@ def test_a_refused_change_is_logged_not_raised(monkeypatch: pytest.MonkeyPatch,
     with caplog.at_level(logging.WARNING, logger="npud.priority"):
         applied = in_new_thread(lambda: lower_this_thread(10, "idle"))
     assert (applied.nice, applied.policy) == main_before  # reports what really applies
-    assert "cannot lower the worker's priority to nice 10" in caplog.text
+    assert f"cannot lower the worker's priority to nice {min(19, main_before[0] + 10)}" in caplog.text
     assert "cannot set the worker's scheduling policy to idle" in caplog.text
 
 
@@ -110,8 +130,8 @@ def test_config_defaults_flags_and_environment() -> None:
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--worker-nice", "20"], "--worker-nice: must be between 0 (normal priority) and 19 (lowest)"),
-    (["--worker-nice", "-5"], "--worker-nice: must be between 0 (normal priority) and 19 (lowest)"),
+    (["--worker-nice", "20"], "--worker-nice: must be between 0 (no change) and 19 steps"),
+    (["--worker-nice", "-5"], "--worker-nice: must be between 0 (no change) and 19 steps"),
     (["--worker-nice", "ten"], "--worker-nice: invalid literal"),
     (["--worker-sched", "fifo"], "--worker-sched: unknown policy 'fifo'; choose other, batch, idle"),
 ])
@@ -147,11 +167,11 @@ def test_worker_loads_at_the_lowered_priority_and_health_reports_it(tmp_path: Pa
     async def body(dispatcher: Dispatcher, worker: Worker) -> None:
         health = await call(dispatcher, "health")
         loop_thread.append(this_thread())
-        assert health["result"]["worker"] == {"nice": 12, "policy": "batch"}
+        assert health["result"]["worker"] == {"nice": lowered(12), "policy": "batch"}
 
     main_before = this_thread()
     run_with_dispatcher(make_config(tmp_path, worker_nice=12, worker_sched="batch"), loader, body)
-    assert loader.load_priorities == [(12, "batch")]
+    assert loader.load_priorities == [(lowered(12), "batch")]
     assert loop_thread == [main_before]  # the event loop's thread is never touched
 
 
@@ -165,14 +185,14 @@ def test_a_retried_load_runs_at_the_same_priority(tmp_path: Path) -> None:
 
     async def body(dispatcher: Dispatcher, worker: Worker) -> None:
         health = (await call(dispatcher, "health"))["result"]
-        assert (health["status"], health["load_attempts"], health["worker"]) == ("ready", 2, {"nice": 8, "policy": "other"})
+        assert (health["status"], health["load_attempts"], health["worker"]) == ("ready", 2, {"nice": lowered(8), "policy": "other"})
 
     Worker.__init__ = no_wait  # type: ignore[method-assign]
     try:
         run_with_dispatcher(make_config(tmp_path, worker_nice=8), loader, body)
     finally:
         Worker.__init__ = original  # type: ignore[method-assign]
-    assert loader.load_priorities == [(8, "other"), (8, "other")]
+    assert loader.load_priorities == [(lowered(8), "other")] * 2
 
 
 # ---------------------------------------------------------------- real pipelines, fresh process
@@ -187,9 +207,10 @@ def probe(config: Any) -> dict[str, Any]:
     return result
 
 
-def assert_inference_lowered(result: dict[str, Any], nice: int, policy: str) -> None:
+def assert_inference_lowered(result: dict[str, Any], steps: int, policy: str) -> None:
     before, after = result["before"], result["after"]
     main = str(result["main"])
+    nice = min(19, before[main][0] + steps)
     # The event loop's thread, and every thread that existed before the worker, keep theirs.
     assert after[main] == before[main]
     for tid, priority in before.items():
