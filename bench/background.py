@@ -5,9 +5,14 @@
 - **Foreground**: a fixed CPU-bound pure-Python workload in a process of its own (what the user
   is doing: a build step, a script, a UI thread), timed while npud generates continuously ÷ while
   npud is idle, alternating.
-- **Thread priorities**: the nice value (``/proc/<pid>/task/*/stat`` field 19) of the daemon's
-  threads that burned CPU during a generation (the inference threads), and of its main thread
-  (the event loop), read while the generation runs.
+- **Thread priorities**: the nice value and policy (``/proc/<pid>/task/*/stat`` fields 19 and
+  41) of the daemon's threads that burned CPU during a generation (the inference threads), and
+  of its main thread (the event loop), read while the generation runs.
+
+All variants' daemons run side by side (idle but for the one measured), and the measurements go
+round them in rounds with a rotating order: on a machine shared with other work, whose load
+comes and goes, that load falls on every variant alike. Each row also gives npud's job rate
+while the foreground ran and without it, which shows whether a lowered npud still ran at all.
 
 A variant is a command line in which the word ``npud`` stands for the daemon: words before it
 wrap it (``nice -n 10 npud``), words after it are npud flags (``npud --worker-nice 19``). The
@@ -312,8 +317,11 @@ def thread_priorities(daemon: DaemonProcess) -> dict[str, Any]:
     try:
         before = thread_stats(daemon.proc.pid)
         with busy.running(client):
-            deadline = time.monotonic() + 1.0
-            while time.monotonic() < deadline:
+            # At least a second and two whole jobs: a lowered npud on a machine that other
+            # processes keep busy may do little in one second, and its inference threads
+            # would not count as working.
+            start = time.monotonic()
+            while time.monotonic() < start + 1.0 or (busy.done < 2 and time.monotonic() < start + 60):
                 client.roundtrip(client.request_bytes("health"))  # keep the event loop honest too
             during = thread_stats(daemon.proc.pid)
     finally:
