@@ -154,7 +154,7 @@ def test_system_installer_refuses_an_npud_under_home(tmp_path: Path) -> None:
 def test_watchdog_is_fed_and_health_answers_while_the_model_loads(tmp_path: Path) -> None:
     """The daemon's side of a long first compile: while the load blocks (fake loader), WATCHDOG=1
     keeps coming and health says loading; a job sent meanwhile is answered once the model is
-    ready. (The real pipeline releasing the GIL is the emulated NPU's test.)"""
+    ready. (The real pipeline releasing the GIL: tests/test_npu_load.py, on the emulated NPU.)"""
     listener = NotifyListener()
     name = unique_socket()
     loaded = tmp_path / "loaded"
