@@ -1,0 +1,106 @@
+"""Attack review (issue 14 follow-up): the NPU lock file and waits for it.
+
+These tests fail on purpose until the findings are fixed; see the attack14 report.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from npud import worker as worker_module
+from npud.testing.fake import FakeBehaviour, FakeLoader
+from npud.testing.sysfs import make_npu_sysfs
+
+from .conftest import as_nobody
+from .test_http_boundaries import wait_for
+from .test_reliability import npu_daemon_with_lock_held, request, title, wait_running  # noqa: F401 (fixture)
+
+
+def test_a_lock_held_through_the_model_load_does_not_break_the_daemon_for_good(
+        daemon_factory: Any, tmp_path: Path) -> None:
+    """Another NPU user (a chat model compiling at boot: 'the first NPU compile can take minutes')
+    holds the lock longer than --lock-timeout while npud loads. The load fails with 'NPU lock ...
+    held by another process', health says error and every job gets -32001 forever, although the
+    lock is free again; and the watchdog keeps being fed (is_responsive() is true for a failed
+    load), so systemd never restarts npud. Expected: a contended lock is a transient condition
+    (keep waiting while 'loading', retry, or exit so systemd restarts), not a dead daemon."""
+    lock = tmp_path / "npu.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the other NPU user
+    behaviour = FakeBehaviour(busy_file=make_npu_sysfs(tmp_path / "sys"))
+    daemon = daemon_factory(FakeLoader(behaviour), wait_ready=False, device="NPU", sysfs_root=str(tmp_path / "sys"),
+                            lock_file=str(lock), lock_timeout_s=0.3)
+    wait_for(lambda: daemon.call("health")["result"]["status"] != "loading" or daemon.daemon.worker.wait_loaded(0),
+             "the load to give up on the lock", bound_s=5)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)  # the NPU is free again
+    wait_for(lambda: daemon.call("health")["result"]["status"] == "ready" or not daemon.thread.is_alive(),
+             "npud to recover (ready) or to exit for a restart, once the lock was free", bound_s=15)
+    if daemon.thread.is_alive():
+        assert daemon.call("generate", title())["result"]["job"] == "title"
+    else:
+        assert daemon.daemon.exit_code != 0, "exited with status 0: systemd's Restart=on-failure would not restart it"
+
+
+def test_the_lock_file_is_not_followed_through_another_users_symlink(daemon_factory: Any) -> None:
+    """Security (local). The lock file's default is /tmp/npu.lock without $XDG_RUNTIME_DIR. It is
+    opened with O_RDWR|O_CREAT and no O_NOFOLLOW: another user plants a symlink there and npud,
+    as its own user, creates (or opens and flocks) whatever file the link names. Here the link
+    points into a directory only the daemon's user can write. (fs.protected_symlinks=1 blocks
+    this in sticky directories; this machine has 0, like many containers.)"""
+    shared = Path(tempfile.mkdtemp(prefix="npud-attack-shared-"))
+    private = Path(tempfile.mkdtemp(prefix="npud-attack-private-"))
+    try:
+        shared.chmod(0o1777)  # like /tmp
+        private.chmod(0o700)
+        lock, target = shared / "npu.lock", private / "created-through-the-link"
+        assert as_nobody(lambda: (os.symlink(target, lock), b"planted")[1]) == b"planted"
+        behaviour = FakeBehaviour(busy_file=make_npu_sysfs(shared / "sys"))
+        daemon = daemon_factory(FakeLoader(behaviour), device="NPU", sysfs_root=str(shared / "sys"),
+                                lock_file=str(lock))
+        daemon.call("generate", title())
+        assert not target.exists(), "npud created a file where another user's symlink pointed"
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def test_a_client_hanging_up_during_the_lock_wait_logs_no_error(
+        npu_daemon_with_lock_held: Any, caplog: pytest.LogCaptureFixture,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that closes its connection while its job waits for the NPU lock is a normal event
+    (CONTRACT §4: 'a closed connection also ends a wait for the NPU lock'). The worker then
+    resolves the abandoned future with RequestCancelled, which nobody retrieves: asyncio logs
+    'Future exception was never retrieved' at ERROR with a traceback."""
+    caplog.set_level(logging.ERROR)
+    daemon, behaviour, _ = npu_daemon_with_lock_held
+    answered = threading.Event()
+    original = worker_module._resolve
+
+    def resolve_and_signal(job: Any, outcome: Any) -> None:
+        original(job, outcome)
+        job.loop.call_soon_threadsafe(answered.set)  # runs after the worker's answer landed
+
+    monkeypatch.setattr(worker_module, "_resolve", resolve_and_signal)
+    with daemon.connect() as conn:
+        conn.send_json(request(1))
+        wait_running(daemon)
+    assert answered.wait(20), "the worker never answered the abandoned job"
+    answered.clear()
+    # The worker keeps its last job (and so the abandoned future) until it takes the next one.
+    assert daemon.call("generate", title(timeout_ms=100))["error"]["code"] == -32007
+    assert answered.wait(20)
+    gc.collect()  # the abandoned future sits in a reference cycle (exception -> traceback -> job)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], f"errors logged for a client that hung up: {errors}"
+    assert behaviour.calls == []

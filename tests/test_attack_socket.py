@@ -1,0 +1,134 @@
+"""Attack review (issue 14 follow-up): the Unix socket transport, through a real socket.
+
+These tests fail on purpose until the findings are fixed; see the attack14 report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+import pytest
+
+from npud.testing.fake import FakeBehaviour, FakeLoader
+
+from .conftest import RawConnection
+from .test_http_boundaries import wait_for
+from .test_reliability import request, title
+
+
+def test_a_batch_cannot_exceed_the_in_flight_limit(daemon_factory: Any) -> None:
+    """CONTRACT §5: '--max-in-flight 16 unanswered requests per connection'. The limit counts
+    lines, not requests: one batch line of 10 jobs on a connection limited to 2 leaves 10
+    unanswered requests (16 lines x 32 = 512 with the defaults), bounded only by the queue."""
+    behaviour = FakeBehaviour(gate=threading.Event())
+    daemon = daemon_factory(FakeLoader(behaviour), max_in_flight=2, queue_depth=64)
+    try:
+        with daemon.connect() as conn:
+            conn.send_json([request(i) for i in range(10)])
+            assert behaviour.started.wait(10)
+            wait_for(lambda: (lambda q: q["depth"] + q["running"])(daemon.call("health")["result"]["queue"]) >= 2,
+                     "the first jobs to be queued")
+            queue = daemon.call("health")["result"]["queue"]
+            assert queue["depth"] + int(queue["running"]) <= 2, f"unanswered jobs of one connection: {queue}"
+    finally:
+        assert behaviour.gate is not None
+        behaviour.gate.set()
+
+
+def test_half_close_after_an_unterminated_last_line_keeps_the_pending_replies(daemon_factory: Any) -> None:
+    """CONTRACT §2: 'A client may half-close ...: the daemon still writes the pending replies, then
+    closes.' A client whose input ends without a final newline (printf without \\n, a file an
+    editor saved without one) and then half-closes, as socat does: the fragment can never be
+    completed, yet the slow-line timer still fires after --line-timeout, aborts the connection,
+    cancels the running job and logs a 'slow line' warning. The job's reply is lost."""
+    behaviour = FakeBehaviour(gate=threading.Event())
+    daemon = daemon_factory(FakeLoader(behaviour), line_timeout_s=0.3)
+    with daemon.connect() as conn:
+        conn.send(json.dumps(request(1)).encode() + b"\n" + b'{"jsonrpc":"2.0","id":2,"method":"health"}')
+        assert behaviour.started.wait(10)
+        conn.sock.shutdown(socket.SHUT_WR)
+        opener = threading.Timer(1.5, behaviour.gate.set)  # the job ends well after --line-timeout
+        opener.start()
+        try:
+            line = conn.read_line()
+        except ConnectionResetError:
+            line = b""
+        opener.join()
+    assert line, "the connection ended without the reply of the job that was running"
+    assert json.loads(line)["result"]["job"] == "title"
+
+
+def test_requests_given_up_by_a_hang_up_are_logged_and_counted(
+        daemon_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """CONTRACT §10: 'Each request produces one log line with method, job, sizes, timings, peer
+    pid/uid and outcome.' A request whose client hangs up (a running job stopped, a queued job
+    withdrawn) produces no log line at all and is missing from health.stats / /metrics: the
+    CancelledError bypasses Dispatcher.call's logging."""
+    caplog.set_level(logging.INFO, logger="npud.rpc")
+    behaviour = FakeBehaviour(gate=threading.Event())
+    daemon = daemon_factory(FakeLoader(behaviour))
+    running, queued = daemon.connect(), daemon.connect()
+    running.send_json(request(1))
+    assert behaviour.started.wait(10)
+    queued.send_json(request(2))
+    wait_for(lambda: daemon.call("health")["result"]["queue"]["depth"] == 1, "the second job to be queued")
+    queued.sock.close()
+    running.sock.close()
+    wait_for(lambda: daemon.daemon.worker.idle, "both jobs to be given up")
+    requests = daemon.call("health")["result"]["stats"]["requests"]
+    lines = [r.getMessage() for r in caplog.records if "method=generate" in r.getMessage()]
+    assert len(lines) == 2, f"log lines for two requests given up by their clients: {lines}"
+    assert sum(n for key, n in requests.items() if key.startswith("generate:")) == 2, requests
+
+
+def test_a_cancelled_running_job_is_not_counted_as_served(daemon_factory: Any) -> None:
+    """health.jobs_served counts a running job that was cancelled (or whose client hung up) as
+    served: the stopped generation returns finish_reason 'cancelled' and is tallied as a success,
+    while a withdrawn queued job is counted nowhere. The systemd STATUS line repeats the number."""
+    behaviour = FakeBehaviour(gate=threading.Event())
+    daemon = daemon_factory(FakeLoader(behaviour))
+    with daemon.connect() as conn:
+        conn.send_json(request(1))
+        assert behaviour.started.wait(10)
+        conn.send_json(request("c", "cancel", {"id": 1}))
+        replies = {r["id"]: r for r in (conn.read_json(), conn.read_json())}
+    assert replies[1]["error"]["code"] == -32008
+    wait_for(lambda: not daemon.call("health")["result"]["queue"]["running"], "the generation to stop")
+    health = daemon.call("health")["result"]
+    assert health["jobs_served"] == 0, f"jobs_served {health['jobs_served']}, jobs_failed {health['jobs_failed']}"
+
+
+def test_allow_gid_admits_a_peer_in_many_supplementary_groups(daemon_factory: Any) -> None:
+    """CONTRACT §1: allowed is 'every peer whose primary or supplementary group is given with
+    --allow-gid'. SO_PEERGROUPS is read into a 1 KiB buffer (256 groups); for a peer in more
+    groups (common for directory-service accounts) the kernel answers ERANGE, the groups are
+    dropped, and the peer is refused although it is in the allowed group."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to act as another uid with many groups")
+    allowed = 4242
+    daemon = daemon_factory(allow_gids=(allowed,))
+    groups = [*range(20000, 20299), allowed]
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            os.setgroups(groups)
+            os.setgid(65534)
+            os.setuid(65534)
+            with RawConnection.open(daemon.socket, timeout=10) as conn:
+                os.write(write_end, json.dumps(conn.call("health")).encode())
+        except BaseException as exc:
+            os.write(write_end, json.dumps({"exception": repr(exc)}).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        reply = json.loads(reader.read() or b"{}")
+    os.waitpid(pid, 0)
+    assert "result" in reply, f"a peer in group {allowed} (and 299 others) was refused: {reply}"
