@@ -4,6 +4,7 @@ transport-level faults, peer checks, disconnects, privacy. After each fault, hea
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import re
@@ -362,6 +363,69 @@ def test_other_uid_is_rejected_then_allowed(daemon_factory: Any) -> None:
     allowed = daemon_factory(allow_uids=(NOBODY,))
     line, _ = as_nobody(health_request(allowed.socket)).rsplit(b"\n", 1)
     assert b'"status":"ready"' in line
+
+
+def _health_as(daemon: RunningDaemon, gid: int, groups: list[int]) -> dict[str, Any]:
+    """health from a forked child running as uid 65534 with this primary group and these
+    supplementary groups (exactly: nothing inherited from root)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.close(read_end)
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(NOBODY)
+            with RawConnection.open(daemon.socket, timeout=10) as conn:
+                os.write(write_end, json.dumps(conn.call("health")).encode())
+        except BaseException as exc:
+            os.write(write_end, json.dumps({"exception": repr(exc)}).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        reply: dict[str, Any] = json.loads(reader.read() or b"{}")
+    os.waitpid(pid, 0)
+    return reply
+
+
+@pytest.mark.parametrize("extra_groups", [1, 299], ids=["one-group", "more-than-256-groups"])
+def test_allow_gid_admits_a_peer_by_a_supplementary_group(daemon_factory: Any, extra_groups: int) -> None:
+    """CONTRACT §1: a peer whose supplementary group is allowed gets in, also with more than 256
+    groups (directory-service accounts): SO_PEERGROUPS answers ERANGE to Python's 1 KiB read, and
+    the groups used to be dropped, so the allowed peer was refused with -32004."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to act as another uid with many groups")
+    allowed = 4242
+    daemon = daemon_factory(allow_gids=(allowed,))
+    reply = _health_as(daemon, NOBODY, [*range(20000, 20000 + extra_groups), allowed])
+    assert "result" in reply, f"a peer in group {allowed} (and {extra_groups} others) was refused: {reply}"
+    # The same peer without the group is refused: the admission came from that group.
+    assert _health_as(daemon, NOBODY, list(range(20000, 20000 + extra_groups)))["error"]["code"] == -32004
+
+
+def test_the_nobody_helper_keeps_none_of_roots_groups(daemon_factory: Any) -> None:
+    """The peer tests act as uid/gid 65534 through as_nobody(). It must drop root's supplementary
+    groups too (setgroups), or the "other user" still carries group 0 and an --allow-gid rule
+    could admit it: the tests would then not test what they say."""
+    daemon = daemon_factory(allow_gids=(0,))
+
+    def health() -> bytes:
+        with RawConnection.open(daemon.socket) as conn:
+            try:
+                conn.send(b'{"jsonrpc":"2.0","id":1,"method":"health"}\n')
+            except BrokenPipeError:
+                pass  # a rejected peer may find the socket closed: its error line is waiting
+            return conn.read_line()
+
+    if os.getuid() != 0:
+        pytest.skip("needs root to act as another uid")
+    saved = os.getgroups()
+    os.setgroups([0, *saved])  # root as sudo and most CI runners leave it: group 0 supplementary
+    try:
+        assert b'"code":-32004' in as_nobody(health)
+    finally:
+        os.setgroups(saved)
 
 
 FLOOD = 300
