@@ -245,7 +245,22 @@ class Dispatcher:
                         pending: PendingJobs | None = None) -> Immediate | ParsedLine:
         """Answer at once what needs no waiting (parse errors, control-plane calls); otherwise
         return the parsed line for :meth:`handle_parsed`."""
-        parsed = parse_line(line)
+        return self.handle_parsed_now(parse_line(line), peer, pending)
+
+    def waiting_requests(self, parsed: ParsedLine | ErrorResponse) -> int:
+        """How many requests of a line stay unanswered until a task finishes: 0 for a line answered
+        at once (an error, a single control-plane call), 1 for a job, every item of a batch (one
+        reply line answers them all). What ``--max-in-flight`` counts."""
+        if isinstance(parsed, ErrorResponse):
+            return 0
+        if parsed.is_batch:
+            return len(parsed.items)
+        item = parsed.items[0]
+        return int(isinstance(item, Request) and item.method in self._job_methods)
+
+    def handle_parsed_now(self, parsed: ParsedLine | ErrorResponse, peer: PeerCred | None,
+                          pending: PendingJobs | None = None) -> Immediate | ParsedLine:
+        """:meth:`handle_line_now` for a line already parsed (:func:`parse_line`)."""
         if isinstance(parsed, ErrorResponse):
             self._log(CallContext(peer), parsed)
             return Immediate(encode_line(parsed))
@@ -277,7 +292,11 @@ class Dispatcher:
 
     def refuse_line(self, line: bytes, error: RpcError, peer: PeerCred | None) -> bytes | None:
         """Answer every request of a line with ``error`` without running it (a limit was hit)."""
-        parsed = parse_line(line)
+        return self.refuse_parsed(parse_line(line), error, peer)
+
+    def refuse_parsed(self, parsed: ParsedLine | ErrorResponse, error: RpcError,
+                      peer: PeerCred | None) -> bytes | None:
+        """:meth:`refuse_line` for a line already parsed."""
         if isinstance(parsed, ErrorResponse):
             replies: list[Reply] = [parsed]
         else:

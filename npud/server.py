@@ -28,7 +28,7 @@ from .connlog import ConnectionLog
 from .engine import StartupError
 from .peercred import PeerCred, PeerPolicy, peer_credentials
 from .metrics import Metrics
-from .rpc import Dispatcher, Immediate, ParsedLine, PendingJobs
+from .rpc import Dispatcher, Immediate, ParsedLine, PendingJobs, parse_line
 
 log = logging.getLogger("npud")
 
@@ -215,6 +215,7 @@ class RpcConnection(asyncio.Protocol):
         self._peer: PeerCred | None = None
         self._half_closed = False
         self._pending: PendingJobs = {}  # request id -> job, for `cancel` from this connection
+        self._in_flight = 0  # unanswered requests of the running tasks (a batch counts each one)
         self._last_activity = 0.0
         self._partial_since: float | None = None  # when the current incomplete line began
         self._timer: asyncio.TimerHandle | None = None
@@ -396,23 +397,36 @@ class RpcConnection(asyncio.Protocol):
     def _spawn(self, line: bytes) -> None:
         if not line.strip():
             return  # blank lines (a stray Enter in socat) are not messages
-        limit = self._daemon.config.max_in_flight
-        if len(self._tasks) >= limit:
-            error = TooManyRequests(
-                f"too many requests in flight on this connection ({limit}); wait for replies",
-                LimitData(limit=limit, actual=len(self._tasks) + 1, unit="requests", field="in_flight"))
-            refusal = self._daemon.dispatcher.refuse_line(line, error, self._peer)
+        dispatcher = self._daemon.dispatcher
+        parsed = parse_line(line)
+        # --max-in-flight counts requests, not lines: a batch is as many requests as it holds.
+        cost = dispatcher.waiting_requests(parsed)
+        if cost and self._in_flight + cost > self._daemon.config.max_in_flight:
+            refusal = dispatcher.refuse_parsed(parsed, self._in_flight_error(cost), self._peer)
             if refusal is not None:
                 self._write(refusal)
             return
-        now = self._daemon.dispatcher.handle_line_now(line, self._peer, self._pending)
+        now = dispatcher.handle_parsed_now(parsed, self._peer, self._pending)
         if isinstance(now, Immediate):  # control plane: answered in this very callback
             if now.data is not None:
                 self._write(now.data)
             return
         task = self._daemon.loop.create_task(self._serve_parsed(now))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._in_flight += cost
+        task.add_done_callback(lambda done: self._task_done(done, cost))
+
+    def _task_done(self, task: asyncio.Task[None], cost: int) -> None:
+        self._tasks.discard(task)
+        self._in_flight -= cost
+
+    def _in_flight_error(self, cost: int) -> TooManyRequests:
+        limit = self._daemon.config.max_in_flight
+        data = LimitData(limit=limit, actual=self._in_flight + cost, unit="requests", field="in_flight")
+        if cost > limit:  # could never fit, even on an idle connection: say so, not "wait"
+            return TooManyRequests(f"a batch of {cost} requests exceeds this connection's limit of {limit} "
+                                   "unanswered requests; send smaller batches", data)
+        return TooManyRequests(f"too many requests in flight on this connection ({limit}); wait for replies", data)
 
     async def _serve_parsed(self, parsed: ParsedLine) -> None:
         reply = await self._daemon.dispatcher.handle_parsed(parsed, self._peer, self._pending)

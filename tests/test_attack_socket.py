@@ -21,25 +21,6 @@ from .test_http_boundaries import wait_for
 from .test_reliability import request, title
 
 
-def test_a_batch_cannot_exceed_the_in_flight_limit(daemon_factory: Any) -> None:
-    """CONTRACT §5: '--max-in-flight 16 unanswered requests per connection'. The limit counts
-    lines, not requests: one batch line of 10 jobs on a connection limited to 2 leaves 10
-    unanswered requests (16 lines x 32 = 512 with the defaults), bounded only by the queue."""
-    behaviour = FakeBehaviour(gate=threading.Event())
-    daemon = daemon_factory(FakeLoader(behaviour), max_in_flight=2, queue_depth=64)
-    try:
-        with daemon.connect() as conn:
-            conn.send_json([request(i) for i in range(10)])
-            assert behaviour.started.wait(10)
-            wait_for(lambda: (lambda q: q["depth"] + q["running"])(daemon.call("health")["result"]["queue"]) >= 2,
-                     "the first jobs to be queued")
-            queue = daemon.call("health")["result"]["queue"]
-            assert queue["depth"] + int(queue["running"]) <= 2, f"unanswered jobs of one connection: {queue}"
-    finally:
-        assert behaviour.gate is not None
-        behaviour.gate.set()
-
-
 def test_half_close_after_an_unterminated_last_line_keeps_the_pending_replies(daemon_factory: Any) -> None:
     """CONTRACT §2: 'A client may half-close ...: the daemon still writes the pending replies, then
     closes.' A client whose input ends without a final newline (printf without \\n, a file an
