@@ -271,6 +271,19 @@ class RpcConnection(asyncio.Protocol):
         for line in lines:
             self._spawn(line)
 
+    def _take_last_line(self) -> bool:
+        """A last line without its newline (`printf '{...}' | socat`, a file saved without a final
+        newline) is complete at end of input: nothing can follow it, and its sender is still
+        reading. Serve it rather than drop it unanswered. False if it was over the line limit."""
+        try:
+            lines = self._buffer.feed(b"\n")
+        except LineTooLong as exc:
+            self._refuse_oversize(exc.limit)
+            return False
+        for line in lines:
+            self._spawn(line)
+        return True
+
     def pause_writing(self) -> None:
         """The reply buffer passed --write-buffer-limit: the client is not reading. Drop it."""
         self._warn("unread_replies", "disconnecting %s: %d reply bytes unread",
@@ -282,14 +295,15 @@ class RpcConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         if self._peer is None:
             return False  # a rejected or refused peer finished sending: close now
-        if self._buffer.pending_bytes:
-            log.debug("client closed with an incomplete line of %d bytes", self._buffer.pending_bytes)
         if self._peer_hung_up():
             self._cancel_all()
             return False
         # Half-close: the client is done sending but still reading. Keep the transport open
         # until the pending replies are written, and watch for a full close meanwhile.
         self._half_closed = True
+        self._partial_since = None  # nothing more can arrive: no slow line to time out
+        if self._buffer.pending_bytes and not self._take_last_line():
+            return True  # oversize: answered and closed by _refuse_oversize
         if self._tasks:
             self._daemon.spawn(self._close_when_idle())
             return True

