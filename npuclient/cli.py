@@ -179,7 +179,7 @@ def human(result: Any) -> str:
         return result.text
     if isinstance(result, HealthResult):
         line = f"{result.status}: {result.model} on {result.device}, queue {result.queue.depth}/{result.queue.capacity}, "
-        line += f"{result.jobs_served} served, {result.jobs_failed} failed"
+        line += f"{result.jobs_served} served, {result.jobs_failed} failed, {result.jobs_cancelled} cancelled"
         return line + (f"\nerror: {result.error}" if result.error is not msgspec.UNSET else "")
     if isinstance(result, ModelsResult):
         rows = []

@@ -247,7 +247,8 @@ class Daemon:
         if snap.status == "error":
             return f"model failed to load: {snap.error}"
         running = ", 1 running" if snap.running else ""
-        return f"ready, {snap.queue_depth} queued{running}, {snap.jobs_served} jobs served, {snap.jobs_failed} failed"
+        return (f"ready, {snap.queue_depth} queued{running}, {snap.jobs_served} jobs served, "
+                f"{snap.jobs_failed} failed, {snap.jobs_cancelled} cancelled")
 
     async def _report_status(self) -> None:
         notifier = self.systemd.notifier
@@ -320,9 +321,13 @@ class Daemon:
             return
         error = ShuttingDown(f"daemon is shutting down; the running job was stopped after "
                              f"--shutdown-timeout {timeout:g}s")
-        if self.worker.stop_running(error):
+        stopped = self.worker.stop_running(error)
+        if stopped == "answered":
             log.warning("running job did not finish within %gs of shutdown: stopped and answered with "
                         "-32006", timeout)
+        elif stopped == "already_answered":  # cancelled, its deadline or its client gone: answered then
+            log.warning("running job, already answered, had not stopped within %gs of shutdown: "
+                        "stopping it", timeout)
         else:
             log.warning("the model load did not finish within %gs of shutdown; exiting anyway", timeout)
         # A live generation stops at its next token; a hung one is left to os._exit in run().

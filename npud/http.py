@@ -683,8 +683,9 @@ class HttpShim:
 
     def _metrics_text(self) -> str:
         snap = self._dispatcher.worker.snapshot()
+        jobs = {"served": snap.jobs_served, "failed": snap.jobs_failed, "cancelled": snap.jobs_cancelled}
         return self._dispatcher.metrics.exposition(snap.queue_depth, self._dispatcher.worker.capacity, snap.running,
-                                                   snap.load_time_ms, snap.status)
+                                                   snap.load_time_ms, snap.status, jobs)
 
     def _authorized(self, request: h11.Request) -> bool:
         for name, value in request.headers:

@@ -268,8 +268,7 @@ class RpcConnection(asyncio.Protocol):
             self._partial_since = None
         elif lines or self._partial_since is None:
             self._partial_since = now
-        for line in lines:
-            self._spawn(line)
+        self._serve_lines(lines)
 
     def _take_last_line(self) -> bool:
         """A last line without its newline (`printf '{...}' | socat`, a file saved without a final
@@ -280,8 +279,7 @@ class RpcConnection(asyncio.Protocol):
         except LineTooLong as exc:
             self._refuse_oversize(exc.limit)
             return False
-        for line in lines:
-            self._spawn(line)
+        self._serve_lines(lines)
         return True
 
     def pause_writing(self) -> None:
@@ -408,9 +406,22 @@ class RpcConnection(asyncio.Protocol):
         transport.resume_reading()
         self._linger_timer = self._daemon.loop.call_later(LINGER_S, self.abort_or_close)
 
-    def _spawn(self, line: bytes) -> None:
+    def _serve_lines(self, lines: list[bytes]) -> None:
+        """Serve lines in order. A job line's task registers its request id (for ``cancel``) in
+        its first step, so the lines after it wait until that step has run: a ``cancel`` sent
+        right behind its request, in the same read, must find it (it used to answer false and
+        leave the job running)."""
+        for index, line in enumerate(lines):
+            if self._peer is None or self._transport is None or self._transport.is_closing():
+                return  # refused, closed or hung up meanwhile: nothing more is served
+            if self._spawn(line) and index + 1 < len(lines):
+                self._daemon.loop.call_soon(self._serve_lines, lines[index + 1:])  # after the task's step
+                return
+
+    def _spawn(self, line: bytes) -> bool:
+        """Serve one line; True if it started a task (a job, a batch)."""
         if not line.strip():
-            return  # blank lines (a stray Enter in socat) are not messages
+            return False  # blank lines (a stray Enter in socat) are not messages
         dispatcher = self._daemon.dispatcher
         parsed = parse_line(line)
         # --max-in-flight counts requests, not lines: a batch is as many requests as it holds.
@@ -419,16 +430,17 @@ class RpcConnection(asyncio.Protocol):
             refusal = dispatcher.refuse_parsed(parsed, self._in_flight_error(cost), self._peer)
             if refusal is not None:
                 self._write(refusal)
-            return
+            return False
         now = dispatcher.handle_parsed_now(parsed, self._peer, self._pending)
         if isinstance(now, Immediate):  # control plane: answered in this very callback
             if now.data is not None:
                 self._write(now.data)
-            return
+            return False
         task = self._daemon.loop.create_task(self._serve_parsed(now))
         self._tasks.add(task)
         self._in_flight += cost
         task.add_done_callback(lambda done: self._task_done(done, cost))
+        return True
 
     def _task_done(self, task: asyncio.Task[None], cost: int) -> None:
         self._tasks.discard(task)

@@ -257,6 +257,24 @@ def test_cancel_by_request_id(daemon_factory: Any) -> None:
     assert_serving(daemon)
 
 
+def test_cancel_sent_right_behind_its_request_finds_it(daemon_factory: Any) -> None:
+    """A request and its cancel in one write (one read for the daemon): the cancel used to be
+    answered before the request's task had registered its id, so it said false and the job ran."""
+    behaviour = FakeBehaviour(gate=threading.Event())
+    daemon = daemon_factory(FakeLoader(behaviour))
+    try:
+        with daemon.connect() as conn:
+            conn.send(json.dumps(request(1)).encode() + b"\n" +
+                      json.dumps(request("c", "cancel", {"id": 1})).encode() + b"\n")
+            replies = {r["id"]: r for r in (conn.read_json(), conn.read_json())}
+        assert replies["c"]["result"] == {"cancelled": True}
+        assert replies[1]["error"]["code"] == -32008
+    finally:
+        assert behaviour.gate is not None
+        behaviour.gate.set()
+    assert_serving(daemon)
+
+
 # ---------------------------------------------------------------- connection limits
 
 

@@ -378,7 +378,7 @@ def test_status_follows_the_load_and_extends_the_timeout(tmp_path: Path, notify:
             loaded.touch()
             assert any(line.startswith("STATUS=ready, 0 queued") for line in notify.wait_for("STATUS=ready"))
             conn.call("generate", {"job": "title", "input": "x"})
-        assert "STATUS=ready, 0 queued, 1 jobs served, 0 failed" in notify.wait_for("STATUS=ready, 0 queued, 1 jobs")
+        assert "STATUS=ready, 0 queued, 1 jobs served, 0 failed, 0 cancelled" in notify.wait_for("STATUS=ready, 0 queued, 1 jobs")
     finally:
         loaded.touch()
         proc.terminate()
