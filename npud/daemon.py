@@ -27,7 +27,7 @@ from .busy import BusyCounter, BusyCounterError, discover_busy_file
 from .config import Config
 from .connlog import ConnectionLog
 from .engine import EngineLoader, StartupError
-from .http import HttpShim, bind_http_socket, read_token_file
+from .http import HttpShim, authority, bind_http_socket, read_token_file
 from .metrics import Metrics
 from .npulock import LockFileRefused, NpuLock, open_lock_file
 from .peercred import PeerPolicy, allow_list_problem, read_id_maps
@@ -237,7 +237,8 @@ class Daemon:
 
     def _log_listening(self) -> None:
         where = "socket-activated fds" if self.listeners.activated else self.config.socket
-        http = f", http 127.0.0.1:{self.listeners.http_port}" if self.listeners.http else ""
+        # The bound address (--host ::1 or 127.0.0.2, or systemd's socket), not a default.
+        http = f", http {authority(self.listeners.http.getsockname())}" if self.listeners.http else ""
         log.info("npud %s listening on %s%s (device %s, model %s)",
                  __version__, where, http, self.config.device, self.config.model)
 

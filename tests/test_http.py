@@ -26,6 +26,7 @@ from npud.testing.fake import FakeBehaviour, FakeLoader
 from npud.testing.sysfs import make_npu_sysfs
 
 from .conftest import make_config, unique_socket
+from .test_http_boundaries import Raw
 
 
 class Reply:
@@ -222,6 +223,25 @@ def test_bearer_token(daemon_factory: Any, tmp_path: Path) -> None:
     ok = request(port, "GET", "/healthz", headers={"Authorization": "Bearer s3cret-token-0123456789"})
     assert ok.status == 200
     assert daemon.call("health")["result"]["status"] == "ready"  # the Unix socket is gated by SO_PEERCRED instead
+
+
+def test_the_bearer_scheme_is_case_insensitive_and_given_once(daemon_factory: Any, tmp_path: Path) -> None:
+    """RFC 9110 §11.1: the auth-scheme is case-insensitive; 'bearer <token>' with the right token
+    got 401. Two Authorization headers are refused rather than picking one."""
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef-token\n")
+    token.chmod(0o600)
+    daemon = daemon_factory(http=True, token_file=str(token))
+    for value, status in (("bearer 0123456789abcdef-token", 200), ("BEARER  0123456789abcdef-token", 200),
+                          ("Bearer 0123456789abcdef-token", 200), ("Bearer wrong", 401), ("bearer", 401),
+                          ("Basic 0123456789abcdef-token", 401), ("Bearer0123456789abcdef-token", 401)):
+        with Raw(daemon.http_port) as raw:
+            assert raw.exchange("GET", "/healthz", headers={"Authorization": value}).status == status, value
+    with Raw(daemon.http_port) as raw:
+        twice = b"Authorization: Bearer wrong\r\nAuthorization: Bearer 0123456789abcdef-token\r\n\r\n"
+        raw.send(raw.request("GET", "/healthz")[:-2] + twice)
+        reply = raw.response()
+        assert reply is not None and reply.status == 401
 
 
 def test_token_file_must_be_private(tmp_path: Path) -> None:
