@@ -58,13 +58,18 @@ def socket_address(name: str) -> str | bytes:
 
 
 def _someone_listens(address: str | bytes) -> bool:
+    """False only when the kernel says nobody listens there (ECONNREFUSED, or the file is gone).
+    Anything else counts as a live daemon: a full accept queue answers EAGAIN at once (a busy
+    daemon, or one flooded on purpose), and a socket judged stale is deleted."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(1.0)
         probe.connect(address)
         return True
-    except OSError:
+    except (ConnectionRefusedError, FileNotFoundError):
         return False
+    except OSError:
+        return True
     finally:
         probe.close()
 

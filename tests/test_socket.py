@@ -613,6 +613,34 @@ def test_another_users_stale_socket_is_left_alone(tmp_path: Path) -> None:
     assert stat.S_ISSOCK(os.lstat(path).st_mode)
 
 
+def test_a_live_socket_with_a_full_accept_queue_is_not_taken_for_stale(tmp_path: Path) -> None:
+    """A second npud probes an existing path socket before replacing it. When the live daemon's
+    accept queue is full (busy, or flooded on purpose) connect() fails at once with EAGAIN, which
+    used to count as 'nobody listens': the live daemon's socket was unlinked and its name taken."""
+    path = tmp_path / "npud.sock"
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(str(path))
+    live.listen(0)  # a daemon that does not get to accept(): its queue fills at once
+    queued: list[socket.socket] = []
+    try:
+        while True:
+            pending = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            pending.setblocking(False)
+            queued.append(pending)
+            try:
+                pending.connect(str(path))
+            except BlockingIOError:
+                break  # full
+        inode = os.lstat(path).st_ino
+        with pytest.raises(StartupError, match="already listening"):
+            bind_unix_socket(str(path))
+        assert os.lstat(path).st_ino == inode  # still the live daemon's socket
+    finally:
+        for conn in queued:
+            conn.close()
+        live.close()
+
+
 def test_exit_never_removes_a_file_that_replaced_the_socket(daemon_factory: Any, tmp_path: Path,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "npud.sock"
