@@ -158,15 +158,25 @@ def bind_http_socket(host: str, port: int) -> socket.socket:
 
 
 def read_token_file(path: str) -> bytes:
-    """The bearer token; the file must belong to us and be unreadable by anyone else."""
+    """The bearer token; the file must belong to us and be unreadable by anyone else.
+
+    The checks are made on the opened file (fstat), not on the path before opening it: a file
+    swapped in between (in a directory someone else can write) cannot pass them. O_NONBLOCK: a
+    FIFO at the path must not hang the start."""
     try:
-        info = os.stat(path)
-        with open(path, "rb") as handle:
-            token = handle.read().strip()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise StartupError(f"token file {path}: {exc.strerror}") from None
-    if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise StartupError(f"token file {path} must be owned by this user with mode 0600 or stricter")
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StartupError(f"token file {path} is not a regular file")
+        if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise StartupError(f"token file {path} must be owned by this user with mode 0600 or stricter")
+        try:
+            token = handle.read().strip()
+        except OSError as exc:
+            raise StartupError(f"token file {path}: {exc.strerror}") from None
     if len(token) < 16:
         raise StartupError(f"token file {path}: the token must be at least 16 characters")
     return token

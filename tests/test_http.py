@@ -256,6 +256,30 @@ def test_token_file_must_be_private(tmp_path: Path) -> None:
         open_listeners(make_config(tmp_path, http=True, token_file=str(token_file)))
 
 
+def test_a_token_path_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path) -> None:
+    """The token file is checked through the opened file (fstat), so a file swapped in after the
+    check cannot be read; a FIFO at the path used to block the start in open() for ever."""
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo, 0o600)
+    outcome: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            open_listeners(make_config(tmp_path, http=True, token_file=str(fifo)))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    starter = threading.Thread(target=start, daemon=True)
+    starter.start()
+    starter.join(10)
+    if starter.is_alive():
+        with open(fifo, "wb"):  # release the blocked open(), then fail
+            pass
+        pytest.fail("npud blocked opening a FIFO as its token file")
+    assert len(outcome) == 1 and isinstance(outcome[0], StartupError)
+    assert "is not a regular file" in str(outcome[0])
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "::", "example.org", "10.0.0.1"])
 def test_non_loopback_hosts_are_refused(host: str) -> None:
     with pytest.raises(StartupError, match="loopback"):
