@@ -230,7 +230,9 @@ class HealthResult(Struct, omit_defaults=True, kw_only=True):
     uptime_s: float
     queue: QueueInfo
     busy_counter: BusyCounterInfo
+    #: Jobs answered with a result.
     jobs_served: int
+    #: Jobs answered with an error (deadline, shutdown, not verified, generation failed, ...).
     jobs_failed: int
     #: ``None`` until the model has loaded.
     load_time_ms: Union[float, None]
@@ -242,6 +244,8 @@ class HealthResult(Struct, omit_defaults=True, kw_only=True):
     load_attempts: Union[int, UnsetType] = UNSET
     #: Seconds until the next load attempt, while one is scheduled after a transient failure.
     retry_in_s: Union[float, UnsetType] = UNSET
+    #: Jobs withdrawn by ``cancel`` or because their client left, queued or running (absent when 0).
+    jobs_cancelled: int = 0
 
 
 class JobInfo(Struct):

@@ -76,7 +76,11 @@ def here(command: str) -> list[str]:
 
 def owner_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OV_GENAI_NPU_", "XDG_", "NOTIFY_"))}
-    env.update({"HOME": str(tmp_path / "home"), "NPUD_VENV": str(BIN.parent), **extra})
+    # A login session's runtime directory, where the NPU lock file lives by default.
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    env.update({"HOME": str(tmp_path / "home"), "XDG_RUNTIME_DIR": str(runtime), "NPUD_VENV": str(BIN.parent),
+                **extra})
     (tmp_path / "home").mkdir(exist_ok=True)
     return env
 

@@ -229,3 +229,14 @@ def test_bootstrap_says_to_install_python3_venv(tmp_path: Path) -> None:
         assert proc.returncode == 1
         assert "sudo apt install python3-venv" in proc.stderr and "Traceback" not in proc.stderr
         assert not venv.exists()
+
+
+def test_the_user_unit_env_example_does_not_offer_an_allow_list() -> None:
+    """Attack review finding D1. contrib/npud.env.example is installed as ~/.config/npud/npud.env for the *user* units and
+    offers '#OV_GENAI_NPU_ALLOW_UID=1001  (Let another local user in over the socket)'. README
+    'Serving other users' says allow-lists cannot work in the user units and npud refuses to start
+    with one there (status 1; with Restart=on-failure, a restart loop). Uncommenting the example
+    line breaks the daemon."""
+    example = (REPO / "contrib" / "npud.env.example").read_text()
+    offered = [line for line in example.splitlines() if re.match(r"#?\s*OV_GENAI_NPU_ALLOW_(UID|GID)=", line)]
+    assert offered == [], f"the user-unit env example offers an allow-list the user units refuse: {offered}"
