@@ -13,6 +13,7 @@ Exit codes (stable, documented in README):
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -54,6 +55,36 @@ EXIT_GENERATION_FAILED = 5
 EXIT_NOT_VERIFIED = 6
 
 WAIT_POLL_S = 0.2
+# --timeout beyond a day is a typo (and past what a socket timeout can hold: OverflowError).
+MAX_TIMEOUT_S = 86400.0
+
+
+def seconds(text: str) -> float:
+    """--timeout: a finite number of seconds in (0, MAX_TIMEOUT_S]; a usage error (exit 2)
+    otherwise. 0 would make the socket non-blocking, -1 and nan crashed in settimeout."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT_S):
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_TIMEOUT_S:.0f} seconds, not {text}")
+    return value
+
+
+def bounded_int(low: int, high: int | None = None) -> Any:
+    """An argparse type: an integer in [low, high] (exit 2 with a message otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, not {value}")
+        return value
+
+    return parse
 
 
 def exit_code_for(exc: NpuClientError) -> int:
@@ -81,7 +112,7 @@ def add_global_options(parser: argparse.ArgumentParser, after_command: bool = Fa
 
     parser.add_argument("--socket", default=default(None),
                         help=f"npud socket (default: ${SOCKET_ENV} or {default_socket({})})")
-    parser.add_argument("--timeout", type=float, default=default(DEFAULT_TIMEOUT_S), metavar="SECONDS",
+    parser.add_argument("--timeout", type=seconds, default=default(DEFAULT_TIMEOUT_S), metavar="SECONDS",
                         help="how long npuctl waits for each reply, and with --wait for the model "
                         f"(default {DEFAULT_TIMEOUT_S:.0f}); on expiry it disconnects and npud withdraws "
                         "the job. Not the job's deadline on the daemon: see --deadline-ms")
@@ -96,7 +127,7 @@ def add_global_options(parser: argparse.ArgumentParser, after_command: bool = Fa
 
 def add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="the text, or - to read standard input")
-    parser.add_argument("--deadline-ms", type=int, default=None, metavar="MS",
+    parser.add_argument("--deadline-ms", type=bounded_int(1, MAX_TIMEOUT_MS), default=None, metavar="MS",
                         help=f"the job's deadline on the daemon (the contract's timeout_ms, 1..{MAX_TIMEOUT_MS}), "
                         "counted from receipt: when it passes npud withdraws or stops the job and answers "
                         "'deadline exceeded' (exit 4). Default: the job's own (30000 for title and "
@@ -119,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="run a job")
     gen.add_argument("--job", required=True, choices=JOB_NAMES)
     add_job_options(gen)
-    gen.add_argument("--max-new-tokens", type=int, default=None)
+    # The upper bound depends on the job: the daemon checks it (exit 2 with its limit).
+    gen.add_argument("--max-new-tokens", type=bounded_int(1), default=None)
     add_global_options(gen, after_command=True)
     for name, help_text in (("extract-memory-candidates", "facts worth remembering, as a list"),
                             ("condense-notification", "a notification in one sentence")):
@@ -180,7 +212,7 @@ def human(result: Any) -> str:
     if isinstance(result, HealthResult):
         device = f"{result.device} (emulated on the CPU)" if result.emulated is True else result.device
         line = f"{result.status}: {result.model} on {device}, queue {result.queue.depth}/{result.queue.capacity}, "
-        line += f"{result.jobs_served} served, {result.jobs_failed} failed"
+        line += f"{result.jobs_served} served, {result.jobs_failed} failed, {result.jobs_cancelled} cancelled"
         return line + (f"\nerror: {result.error}" if result.error is not msgspec.UNSET else "")
     if isinstance(result, ModelsResult):
         rows = []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import socket
 import threading
@@ -172,6 +173,15 @@ def _check_server(trust: ServerTrust, sock: socket.socket, name: str) -> None:
         raise
 
 
+def check_timeout(timeout: float | None) -> float | None:
+    """A client's wait in seconds: None (for ever) or a finite number above 0. ValueError
+    otherwise: 0 made the socket non-blocking (a job then failed as "connection lost"), and -1,
+    nan or inf raised from deep inside the socket module."""
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be None or a number of seconds above 0, not {timeout!r}")
+    return timeout
+
+
 class Client:
     """Blocking client. Thread-safe: a lock serialises calls on the one connection.
 
@@ -185,7 +195,7 @@ class Client:
     def __init__(self, socket_name: str | None = None, timeout: float | None = DEFAULT_TIMEOUT_S, *,
                  server_uids: ServerUids | None = None) -> None:
         self.socket_name = socket_name or default_socket()
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
         self.trust = ServerTrust.for_this_process(server_uids)
         self._sock: socket.socket | None = None
         self._replies = _ReplyLines()
@@ -224,11 +234,12 @@ class Client:
     def call(self, method: str, params: dict[str, Any] | None, result_type: type[T],
              timeout: float | None = None) -> T:
         """Send one request and wait for its reply."""
+        limit = self.timeout if timeout is None else check_timeout(timeout)
         with self._lock:
             request_id = next(self._ids)
             data = _request_line(method, params, request_id)
             try:
-                reply = self._roundtrip(data, request_id, self.timeout if timeout is None else timeout)
+                reply = self._roundtrip(data, request_id, limit)
             except BaseException:
                 # Whatever ended the call without its reply (timeout, lost connection, a bad reply,
                 # KeyboardInterrupt), the request may still be pending on the daemon and its late
@@ -316,7 +327,7 @@ class AsyncClient:
     def __init__(self, socket_name: str | None = None, timeout: float | None = DEFAULT_TIMEOUT_S, *,
                  server_uids: ServerUids | None = None) -> None:
         self.socket_name = socket_name or default_socket()
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
         self.trust = ServerTrust.for_this_process(server_uids)
         self._sock: socket.socket | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -356,10 +367,10 @@ class AsyncClient:
 
     async def call(self, method: str, params: dict[str, Any] | None, result_type: type[T],
                    timeout: float | None = None) -> T:
+        limit = self.timeout if timeout is None else check_timeout(timeout)
         async with self._lock:
             request_id = next(self._ids)
             data = _request_line(method, params, request_id)
-            limit = self.timeout if timeout is None else timeout
             try:
                 reply = await asyncio.wait_for(self._roundtrip(data, request_id), limit)
             except asyncio.TimeoutError:

@@ -240,7 +240,9 @@ class HealthResult(Struct, omit_defaults=True, kw_only=True):
     uptime_s: float
     queue: QueueInfo
     busy_counter: BusyCounterInfo
+    #: Jobs answered with a result.
     jobs_served: int
+    #: Jobs answered with an error (deadline, shutdown, not verified, generation failed, ...).
     jobs_failed: int
     #: ``None`` until the model has loaded.
     load_time_ms: Union[float, None]
@@ -254,6 +256,8 @@ class HealthResult(Struct, omit_defaults=True, kw_only=True):
     retry_in_s: Union[float, UnsetType] = UNSET
     #: The CPU priority the inference runs at; present once the worker thread has started.
     worker: Union[WorkerPriority, UnsetType] = UNSET
+    #: Jobs withdrawn by ``cancel`` or because their client left, queued or running (absent when 0).
+    jobs_cancelled: int = 0
 
 
 class JobInfo(Struct):

@@ -105,12 +105,23 @@ def default_paths(environ: Mapping[str, str]) -> dict[str, str]:
     cache = environ.get("CACHE_DIRECTORY") or str(
         Path(environ.get("XDG_CACHE_HOME") or home / ".cache") / "npud"
     )
-    runtime = environ.get("XDG_RUNTIME_DIR") or "/tmp"
     return {
         "model": str(data / "npud" / "models" / "Qwen2.5-1.5B-Instruct-int4-ov"),
         "cache_dir": cache,
-        "lock_file": str(Path(runtime) / "npu.lock"),
+        "lock_file": default_lock_file(environ),
     }
+
+
+def default_lock_file(environ: Mapping[str, str]) -> str:
+    """The NPU lock file when none is given: in a directory only this user (or root) can write,
+    never /tmp, where another user could plant a link or hold the lock (CONTRACT.md §8).
+
+    ``$XDG_RUNTIME_DIR`` (a login session, a user unit), else ``$RUNTIME_DIRECTORY`` (a system
+    unit with RuntimeDirectory=; the first one if several). "" when neither is set (sudo, cron, a
+    system unit without it): on the NPU npud then refuses to start and asks for --lock-file.
+    """
+    runtime = environ.get("XDG_RUNTIME_DIR") or environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return str(Path(runtime) / "npu.lock") if runtime else ""
 
 
 def _parse_bool(text: str) -> bool:
@@ -209,7 +220,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("cache_max_mb", "--cache-max-mb", "CACHE_MAX_MB", _positive_int,
            "compile cache size cap; other configurations' blobs are pruned, oldest first"),
     Option("lock_file", "--lock-file", "LOCK_FILE", str,
-           "flock file that serialises NPU use across processes"),
+           "flock file that serialises NPU use across processes (a regular file owned by you or root)",
+           default_text="$XDG_RUNTIME_DIR/npu.lock, else $RUNTIME_DIRECTORY/npu.lock; required on the NPU "
+           "without either"),
     Option("lock_timeout_s", "--lock-timeout", "LOCK_TIMEOUT", _positive_float,
            "seconds to wait for the NPU lock before failing a job"),
     Option("queue_depth", "--queue-depth", "QUEUE_DEPTH", _positive_int,

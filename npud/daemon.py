@@ -30,9 +30,9 @@ from .busy import BusyCounter, BusyCounterError, discover_npu
 from .config import Config
 from .connlog import ConnectionLog
 from .engine import DeviceUnavailable, EngineLoader, StartupError
-from .http import HttpShim, bind_http_socket, read_token_file
+from .http import HttpShim, authority, bind_http_socket, read_token_file
 from .metrics import Metrics
-from .npulock import NpuLock
+from .npulock import LockFileRefused, NpuLock, open_lock_file
 from .peercred import PeerPolicy, allow_list_problem, read_id_maps
 from .rpc import Dispatcher
 from .server import RpcConnection, SocketFile, bind_unix_socket
@@ -99,6 +99,24 @@ def explain_missing_device(config: Config, exc: DeviceUnavailable) -> str:
         return str(exc)
     nodes = inspect_nodes(Path(config.dev_accel))
     return npu_unavailable_message(nodes, current_groups(), discover_npu(config.sysfs_root), exc.devices)
+
+
+def check_npu_lock(config: Config) -> None:
+    """On the NPU: a lock file must be configured (there is no safe default without a runtime
+    directory) and usable (a regular file of ours or root's, not a link); checked once at startup
+    so that a bad one is a clear exit, not a failed load."""
+    if not config.is_npu:
+        return
+    if not config.lock_file:
+        raise StartupError(
+            "no place for the NPU lock file: neither $XDG_RUNTIME_DIR nor $RUNTIME_DIRECTORY is set "
+            "(sudo, cron, a system service). Pass --lock-file (OV_GENAI_NPU_LOCK_FILE) in a directory only "
+            "trusted users can write, the same path for every process that shares the NPU, e.g. "
+            "/run/npud/npu.lock (RuntimeDirectory=npud); never /tmp.")
+    try:
+        os.close(open_lock_file(config.lock_file))
+    except LockFileRefused as exc:
+        raise StartupError(str(exc)) from None
 
 
 @dataclass
@@ -246,7 +264,8 @@ class Daemon:
 
     def _log_listening(self) -> None:
         where = "socket-activated fds" if self.listeners.activated else self.config.socket
-        http = f", http 127.0.0.1:{self.listeners.http_port}" if self.listeners.http else ""
+        # The bound address (--host ::1 or 127.0.0.2, or systemd's socket), not a default.
+        http = f", http {authority(self.listeners.http.getsockname())}" if self.listeners.http else ""
         log.info("npud %s listening on %s%s (device %s, model %s)",
                  __version__, where, http, self.config.device_label, self.config.model)
         if self._unverified:
@@ -271,7 +290,7 @@ class Daemon:
         ready = "ready (NPU emulated on the CPU)" if self.config.npu_emulation else "ready"
         unverified = ", NPU use NOT verified (--no-busy-check)" if self._unverified else ""
         return (f"{ready}, {snap.queue_depth} queued{running}, {snap.jobs_served} jobs served, "
-                f"{snap.jobs_failed} failed{unverified}")
+                f"{snap.jobs_failed} failed, {snap.jobs_cancelled} cancelled{unverified}")
 
     async def _report_status(self, last: str = "") -> None:
         """STATUS= whenever the line changes (checked every second, and at once when the worker
@@ -354,9 +373,13 @@ class Daemon:
             return
         error = ShuttingDown(f"daemon is shutting down; the running job was stopped after "
                              f"--shutdown-timeout {timeout:g}s")
-        if self.worker.stop_running(error):
+        stopped = self.worker.stop_running(error)
+        if stopped == "answered":
             log.warning("running job did not finish within %gs of shutdown: stopped and answered with "
                         "-32006", timeout)
+        elif stopped == "already_answered":  # cancelled, its deadline or its client gone: answered then
+            log.warning("running job, already answered, had not stopped within %gs of shutdown: "
+                        "stopping it", timeout)
         else:
             log.warning("the model load did not finish within %gs of shutdown; exiting anyway", timeout)
         # A live generation stops at its next token; a hung one is left to os._exit in run().
@@ -437,6 +460,7 @@ def run(config: Config, loader: EngineLoader, systemd: SystemdContext | None = N
         except DeviceUnavailable as exc:
             raise StartupError(explain_missing_device(config, exc)) from None
         busy_counter = prepare_busy_counter(config, platform.release())
+        check_npu_lock(config)
         listeners = open_listeners(config, systemd.activated)
     except StartupError as exc:
         log.error("cannot start: %s", exc)

@@ -12,6 +12,7 @@ entered from two threads at once.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import logging
@@ -162,6 +163,18 @@ def check_model_spec(spec: str) -> None:
 
 # The GGUF conversion runs as ``python -m npud.convert GGUF TARGET`` (see that module).
 CONVERT_MODULE = "npud.convert"
+# ``-m`` puts the working directory first on sys.path: a daemon started from /tmp would import
+# any ``npud/`` another user planted there. So the child runs in "/" (only root can write there)
+# and, where Python has it (3.11+), with -P, which leaves the working directory off sys.path.
+# Not -I: it would also drop PYTHONPATH and the user site-packages that a `pip install --user`
+# of npud lives in; both are the daemon's own, trusted environment.
+CONVERT_CWD = "/"
+CONVERT_PYTHON_FLAGS: tuple[str, ...] = ("-P",) if sys.version_info >= (3, 11) else ()
+# Each conversion works in <store>/.convert-XXXX, flock'd by its converter for its whole life. A
+# converter killed outright (SIGKILL, a crash) leaves it behind; a later load removes folders that
+# are unlocked and older than this (the age covers the instant between mkdtemp and flock).
+CONVERT_WORK_PREFIX = ".convert-"
+STALE_CONVERSION_S = 60.0
 # Lines of the converter's stderr kept for the error message (the rest is OpenVINO's chatter).
 CONVERT_ERROR_MARK = "npud.convert: "
 CONVERT_STDERR_KEEP = 64 * 1024
@@ -171,36 +184,87 @@ def ir_is_complete(target: Path) -> bool:
     return (target / "openvino_model.xml").is_file()
 
 
-def convert_gguf_in_this_process(gguf: Path, target: Path) -> Path:
+def conversion_workdir(parent: Path) -> tuple[Path, int]:
+    """A private work folder for one conversion in ``parent``, and the descriptor whose flock
+    marks it as in use until this process exits (the kernel drops the lock however it ends)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=parent, prefix=CONVERT_WORK_PREFIX))
+    fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return work, fd
+
+
+def remove_workdir(work: Path) -> None:
+    """Remove a conversion folder, also while OpenVINO may still be writing into it (the
+    converter is being stopped from another thread): a file created behind rmtree's back makes
+    the folder non-empty, so try again a few times."""
+    for _ in range(5):
+        shutil.rmtree(work, ignore_errors=True)
+        if not os.path.lexists(work):
+            return
+
+
+def sweep_stale_conversions(store: Path, now: float | None = None) -> list[str]:
+    """Remove the ``.convert-*`` folders of converters that died without cleaning up (SIGKILL,
+    a crash, a power cut). A folder whose flock is held belongs to a live converter (this daemon's
+    or a concurrent one's) and is left alone, as is one younger than STALE_CONVERSION_S."""
+    try:
+        entries = list(store.iterdir())
+    except OSError:
+        return []
+    now = time.time() if now is None else now
+    removed = []
+    for entry in entries:
+        if not entry.name.startswith(CONVERT_WORK_PREFIX):
+            continue
+        try:
+            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone, or not a folder (never follow a link out of the store)
+        try:
+            if now - os.fstat(fd).st_mtime < STALE_CONVERSION_S:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a converter is working in it
+            remove_workdir(entry)
+            removed.append(entry.name)
+        finally:
+            os.close(fd)
+    for name in removed:
+        log.info("removed %s/%s, left by an interrupted GGUF conversion", store, name)
+    return removed
+
+
+def convert_gguf_in_this_process(gguf: Path, target: Path, work: Path) -> Path:
     """Convert a GGUF to an OpenVINO IR folder (it then loads about twice as fast).
 
     Runs OpenVINO's GGUF reader, which crashes the process on a corrupt file: only ever call this
     in the converter child (:func:`convert_gguf_to_ir`), never inside the daemon.
 
     openvino_genai writes the IR next to the .gguf it reads (``enable_save_ov_model``), so the
-    GGUF is linked into a private temporary folder; the finished folder is renamed into place
-    atomically so that a crash or a concurrent daemon never sees half a model.
+    GGUF is linked into the private folder ``work`` (made by :func:`conversion_workdir`, removed
+    by the caller); the finished folder is renamed into place atomically so that a crash or a
+    concurrent daemon never sees half a model.
     """
     if ir_is_complete(target):
         return target
     import openvino_genai as og
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".convert-") as tmp:
-        work = Path(tmp)
-        link = work / gguf.name
-        link.symlink_to(gguf.resolve())
-        og.LLMPipeline(str(link), "CPU", enable_save_ov_model=True)
-        out = work / "ir"
-        out.mkdir()
-        for produced in work.iterdir():
-            if produced.name.startswith("openvino_"):
-                shutil.move(str(produced), out / produced.name)
-        try:
-            os.rename(out, target)
-        except OSError:
-            if not ir_is_complete(target):
-                raise
+    link = work / gguf.name
+    link.symlink_to(gguf.resolve())
+    og.LLMPipeline(str(link), "CPU", enable_save_ov_model=True)
+    out = work / "ir"
+    out.mkdir()
+    for produced in work.iterdir():
+        if produced.name.startswith("openvino_"):
+            shutil.move(str(produced), out / produced.name)
+    try:
+        os.rename(out, target)
+    except OSError:
+        if not ir_is_complete(target):
+            raise
     return target
 
 
@@ -214,10 +278,12 @@ def convert_gguf_to_ir(gguf: Path, target: Path) -> Path:
     if ir_is_complete(target):
         return target
     started = time.monotonic()
-    command = [sys.executable, "-m", CONVERT_MODULE, str(gguf), str(target)]
+    # Absolute paths: the child runs in CONVERT_CWD, not in our working directory.
+    command = [sys.executable, *CONVERT_PYTHON_FLAGS, "-m", CONVERT_MODULE,
+               os.path.abspath(gguf), os.path.abspath(target)]
     try:
         child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE)
+                                 stderr=subprocess.PIPE, cwd=CONVERT_CWD)
     except OSError as exc:
         raise ModelLoadError(f"cannot start the GGUF converter for {gguf}: {exc.strerror}") from None
     stderr = _read_tail(child)
@@ -247,6 +313,11 @@ def conversion_failure(gguf: Path, status: int, stderr: str) -> str:
     what to do."""
     advice = ("The file is probably truncated or corrupt: download it again (compare its size and "
               "checksum), or pass an OpenVINO IR folder to --model.")
+    stopped = -status if status < 0 else status - 128 if status > 128 else 0
+    if stopped in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL):
+        # Not the file's fault: someone stopped the converter (npud's unit being stopped, Ctrl-C).
+        return (f"converting {gguf} to OpenVINO IR was interrupted by {signal.Signals(stopped).name}; "
+                "it is converted again at the next load")
     if status < 0:
         try:
             name = signal.Signals(-status).name
@@ -275,6 +346,7 @@ def gguf_store_key(gguf: Path, name: str, genai_version: str) -> str:
 def resolve_model_path(config: Config) -> Path:
     """The IR folder to load: as given, or converted from a GGUF (built-in or a path) once into
     ``<cache>/models``. A GGUF is never parsed in this process."""
+    sweep_stale_conversions(config.model_store_dir)
     if config.model == BUILTIN_SMOLLM2:
         gguf, name = builtin_smollm2_gguf(), BUILTIN_SMOLLM2
     else:

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import re
+import select
 import socket
 import stat
 import struct
@@ -81,6 +82,9 @@ MAX_REFUSING = 32
 # After the shutdown deadline, connections are aborted; their handlers end within this much.
 ABORT_GRACE_S = 1.0
 READ_CHUNK = 65536
+# While a job runs and the client has pipelined more than we buffer, the connection is no longer
+# read; a hang-up is then noticed by polling the socket (POLLRDHUP) this often.
+HANGUP_POLL_S = 0.5
 # Retry-After (seconds) for 503s whose wait cannot be computed from the queue.
 RETRY_NOT_READY_S = 5  # the model failed to load: a restart (systemd) may fix it
 RETRY_DEVICE_BUSY_S = 1
@@ -154,15 +158,25 @@ def bind_http_socket(host: str, port: int) -> socket.socket:
 
 
 def read_token_file(path: str) -> bytes:
-    """The bearer token; the file must belong to us and be unreadable by anyone else."""
+    """The bearer token; the file must belong to us and be unreadable by anyone else.
+
+    The checks are made on the opened file (fstat), not on the path before opening it: a file
+    swapped in between (in a directory someone else can write) cannot pass them. O_NONBLOCK: a
+    FIFO at the path must not hang the start."""
     try:
-        info = os.stat(path)
-        with open(path, "rb") as handle:
-            token = handle.read().strip()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise StartupError(f"token file {path}: {exc.strerror}") from None
-    if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise StartupError(f"token file {path} must be owned by this user with mode 0600 or stricter")
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StartupError(f"token file {path} is not a regular file")
+        if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise StartupError(f"token file {path} must be owned by this user with mode 0600 or stricter")
+        try:
+            token = handle.read().strip()
+        except OSError as exc:
+            raise StartupError(f"token file {path}: {exc.strerror}") from None
     if len(token) < 16:
         raise StartupError(f"token file {path}: the token must be at least 16 characters")
     return token
@@ -233,10 +247,15 @@ def loopback_origin(value: bytes, port: int) -> bool:
     return loopback_authority(value[len(scheme):], port)
 
 
+def authority(address: tuple[Any, ...]) -> str:
+    """``host:port`` for a bound socket address (IPv6 in brackets)."""
+    host, port = str(address[0]), int(address[1])
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def base_url(address: tuple[Any, ...]) -> str:
     """``http://host:port`` for a bound socket address (IPv6 in brackets)."""
-    host, port = str(address[0]), int(address[1])
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"http://{authority(address)}"
 
 
 # ---------------------------------------------------------------- replies
@@ -273,7 +292,7 @@ def error_reply(error: ErrorObject, status: int | None = None) -> HttpReply:
 
 def plain_error(status: int, message: str, extra_headers: list[tuple[bytes, bytes]] | None = None,
                 data: Any = msgspec.UNSET) -> HttpReply:
-    """An HTTP-level error (400, 401, 403, 404, 405, 408, 413, 415, 421, 431) in the same body shape."""
+    """An HTTP-level error (400, 401, 403, 404, 405, 408, 413, 415, 421, 431, 501) in the same body shape."""
     body = _error_body(ErrorObject(code=InvalidRequest.code, message=message, data=data))
     return HttpReply(status, body, [(b"content-type", b"application/json"), *(extra_headers or [])])
 
@@ -313,6 +332,8 @@ class HttpConnection:
     idle: bool = False
     #: Bytes in h11's buffer since the current head began (to measure a head that came whole).
     head_bytes: int = 0
+    #: The request being answered is a HEAD: its reply has a head and no body (RFC 9110 §9.3.2).
+    head_only: bool = False
     _read: asyncio.Task[bytes] | None = None
 
     def pending_read(self) -> asyncio.Task[bytes]:
@@ -345,6 +366,19 @@ class HttpConnection:
 
     def buffered(self) -> int:
         return len(self.http.trailing_data[0])
+
+    def hung_up(self) -> bool:
+        """True once the client closed its side (FIN: POLLRDHUP) or the connection broke, also
+        while we do not read it: the kernel reports the FIN behind any bytes still unread."""
+        if self.writer.transport.is_closing():
+            return True
+        sock = self.writer.get_extra_info("socket")
+        if sock is None or sock.fileno() < 0:
+            return True
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLRDHUP)
+        gone = select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
+        return any(mask & gone for _, mask in poller.poll(0))
 
     def close(self) -> None:
         if self._read is not None:
@@ -460,9 +494,18 @@ class HttpShim:
             LimitData(limit=self._max_connections, actual=served + 1, unit="connections", field="connections"))
         try:
             request = await self._read_head(conn, idle_timeout=self._timeout)
-        except (Refusal, h11.RemoteProtocolError):
+            if request is None:
+                return
+            # Host/Origin first: a DNS-rebinding page must get 421/403 here too, not the limit
+            # and the live connection count in a 503's data.
+            self._check_head(request)
+        except Refusal as refusal:
+            if await self._send(conn, refusal.reply, close=True):
+                await self._linger(conn)
             return
-        if request is not None and await self._send(conn, error_reply(error.to_object()), close=True):
+        except h11.RemoteProtocolError:
+            return
+        if await self._send(conn, error_reply(error.to_object()), close=True):
             await self._linger(conn)
 
     async def _serve(self, conn: HttpConnection) -> None:
@@ -496,8 +539,10 @@ class HttpShim:
             if conn.http.their_state is h11.ERROR and conn.http.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 if exc.error_status_hint == 431:  # h11's own check: the head is still incomplete
                     return Outcome(self._head_too_large(conn.head_bytes), keep_alive=False, linger=True)
-                return Outcome(plain_error(exc.error_status_hint, "malformed HTTP request"),
-                               keep_alive=False, linger=True)
+                if exc.error_status_hint == 501:  # RFC 9112 §6.1: a transfer coding it does not know
+                    return Outcome(plain_error(501, "unsupported Transfer-Encoding: only chunked is understood"),
+                                   keep_alive=False, linger=True)
+                return Outcome(plain_error(400, "malformed HTTP request"), keep_alive=False, linger=True)
             return None
         if body is None:
             return None
@@ -528,6 +573,7 @@ class HttpShim:
                     conn.feed(data)
                     continue
                 if isinstance(event, h11.Request):
+                    conn.head_only = event.method == b"HEAD"
                     self._check_head_size(conn)
                     return event
                 return None  # ConnectionClosed: the client is gone
@@ -562,7 +608,7 @@ class HttpShim:
         """
         hosts: list[bytes] = []
         origins: list[bytes] = []
-        fetch_site: bytes | None = None
+        fetch_sites: list[bytes] = []
         declared: int | None = None
         for name, value in request.headers:  # one pass: this runs for every request
             if name == b"host":
@@ -570,7 +616,7 @@ class HttpShim:
             elif name == b"origin":
                 origins.append(value)
             elif name == b"sec-fetch-site":
-                fetch_site = value
+                fetch_sites.append(value)
             elif name == b"content-length":
                 declared = int(value)  # h11 has validated it
         if len(hosts) != 1:
@@ -585,7 +631,8 @@ class HttpShim:
             raise Refusal(plain_error(
                 403, f"cross-origin request refused: the Origin must be http://localhost:{self._port} "
                      f"(or 127.0.0.1, [::1]) when present"))
-        if fetch_site is not None and fetch_site.lower() not in (b"same-origin", b"none"):
+        # Repeated, like Origin: refused, never resolved by picking one of the values.
+        if fetch_sites and (len(fetch_sites) > 1 or fetch_sites[0].lower() not in (b"same-origin", b"none")):
             self._note("http_origin", "Sec-Fetch-Site says another site sent this request: 403")
             raise Refusal(plain_error(403, "cross-site request refused (Sec-Fetch-Site)"))
         if declared is not None and declared > self._max_body:
@@ -664,9 +711,11 @@ class HttpShim:
         watched = 0
         while not call.done():
             if watched > self._max_body + MAX_HEAD_BYTES:
-                # The client is clearly there and keeps pipelining: stop reading (bounded
-                # buffering) and wait for the job, whose own deadline bounds this wait.
-                await asyncio.wait({call})
+                # The client keeps pipelining: stop reading (bounded buffering), but keep watching
+                # for its hang-up, which the kernel reports behind the unread bytes.
+                if await self._hung_up_while(conn, call):
+                    await self._cancel_call(call, rpc)
+                    return None
                 break
             read = conn.pending_read()
             await asyncio.wait({call, read}, return_when=asyncio.FIRST_COMPLETED)
@@ -677,22 +726,38 @@ class HttpShim:
             watched += len(data)
             if data or call.done():
                 continue
-            call.cancel()
-            await asyncio.wait({call}, timeout=self._timeout)
-            log.debug("HTTP client hung up while its %s request ran: cancelled", rpc.method)
+            await self._cancel_call(call, rpc)
             return None
         return call.result()
 
+    @staticmethod
+    async def _hung_up_while(conn: HttpConnection, call: asyncio.Future[Reply]) -> bool:
+        """Wait for ``call`` without reading; True if the client hung up first."""
+        while not call.done():
+            await asyncio.wait({call}, timeout=HANGUP_POLL_S)
+            if not call.done() and conn.hung_up():
+                return True
+        return False
+
+    async def _cancel_call(self, call: asyncio.Future[Reply], rpc: Request) -> None:
+        call.cancel()
+        await asyncio.wait({call}, timeout=self._timeout)
+        log.debug("HTTP client hung up while its %s request ran: cancelled", rpc.method)
+
     def _metrics_text(self) -> str:
         snap = self._dispatcher.worker.snapshot()
+        jobs = {"served": snap.jobs_served, "failed": snap.jobs_failed, "cancelled": snap.jobs_cancelled}
         return self._dispatcher.metrics.exposition(snap.queue_depth, self._dispatcher.worker.capacity, snap.running,
-                                                   snap.load_time_ms, snap.status)
+                                                   snap.load_time_ms, snap.status, jobs)
 
     def _authorized(self, request: h11.Request) -> bool:
-        for name, value in request.headers:
-            if name == b"authorization" and value.startswith(b"Bearer "):
-                return hmac.compare_digest(value[7:].strip(), self._token or b"")
-        return False
+        """Exactly one ``Authorization: Bearer <token>`` with the token. The scheme name is
+        case-insensitive (RFC 9110 §11.1: ``bearer`` and ``BEARER`` too)."""
+        values = [value for name, value in request.headers if name == b"authorization"]
+        if len(values) != 1:
+            return False
+        scheme, _, token = values[0].strip().partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._token or b"")
 
     def _note(self, reason: str, message: str) -> None:
         """Count a refusal; log the first of each kind as a warning, the rest at DEBUG (a page
@@ -716,11 +781,11 @@ class HttpShim:
         try:
             # One write: head and body in separate segments would meet the client's delayed ACK
             # (Nagle), a 40 ms stall per request (measured by the benchmark before this was joined).
-            data = b"".join((
-                conn.http.send(h11.Response(status_code=reply.status, headers=headers, reason=reason)) or b"",
-                conn.http.send(h11.Data(data=reply.body)) or b"",
-                conn.http.send(h11.EndOfMessage()) or b"",
-            ))
+            parts = [conn.http.send(h11.Response(status_code=reply.status, headers=headers, reason=reason)) or b""]
+            if not conn.head_only:  # a reply to HEAD has no body: h11 refuses to send one
+                parts.append(conn.http.send(h11.Data(data=reply.body)) or b"")
+            parts.append(conn.http.send(h11.EndOfMessage()) or b"")
+            data = b"".join(parts)
         except h11.LocalProtocolError:
             return False
         conn.writer.write(data)
@@ -809,6 +874,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                                 "content": error_content}
             responses["413"] = {"description": "Body too large", "content": error_content}
             responses["415"] = {"description": "Content-Type is not application/json", "content": error_content}
+            responses["501"] = {"description": "A Transfer-Encoding other than chunked", "content": error_content}
         paths[path] = {route.method.lower(): operation}
     return {
         "openapi": "3.1.0",

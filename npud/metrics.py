@@ -78,6 +78,10 @@ class Metrics:
             self.latency["generate"][job].observe(result.timing_ms.generate)
             self.latency["total"][job].observe(result.timing_ms.total)
 
+    def record_outcome(self, method: str, outcome: str) -> None:
+        """A request that ended without a reply (its client gone): counted under ``outcome``."""
+        self.requests[(method, outcome)] += 1
+
     def record_rejection(self, reason: str) -> None:
         self.rejections[reason] += 1
 
@@ -98,8 +102,9 @@ class Metrics:
         )
 
     def exposition(self, queue_depth: int, queue_capacity: int, running: bool, load_time_ms: float | None,
-                   status: str) -> str:
-        """Prometheus text format 0.0.4."""
+                   status: str, jobs: dict[str, int] | None = None) -> str:
+        """Prometheus text format 0.0.4. ``jobs``: the worker's job counts by outcome (served,
+        failed, cancelled), the numbers health and the systemd STATUS line show."""
         out: list[str] = []
 
         def family(name: str, kind: str, help_text: str) -> None:
@@ -112,6 +117,10 @@ class Metrics:
         family("npud_rejections_total", "counter", "Connections refused before any request, by reason.")
         for reason, n in sorted(self.rejections.items()):
             out.append(f'npud_rejections_total{{reason="{reason}"}} {n}')
+        family("npud_jobs_total", "counter", "Jobs by outcome: served (a result), failed (an error), "
+                                               "cancelled (cancel, or the client left).")
+        for outcome, n in (jobs or {}).items():
+            out.append(f'npud_jobs_total{{outcome="{outcome}"}} {n}')
         family("npud_queue_depth", "gauge", "Jobs waiting behind the running one.")
         out.append(f"npud_queue_depth {queue_depth}")
         family("npud_queue_capacity", "gauge", "Jobs that may wait before new ones are rejected.")

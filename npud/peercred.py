@@ -7,6 +7,9 @@ gate, so it is checked on every connection before a single byte is read.
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import os
 import socket
 import struct
@@ -18,6 +21,12 @@ from pathlib import Path
 # no constant for it.
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 _UCRED = struct.Struct("3i")
+# Python's getsockopt() reads at most 1024 bytes: 256 groups. A peer in more groups (common for
+# directory-service accounts) is read through libc with the size the kernel asks for, up to
+# NGROUPS_MAX (65536) groups.
+_GROUPS_FAST_BYTES = 1024
+_GID_BYTES = 4
+NGROUPS_MAX = 65536
 
 
 @dataclass(frozen=True)
@@ -35,12 +44,35 @@ def peer_credentials(sock: socket.socket) -> PeerCred:
 
 
 def _peer_groups(sock: socket.socket) -> tuple[int, ...]:
+    """The peer's supplementary groups; () where the kernel cannot say (then only the primary
+    group counts, so a group rule refuses rather than admits)."""
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 256)
-    except OSError:
-        return ()
-    count = len(raw) // 4
-    return struct.unpack(f"{count}I", raw[: count * 4])
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _GROUPS_FAST_BYTES)
+    except OSError as exc:
+        if exc.errno != errno.ERANGE:
+            return ()
+        raw = _peer_groups_large(sock.fileno())
+    count = len(raw) // _GID_BYTES
+    return struct.unpack(f"{count}I", raw[: count * _GID_BYTES])
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _peer_groups_large(fd: int) -> bytes:
+    """SO_PEERGROUPS for more than 256 groups. On ERANGE the kernel stores the size it needs in
+    ``optlen``; the peer's credentials are fixed at connect(), so the second call fits."""
+    size = ctypes.c_uint32(0)
+    libc = _libc()
+    for _ in range(3):
+        buffer = ctypes.create_string_buffer(max(size.value, 1))
+        if libc.getsockopt(fd, socket.SOL_SOCKET, SO_PEERGROUPS, buffer, ctypes.byref(size)) == 0:
+            return buffer.raw[: size.value]
+        if ctypes.get_errno() != errno.ERANGE or not 0 < size.value <= NGROUPS_MAX * _GID_BYTES:
+            return b""
+    return b""
 
 
 @dataclass(frozen=True)

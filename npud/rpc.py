@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,9 @@ from .worker import Job, Worker
 log = logging.getLogger("npud.rpc")
 
 QUIET_METHODS = frozenset({"health", "models", "cancel"})
+# The outcome (log line, stats, metrics) of a request whose connection ended before its reply:
+# the client hung up (or was disconnected), so nobody was answered.
+CLIENT_GONE = "ClientGone"
 
 # A *running* generation that has not stopped this long after its deadline is hung inside the
 # pipeline (the streamer stops a live one at the next token): its client gets DeadlineExceeded
@@ -245,7 +249,22 @@ class Dispatcher:
                         pending: PendingJobs | None = None) -> Immediate | ParsedLine:
         """Answer at once what needs no waiting (parse errors, control-plane calls); otherwise
         return the parsed line for :meth:`handle_parsed`."""
-        parsed = parse_line(line)
+        return self.handle_parsed_now(parse_line(line), peer, pending)
+
+    def waiting_requests(self, parsed: ParsedLine | ErrorResponse) -> int:
+        """How many requests of a line stay unanswered until a task finishes: 0 for a line answered
+        at once (an error, a single control-plane call), 1 for a job, every item of a batch (one
+        reply line answers them all). What ``--max-in-flight`` counts."""
+        if isinstance(parsed, ErrorResponse):
+            return 0
+        if parsed.is_batch:
+            return len(parsed.items)
+        item = parsed.items[0]
+        return int(isinstance(item, Request) and item.method in self._job_methods)
+
+    def handle_parsed_now(self, parsed: ParsedLine | ErrorResponse, peer: PeerCred | None,
+                          pending: PendingJobs | None = None) -> Immediate | ParsedLine:
+        """:meth:`handle_line_now` for a line already parsed (:func:`parse_line`)."""
         if isinstance(parsed, ErrorResponse):
             self._log(CallContext(peer), parsed)
             return Immediate(encode_line(parsed))
@@ -277,7 +296,11 @@ class Dispatcher:
 
     def refuse_line(self, line: bytes, error: RpcError, peer: PeerCred | None) -> bytes | None:
         """Answer every request of a line with ``error`` without running it (a limit was hit)."""
-        parsed = parse_line(line)
+        return self.refuse_parsed(parse_line(line), error, peer)
+
+    def refuse_parsed(self, parsed: ParsedLine | ErrorResponse, error: RpcError,
+                      peer: PeerCred | None) -> bytes | None:
+        """:meth:`refuse_line` for a line already parsed."""
         if isinstance(parsed, ErrorResponse):
             replies: list[Reply] = [parsed]
         else:
@@ -310,8 +333,14 @@ class Dispatcher:
         try:
             ctx.method = request.method
             reply: Reply = SuccessResponse(id=request_id, result=await self._job_methods[request.method](request, ctx))
+        except asyncio.CancelledError:
+            self._log(ctx, None)  # the connection ended first: one log line and count all the same
+            raise
         except Exception as exc:
             reply = self._error_reply(exc, request_id, ctx)
+            # The error is also kept by the job's future, and its traceback's frames hold the job
+            # (and its input text): a cycle that would outlive the request until the next GC.
+            traceback.clear_frames(exc.__traceback__)
         self._log(ctx, reply)
         return reply
 
@@ -359,6 +388,7 @@ class Dispatcher:
             busy_counter=BusyCounterInfo(enabled=self._busy_file is not None, path=self._busy_file),
             jobs_served=snap.jobs_served,
             jobs_failed=snap.jobs_failed,
+            jobs_cancelled=snap.jobs_cancelled,
             load_time_ms=None if snap.load_time_ms is None else round(snap.load_time_ms, 1),
             error=snap.error if snap.error is not None else UNSET,
             stats=self.metrics.stats(),
@@ -429,11 +459,10 @@ class Dispatcher:
         """Cancel an earlier request of the same connection (ids are only unique per connection)."""
         params = convert_params(request, CancelParams)
         job = ctx.pending.get(params.id) if ctx.pending is not None else None
-        if job is None or not self.worker.withdraw(job):
+        if job is None:
             return CancelResult(cancelled=False)
-        if not job.future.done():
-            job.future.set_exception(RequestCancelled(f"cancelled by request {ctx.request_id!r}"))
-        return CancelResult(cancelled=True)
+        answer = RequestCancelled(f"cancelled by request {ctx.request_id!r}")
+        return CancelResult(cancelled=self.worker.withdraw(job, answer))
 
     async def run_job(self, spec: JobSpec, text: str, max_new_tokens: int | None, timeout_ms: int | None,
                       ctx: CallContext) -> JobResult:
@@ -453,7 +482,7 @@ class Dispatcher:
         try:
             return await self._await_job(job)
         except asyncio.CancelledError:
-            # The client went away (or the daemon is stopping): free the slot, stop the generation.
+            # The client went away: free the slot, stop the generation, count it as cancelled.
             self.worker.withdraw(job)
             raise
         finally:
@@ -468,29 +497,37 @@ class Dispatcher:
         except asyncio.TimeoutError:
             pass
         loading = self.worker.snapshot().status == "loading"
-        if self.worker.expire_queued(job):
-            # Still queued (behind another job, or while the model loads): withdrawn, answered now.
-            where = "while the model was still loading (an NPU compile can take minutes)" if loading else "while queued"
-            raise DeadlineExceeded(f"deadline of {job.timeout_ms} ms passed {where}",
-                                   DeadlineData(job.timeout_ms, "queued"))
+        # Still queued (behind another job, or while the model loads): withdrawn, answered now.
+        where = "while the model was still loading (an NPU compile can take minutes)" if loading else "while queued"
+        queued = DeadlineExceeded(f"deadline of {job.timeout_ms} ms passed {where}",
+                                  DeadlineData(job.timeout_ms, "queued"))
+        if self.worker.expire_queued(job, queued):
+            raise queued
         # Taken by the worker: it stops the job (streamer, NPU lock wait) and answers it itself.
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), HANG_GRACE_S)
         except asyncio.TimeoutError:
-            self.worker.withdraw(job)
-            log.error("job %s did not stop %.0fs after its deadline: the pipeline looks hung",
-                      job.spec.name, HANG_GRACE_S)
-            raise DeadlineExceeded(f"deadline of {job.timeout_ms} ms passed; the generation did not stop",
-                                   DeadlineData(job.timeout_ms, "running")) from None
+            pass
+        hung = DeadlineExceeded(f"deadline of {job.timeout_ms} ms passed; the generation did not stop",
+                                DeadlineData(job.timeout_ms, "running"))
+        if not self.worker.withdraw(job, hung):
+            return await job.future  # answered at this very moment: that answer stands
+        log.error("job %s did not stop %.0fs after its deadline: the pipeline looks hung",
+                  job.spec.name, HANG_GRACE_S)
+        raise hung
 
     # ------------------------------------------------------------ logging
 
-    def _log(self, ctx: CallContext, reply: Reply) -> None:
-        """One line per request: what, how big, how long, who, outcome. Never the content."""
+    def _log(self, ctx: CallContext, reply: Reply | None) -> None:
+        """One line per request: what, how big, how long, who, outcome. Never the content.
+        ``reply`` None: the connection ended before the reply (outcome CLIENT_GONE)."""
         peer = f"pid={ctx.peer.pid} uid={ctx.peer.uid}" if ctx.peer else "peer=-"
         peer += f" via={ctx.transport}"
         elapsed = (time.monotonic() - ctx.started) * 1000
-        if isinstance(reply, ErrorResponse):
+        if reply is None:
+            self.metrics.record_outcome(ctx.method, CLIENT_GONE)
+            outcome, extra = CLIENT_GONE, ""
+        elif isinstance(reply, ErrorResponse):
             self.metrics.record_request(ctx.method, reply.error.code, None)
             outcome = f"error={reply.error.code}"
             extra = ""

@@ -28,7 +28,7 @@ from .connlog import ConnectionLog
 from .engine import StartupError
 from .peercred import PeerCred, PeerPolicy, peer_credentials
 from .metrics import Metrics
-from .rpc import Dispatcher, Immediate, ParsedLine, PendingJobs
+from .rpc import Dispatcher, Immediate, ParsedLine, PendingJobs, parse_line
 
 log = logging.getLogger("npud")
 
@@ -58,13 +58,18 @@ def socket_address(name: str) -> str | bytes:
 
 
 def _someone_listens(address: str | bytes) -> bool:
+    """False only when the kernel says nobody listens there (ECONNREFUSED, or the file is gone).
+    Anything else counts as a live daemon: a full accept queue answers EAGAIN at once (a busy
+    daemon, or one flooded on purpose), and a socket judged stale is deleted."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(1.0)
         probe.connect(address)
         return True
-    except OSError:
+    except (ConnectionRefusedError, FileNotFoundError):
         return False
+    except OSError:
+        return True
     finally:
         probe.close()
 
@@ -215,6 +220,7 @@ class RpcConnection(asyncio.Protocol):
         self._peer: PeerCred | None = None
         self._half_closed = False
         self._pending: PendingJobs = {}  # request id -> job, for `cancel` from this connection
+        self._in_flight = 0  # unanswered requests of the running tasks (a batch counts each one)
         self._last_activity = 0.0
         self._partial_since: float | None = None  # when the current incomplete line began
         self._timer: asyncio.TimerHandle | None = None
@@ -267,8 +273,19 @@ class RpcConnection(asyncio.Protocol):
             self._partial_since = None
         elif lines or self._partial_since is None:
             self._partial_since = now
-        for line in lines:
-            self._spawn(line)
+        self._serve_lines(lines)
+
+    def _take_last_line(self) -> bool:
+        """A last line without its newline (`printf '{...}' | socat`, a file saved without a final
+        newline) is complete at end of input: nothing can follow it, and its sender is still
+        reading. Serve it rather than drop it unanswered. False if it was over the line limit."""
+        try:
+            lines = self._buffer.feed(b"\n")
+        except LineTooLong as exc:
+            self._refuse_oversize(exc.limit)
+            return False
+        self._serve_lines(lines)
+        return True
 
     def pause_writing(self) -> None:
         """The reply buffer passed --write-buffer-limit: the client is not reading. Drop it."""
@@ -281,14 +298,15 @@ class RpcConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         if self._peer is None:
             return False  # a rejected or refused peer finished sending: close now
-        if self._buffer.pending_bytes:
-            log.debug("client closed with an incomplete line of %d bytes", self._buffer.pending_bytes)
         if self._peer_hung_up():
             self._cancel_all()
             return False
         # Half-close: the client is done sending but still reading. Keep the transport open
         # until the pending replies are written, and watch for a full close meanwhile.
         self._half_closed = True
+        self._partial_since = None  # nothing more can arrive: no slow line to time out
+        if self._buffer.pending_bytes and not self._take_last_line():
+            return True  # oversize: answered and closed by _refuse_oversize
         if self._tasks:
             self._daemon.spawn(self._close_when_idle())
             return True
@@ -393,26 +411,53 @@ class RpcConnection(asyncio.Protocol):
         transport.resume_reading()
         self._linger_timer = self._daemon.loop.call_later(LINGER_S, self.abort_or_close)
 
-    def _spawn(self, line: bytes) -> None:
+    def _serve_lines(self, lines: list[bytes]) -> None:
+        """Serve lines in order. A job line's task registers its request id (for ``cancel``) in
+        its first step, so the lines after it wait until that step has run: a ``cancel`` sent
+        right behind its request, in the same read, must find it (it used to answer false and
+        leave the job running)."""
+        for index, line in enumerate(lines):
+            if self._peer is None or self._transport is None or self._transport.is_closing():
+                return  # refused, closed or hung up meanwhile: nothing more is served
+            if self._spawn(line) and index + 1 < len(lines):
+                self._daemon.loop.call_soon(self._serve_lines, lines[index + 1:])  # after the task's step
+                return
+
+    def _spawn(self, line: bytes) -> bool:
+        """Serve one line; True if it started a task (a job, a batch)."""
         if not line.strip():
-            return  # blank lines (a stray Enter in socat) are not messages
-        limit = self._daemon.config.max_in_flight
-        if len(self._tasks) >= limit:
-            error = TooManyRequests(
-                f"too many requests in flight on this connection ({limit}); wait for replies",
-                LimitData(limit=limit, actual=len(self._tasks) + 1, unit="requests", field="in_flight"))
-            refusal = self._daemon.dispatcher.refuse_line(line, error, self._peer)
+            return False  # blank lines (a stray Enter in socat) are not messages
+        dispatcher = self._daemon.dispatcher
+        parsed = parse_line(line)
+        # --max-in-flight counts requests, not lines: a batch is as many requests as it holds.
+        cost = dispatcher.waiting_requests(parsed)
+        if cost and self._in_flight + cost > self._daemon.config.max_in_flight:
+            refusal = dispatcher.refuse_parsed(parsed, self._in_flight_error(cost), self._peer)
             if refusal is not None:
                 self._write(refusal)
-            return
-        now = self._daemon.dispatcher.handle_line_now(line, self._peer, self._pending)
+            return False
+        now = dispatcher.handle_parsed_now(parsed, self._peer, self._pending)
         if isinstance(now, Immediate):  # control plane: answered in this very callback
             if now.data is not None:
                 self._write(now.data)
-            return
+            return False
         task = self._daemon.loop.create_task(self._serve_parsed(now))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._in_flight += cost
+        task.add_done_callback(lambda done: self._task_done(done, cost))
+        return True
+
+    def _task_done(self, task: asyncio.Task[None], cost: int) -> None:
+        self._tasks.discard(task)
+        self._in_flight -= cost
+
+    def _in_flight_error(self, cost: int) -> TooManyRequests:
+        limit = self._daemon.config.max_in_flight
+        data = LimitData(limit=limit, actual=self._in_flight + cost, unit="requests", field="in_flight")
+        if cost > limit:  # could never fit, even on an idle connection: say so, not "wait"
+            return TooManyRequests(f"a batch of {cost} requests exceeds this connection's limit of {limit} "
+                                   "unanswered requests; send smaller batches", data)
+        return TooManyRequests(f"too many requests in flight on this connection ({limit}); wait for replies", data)
 
     async def _serve_parsed(self, parsed: ParsedLine) -> None:
         reply = await self._daemon.dispatcher.handle_parsed(parsed, self._peer, self._pending)

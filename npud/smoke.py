@@ -37,6 +37,7 @@ from . import __version__
 from .accel import AccelNode, Groups, access_problem, current_groups, inspect_nodes, npu_unavailable_message
 from .busy import BusyCounter, BusyCounterError, NpuDiscovery, discover_npu, missing_counter_message, verify_delta
 from .config import ConfigError, Config, load_config
+from .daemon import check_npu_lock
 from .engine import (
     NPU_FACTS,
     DecodeSettings,
@@ -150,6 +151,15 @@ def check_busy_counter(report: Report, config: Config, sysfs: NpuDiscovery, kern
     return counter
 
 
+def check_lock_file(config: Config) -> tuple[bool, str]:
+    """The service's own startup check of the NPU lock file (it exits 1 without a usable one)."""
+    try:
+        check_npu_lock(config)
+    except StartupError as exc:
+        return False, str(exc)
+    return True, str(config.lock_file)
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -200,6 +210,10 @@ def _run_checks(report: Report, out: dict[str, Any], config: Config, loader: Eng
     counter = check_busy_counter(report, config, sysfs, host.kernel_release) if npu else None
     if not npu:
         report.add("busy counter readable", None, "not the NPU")
+    if npu:
+        report.add("NPU lock file", *check_lock_file(config))
+    else:
+        report.add("NPU lock file", None, "not the NPU")
     # True only once the busy counter proved the title job ran on the NPU (None off the NPU).
     out["verified"] = False if npu else None
     out["report"]["busy_counter"]["readable"] = counter is not None

@@ -108,13 +108,20 @@ def listen_fds(environ: MutableMapping[str, str], pid: int | None = None) -> Act
 
 
 class Notifier:
-    """Sends sd_notify datagrams; a no-op without ``NOTIFY_SOCKET``."""
+    """Sends sd_notify datagrams; a no-op without ``NOTIFY_SOCKET``.
+
+    Never blocks: notify() runs on the event loop, and a datagram to a receiver whose queue is full
+    (systemd busy or stuck) would block the sender. Such a notification is dropped and counted;
+    the first drop is logged as a warning.
+    """
 
     def __init__(self, notify_socket: str | None) -> None:
         self._address: str | bytes | None = None
         if notify_socket:
             self._address = b"\0" + notify_socket[1:].encode() if notify_socket.startswith("@") else notify_socket
         self._sock: socket.socket | None = None
+        #: Notifications dropped because the notify socket's queue was full.
+        self.dropped = 0
 
     @classmethod
     def from_environ(cls, environ: MutableMapping[str, str]) -> Notifier:
@@ -130,9 +137,16 @@ class Notifier:
             return False
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock = socket.socket(socket.AF_UNIX,
+                                           socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
             self._sock.sendto("\n".join(lines).encode(), self._address)
             return True
+        except BlockingIOError:
+            self.dropped += 1
+            if self.dropped == 1:
+                log.warning("systemd's notify socket is full: dropping notifications (STATUS, WATCHDOG) "
+                            "rather than blocking the daemon")
+            return False
         except OSError as exc:
             log.debug("sd_notify failed: %s", exc)
             return False

@@ -17,6 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
+
 from msgspec import UNSET
 
 from npuclient.errors import (
@@ -50,7 +52,7 @@ from .busy import BusyCounter, BusyCounterError, verify_delta
 from .config import Config
 from .engine import DecodeSettings, Engine, EngineLoader, Generation, ModelLoadError, PromptTooLong
 from .jobs import JobSpec
-from .npulock import LockTimeout, LockWaitCancelled, NpuLock
+from .npulock import LockFileRefused, LockTimeout, LockWaitCancelled, NpuLock
 from .priority import lower_this_thread
 
 log = logging.getLogger("npud.worker")
@@ -111,6 +113,8 @@ class Job:
     received_at: float
     timeout_ms: int
     cancel: threading.Event = field(default_factory=threading.Event)
+    #: The job has had its one answer (or its client left): see :meth:`Worker._finish`.
+    answered: bool = False
 
     @property
     def deadline(self) -> float:
@@ -132,6 +136,7 @@ class WorkerSnapshot:
     load_attempts: int = 0
     #: Seconds until the next load attempt, while one is scheduled after a transient failure.
     retry_in_s: float | None = None
+    jobs_cancelled: int = 0
     #: The CPU priority the inference runs at, once the worker thread has set it.
     priority: WorkerPriority | None = None
 
@@ -150,14 +155,20 @@ def check_prompt_budget(prompt_tokens: int, limit: int) -> None:
         raise prompt_over_budget(prompt_tokens, limit)
 
 
-def _resolve(job: Job, outcome: JobResult | BaseException) -> None:
-    """Complete the job's future on its loop (called from the worker thread)."""
+def _resolve(job: Job, outcome: JobResult | BaseException | None) -> None:
+    """Complete the job's future on its loop (from either thread). ``None``: its client is gone,
+    nobody waits for an answer; the future is cancelled."""
 
     def complete() -> None:
         if job.future.done():
             return
-        if isinstance(outcome, BaseException):
+        if outcome is None:
+            job.future.cancel()
+        elif isinstance(outcome, BaseException):
             job.future.set_exception(outcome)
+            # Retrieved: a job whose client left (its dispatcher call ended) is answered to nobody,
+            # and asyncio would log "Future exception was never retrieved" at ERROR for it.
+            job.future.exception()
         else:
             job.future.set_result(outcome)
 
@@ -195,8 +206,9 @@ class Worker:
         self._retry_at: float | None = None  # worker clock time of the next load attempt
         self._running_since: float | None = None
         self._service_ms: float | None = None
-        self._served = 0
-        self._failed = 0
+        self._served = 0  # answered with a result
+        self._failed = 0  # answered with an error
+        self._cancelled = 0  # withdrawn by `cancel` or by their client leaving
         self._current: Job | None = None  # the job being processed (answered if the worker dies)
         self._priority: WorkerPriority | None = None
         self._priority_applied = threading.Event()
@@ -259,11 +271,13 @@ class Worker:
             return NotReady("model failed to load", data)
         return NotReady(f"model failed to load; the next attempt is in {retry_in:g} s", data)
 
-    def withdraw(self, job: Job) -> bool:
-        """Forget a job whose client went away; a running job stops at its next token (or stops
-        waiting for the NPU lock).
+    def withdraw(self, job: Job, answer: RpcError | None = None) -> bool:
+        """Withdraw a job: by ``cancel`` (``answer`` RequestCancelled), at a deadline it overran
+        (``answer`` its error) or because its client went away (``answer`` None: nobody to tell).
+        A queued job leaves the queue; a running one stops at its next token (or stops waiting
+        for the NPU lock) and its late result is dropped.
 
-        Returns True if the job had not finished yet.
+        Returns True if this gave the job its answer (False: it had one already).
         """
         job.cancel.set()
         with self._cond:
@@ -271,19 +285,35 @@ class Worker:
                 self._queue.remove(job)
             except ValueError:
                 pass
-        return not job.future.done()
+        return self._finish(job, answer)
 
-    def expire_queued(self, job: Job) -> bool:
+    def expire_queued(self, job: Job, error: RpcError) -> bool:
         """At its deadline: take ``job`` out of the queue if it is still there (waiting behind
-        another job, or for the model to load). True if it was; the caller answers it. A job
+        another job, or for the model to load) and answer it with ``error``. True if it was. A job
         already taken by the worker is stopped by the worker itself (streamer, lock wait)."""
         with self._cond:
             try:
                 self._queue.remove(job)
             except ValueError:
                 return False
-            self._failed += 1
         job.cancel.set()
+        return self._finish(job, error)
+
+    def _finish(self, job: Job, outcome: JobResult | RpcError | None) -> bool:
+        """Give ``job`` its one answer and count it, once: the first outcome wins (a job cancelled
+        or stopped at shutdown while it ran is not answered, or counted, again when its generation
+        returns). ``None``: its client is gone. False if the job had its answer already."""
+        with self._cond:
+            if job.answered:
+                return False
+            job.answered = True
+            if outcome is None or isinstance(outcome, RequestCancelled):
+                self._cancelled += 1
+            elif isinstance(outcome, RpcError):
+                self._failed += 1
+            else:
+                self._served += 1
+        _resolve(job, outcome)
         return True
 
     def stop(self) -> None:
@@ -296,36 +326,35 @@ class Worker:
             self._stopping.set()
             drained = self._take_queue()
             self._cond.notify_all()
-        self._resolve_all(drained, ShuttingDown("daemon is shutting down; the job was not started"))
+        self._finish_all(drained, ShuttingDown("daemon is shutting down; the job was not started"))
 
-    def stop_running(self, error: RpcError) -> bool:
+    def stop_running(self, error: RpcError) -> Literal["none", "answered", "already_answered"]:
         """Stop the running job now and answer it with ``error`` (``--shutdown-timeout`` passed).
 
         Its ``should_stop`` turns true, so a live generation ends at its next token; its client is
-        answered at once either way (a hung pipeline may never return). True if a job was running.
+        answered at once either way (a hung pipeline may never return). "already_answered": the
+        job had its answer (cancelled, its deadline, its client gone) and was still stopping.
         """
         with self._cond:
             job = self._current
         if job is None:
-            return False
+            return "none"
         job.cancel.set()
-        _resolve(job, error)
-        return True
+        return "answered" if self._finish(job, error) else "already_answered"
 
     def _take_queue(self) -> list[Job]:
         drained = list(self._queue)
         self._queue.clear()
         return drained
 
-    @staticmethod
-    def _resolve_all(jobs: list[Job], error: RpcError) -> None:
+    def _finish_all(self, jobs: list[Job], error: RpcError) -> None:
         for job in jobs:
-            _resolve(job, error)
+            self._finish(job, error)
 
     def _fail_queued(self, error: RpcError) -> None:
         with self._cond:
             drained = self._take_queue()
-        self._resolve_all(drained, error)
+        self._finish_all(drained, error)
 
     def join(self, timeout: float | None) -> bool:
         """Wait for the thread; True if it ended."""
@@ -358,6 +387,7 @@ class Worker:
                 running=self._running_since is not None,
                 jobs_served=self._served,
                 jobs_failed=self._failed,
+                jobs_cancelled=self._cancelled,
                 load_time_ms=self._load_time_ms,
                 model_id=self._engine.model_id if self._engine else None,
                 device_info=self._engine.device_info if self._engine else None,
@@ -392,6 +422,7 @@ class Worker:
                 if job is None:
                     return
                 self._process(job)
+                job = None  # not kept while waiting for the next one: it holds the input text
         except BaseException:
             # A bug in the worker itself: never leave a daemon that accepts jobs nobody runs.
             log.critical("worker thread crashed", exc_info=True)
@@ -403,7 +434,7 @@ class Worker:
             error = InternalError("the worker crashed; npud is restarting")
             self._fail_queued(error)
             if current is not None:
-                _resolve(current, error)
+                self._finish(current, error)
             if self.on_crash is not None:
                 self.on_crash()
 
@@ -444,10 +475,10 @@ class Worker:
                 self._status, self._error = "error", message
                 self._retry_at = None if delay is None else self._clock() + delay
                 queued, error = self._take_queue(), self._not_ready()
-            self._resolve_all(queued, error)
+            self._finish_all(queued, error)
             self._status_changed()
             # Logged once health says so: whoever reads the log can then ask health.
-            if isinstance(exc, (ModelLoadError, LockTimeout, LockWaitCancelled)):
+            if isinstance(exc, (ModelLoadError, LockTimeout, LockWaitCancelled, LockFileRefused)):
                 log.error("model load failed: %s", message)
             else:
                 log.error("model load failed unexpectedly", exc_info=exc)
@@ -475,7 +506,7 @@ class Worker:
                     engine = self._loader.load(self._config)
             else:
                 engine = self._loader.load(self._config)
-        except (ModelLoadError, LockTimeout, LockWaitCancelled) as exc:
+        except (ModelLoadError, LockTimeout, LockWaitCancelled, LockFileRefused) as exc:
             return str(exc), exc
         except Exception as exc:  # a loader bug must not leave health saying "loading" forever
             return f"{type(exc).__name__}: {exc}", exc
@@ -500,40 +531,36 @@ class Worker:
             return job
 
     def _process(self, job: Job) -> None:
-        started = self._clock()
-        if job.cancel.is_set() or started >= job.deadline:
-            # Withdrawn, or expired while queued: the NPU is not touched.
-            with self._cond:
-                self._running_since = None
-                self._failed += not job.cancel.is_set()
-            if not job.cancel.is_set():
-                _resolve(job, DeadlineExceeded(
-                    f"deadline of {job.timeout_ms} ms passed while queued",
-                    DeadlineData(job.timeout_ms, "queued")))
-            return
+        outcome = self._outcome(job, self._clock())
+        with self._cond:
+            self._running_since = None
+            self._current = None
+        if outcome is not None:
+            self._finish(job, outcome)  # ignored if the job was answered meanwhile
+
+    def _outcome(self, job: Job, started: float) -> JobResult | RpcError | None:
+        """Run ``job``; its result or error, or None for a job withdrawn while queued (answered
+        when it was)."""
+        if job.cancel.is_set():
+            return None  # the NPU is not touched
+        if started >= job.deadline:  # expired while queued
+            return DeadlineExceeded(f"deadline of {job.timeout_ms} ms passed while queued",
+                                    DeadlineData(job.timeout_ms, "queued"))
         try:
-            outcome: JobResult | RpcError = self._execute(job, started)
+            return self._execute(job, started)
         except RpcError as exc:
-            outcome = exc
+            return _detached(exc)
         except Exception as exc:
             # The type is logged, not the message: a message could quote the input.
             log.error("generation raised %s", type(exc).__name__)
-            outcome = GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}")
+            return GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}")
         finally:
             elapsed_ms = (self._clock() - started) * 1000
             with self._cond:
-                self._running_since = None
                 if self._service_ms is None:
                     self._service_ms = elapsed_ms
                 else:
                     self._service_ms += SERVICE_TIME_SMOOTHING * (elapsed_ms - self._service_ms)
-        with self._cond:
-            self._current = None
-            if isinstance(outcome, RpcError):
-                self._failed += 1
-            else:
-                self._served += 1
-        _resolve(job, outcome)
 
     def _execute(self, job: Job, started: float) -> JobResult:
         engine = self._engine
@@ -625,6 +652,9 @@ class Worker:
             if self._stopping.is_set():
                 raise ShuttingDown("daemon is shutting down; the job was not started") from None
             raise RequestCancelled() from None  # its client withdrew it and was already answered
+        except LockFileRefused as exc:
+            log.error("%s", exc)  # a path and a uid, never request content
+            raise GenerationFailed(str(exc)) from None
         except LockTimeout as exc:
             if remaining < self._npu_lock.timeout_s:
                 raise DeadlineExceeded(
@@ -663,6 +693,13 @@ class Worker:
             "no_growth": "NPU busy counter did not grow: the job did not run on the NPU",
         }
         raise NotVerified(messages[reason], NotVerifiedData(delta, str(self._busy.path), reason))  # type: ignore[arg-type]
+
+
+def _detached(error: RpcError) -> RpcError:
+    """``error`` without its traceback and chained exceptions: their frames hold the job, and so
+    its input text, alive for as long as the error (a reference cycle until the next GC)."""
+    error.__context__ = error.__cause__ = None
+    return error.with_traceback(None)
 
 
 def _ms(seconds: float) -> float:

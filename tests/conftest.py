@@ -215,6 +215,15 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def _drop_to_nobody() -> None:
+    """Become uid/gid 65534 with no supplementary groups. setgroups first: setuid/setgid leave
+    the supplementary groups alone, and root's group 0 would follow the child and could match a
+    peer-credential rule (--allow-gid 0) that nobody is meant to pass."""
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
 def as_nobody(action: Callable[[], bytes]) -> bytes:
     """Run ``action`` in a forked child that dropped to uid/gid 65534 and return its bytes (or the
     repr of its exception). The peer-credential tests need a real other user; CI runs as root."""
@@ -225,8 +234,7 @@ def as_nobody(action: Callable[[], bytes]) -> bytes:
     if pid == 0:
         try:
             os.close(read_end)
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
+            _drop_to_nobody()
             os.write(write_end, action())
         except BaseException as exc:
             os.write(write_end, repr(exc).encode())
@@ -252,8 +260,7 @@ def as_nobody_holding(action: Callable[[], bytes]) -> Iterator[bytes]:
         try:
             os.close(report_read)
             os.close(release_write)
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
+            _drop_to_nobody()
             os.write(report_write, action())
         except BaseException as exc:
             os.write(report_write, repr(exc).encode())

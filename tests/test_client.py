@@ -198,6 +198,30 @@ def test_timeout_then_connection_is_fresh(daemon_factory: Any) -> None:
         assert client.health(timeout=5).status == "ready"  # no stale reply is mixed in
 
 
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf")])
+def test_an_unusable_timeout_is_a_value_error_at_once(daemon_factory: Any, bad: float) -> None:
+    """timeout=0 made the socket non-blocking: health worked, a job failed as 'connection to npud
+    lost: Resource temporarily unavailable'. -1, nan and inf raised from inside the socket module.
+    Both clients refuse such a timeout where it is given, before anything is sent."""
+    daemon = daemon_factory()
+    with pytest.raises(ValueError, match="timeout must be None or a number of seconds above 0"):
+        Client(daemon.socket, timeout=bad)
+    with Client(daemon.socket) as client:
+        with pytest.raises(ValueError, match="timeout must be"):
+            client.generate("title", "hello", timeout=bad)
+        assert client.generate("title", "hello").job == "title"  # the client is still usable
+
+    async def asynchronous() -> None:
+        with pytest.raises(ValueError, match="timeout must be"):
+            AsyncClient(daemon.socket, timeout=bad)
+        async with AsyncClient(daemon.socket) as client:
+            with pytest.raises(ValueError, match="timeout must be"):
+                await client.health(timeout=bad)
+
+    asyncio.run(asynchronous())
+    assert daemon.daemon.worker.snapshot().jobs_served == 1
+
+
 def test_one_client_shared_by_threads(daemon_factory: Any) -> None:
     daemon = daemon_factory()
     errors: list[BaseException] = []

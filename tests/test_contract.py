@@ -154,3 +154,12 @@ def test_contract_example(scenario: str, sent: list[str], expected: list[str], d
         for want, got in zip(expected, replies):
             actual = msgspec.json.decode(got)
             assert matches(msgspec.json.decode(want), actual), f"\nexpected {want}\nactual   {got.decode()}"
+
+
+def test_the_contract_names_this_npud_version() -> None:
+    """CONTRACT.md said 'npud 0.1' while the daemon reported 0.2.0."""
+    from npud import __version__
+
+    line = next(line for line in CONTRACT.read_text().splitlines() if line.startswith("Version: "))
+    major_minor = ".".join(__version__.split(".")[:2])
+    assert line.startswith(f"Version: 1 (npud {major_minor})"), line

@@ -26,6 +26,7 @@ from npud.testing.fake import FakeBehaviour, FakeLoader
 from npud.testing.sysfs import make_npu_sysfs
 
 from .conftest import make_config, unique_socket
+from .test_http_boundaries import Raw
 
 
 class Reply:
@@ -224,6 +225,25 @@ def test_bearer_token(daemon_factory: Any, tmp_path: Path) -> None:
     assert daemon.call("health")["result"]["status"] == "ready"  # the Unix socket is gated by SO_PEERCRED instead
 
 
+def test_the_bearer_scheme_is_case_insensitive_and_given_once(daemon_factory: Any, tmp_path: Path) -> None:
+    """RFC 9110 §11.1: the auth-scheme is case-insensitive; 'bearer <token>' with the right token
+    got 401. Two Authorization headers are refused rather than picking one."""
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef-token\n")
+    token.chmod(0o600)
+    daemon = daemon_factory(http=True, token_file=str(token))
+    for value, status in (("bearer 0123456789abcdef-token", 200), ("BEARER  0123456789abcdef-token", 200),
+                          ("Bearer 0123456789abcdef-token", 200), ("Bearer wrong", 401), ("bearer", 401),
+                          ("Basic 0123456789abcdef-token", 401), ("Bearer0123456789abcdef-token", 401)):
+        with Raw(daemon.http_port) as raw:
+            assert raw.exchange("GET", "/healthz", headers={"Authorization": value}).status == status, value
+    with Raw(daemon.http_port) as raw:
+        twice = b"Authorization: Bearer wrong\r\nAuthorization: Bearer 0123456789abcdef-token\r\n\r\n"
+        raw.send(raw.request("GET", "/healthz")[:-2] + twice)
+        reply = raw.response()
+        assert reply is not None and reply.status == 401
+
+
 def test_token_file_must_be_private(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token-0123456789\n")
@@ -234,6 +254,30 @@ def test_token_file_must_be_private(tmp_path: Path) -> None:
     token_file.write_text("short")
     with pytest.raises(StartupError, match="at least 16"):
         open_listeners(make_config(tmp_path, http=True, token_file=str(token_file)))
+
+
+def test_a_token_path_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path) -> None:
+    """The token file is checked through the opened file (fstat), so a file swapped in after the
+    check cannot be read; a FIFO at the path used to block the start in open() for ever."""
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo, 0o600)
+    outcome: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            open_listeners(make_config(tmp_path, http=True, token_file=str(fifo)))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    starter = threading.Thread(target=start, daemon=True)
+    starter.start()
+    starter.join(10)
+    if starter.is_alive():
+        with open(fifo, "wb"):  # release the blocked open(), then fail
+            pass
+        pytest.fail("npud blocked opening a FIFO as its token file")
+    assert len(outcome) == 1 and isinstance(outcome[0], StartupError)
+    assert "is not a regular file" in str(outcome[0])
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "::", "example.org", "10.0.0.1"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import select
 import signal
 import socket
@@ -80,15 +81,16 @@ class Raw:
         self.buffer += chunk
         return bool(chunk)
 
-    def response(self) -> Response | None:
-        """The next response, or None if the connection ended first."""
+    def response(self, to_head: bool = False) -> Response | None:
+        """The next response, or None if the connection ended first. ``to_head``: the answer to a
+        HEAD request, which has no body whatever its Content-Length says."""
         while b"\r\n\r\n" not in self.buffer:
             if not self._fill():
                 return None
         head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         headers = {name.lower(): value.strip() for name, value in (line.split(":", 1) for line in header_lines)}
-        length = int(headers.get("content-length", "0"))
+        length = 0 if to_head else int(headers.get("content-length", "0"))
         while len(self.buffer) < length:
             if not self._fill():
                 return None
@@ -202,6 +204,66 @@ def test_origin_must_be_loopback_on_the_bound_port(daemon_factory: Any) -> None:
     assert health(daemon)["stats"]["rejections"]["http_origin"] == 9
 
 
+def test_a_repeated_sec_fetch_site_is_refused_like_a_repeated_origin(daemon_factory: Any) -> None:
+    """Repeated Host and Origin headers are refused; a repeated Sec-Fetch-Site took the last value,
+    so 'cross-site' followed by 'same-origin' passed. Now any repetition is refused (403)."""
+    behaviour = FakeBehaviour()
+    daemon = daemon_factory(FakeLoader(behaviour), http=True)
+    for values in (("cross-site", "same-origin"), ("same-origin", "same-origin")):
+        with Raw(daemon.http_port) as conn:
+            twice = "".join(f"Sec-Fetch-Site: {v}\r\n" for v in values).encode() + b"\r\n"
+            conn.send(conn.request("POST", GENERATE, JOB)[:-len(JOB) - 2] + twice + JOB)
+            reply = conn.response()
+            assert reply is not None and reply.status == 403, values
+    assert behaviour.calls == []
+
+
+def test_an_unknown_transfer_encoding_gets_501(daemon_factory: Any) -> None:
+    """RFC 9112 §6.1: a transfer coding the server does not understand is 501 (documented with
+    the other statuses, CONTRACT §11); nothing is dispatched."""
+    behaviour = FakeBehaviour()
+    daemon = daemon_factory(FakeLoader(behaviour), http=True)
+    with Raw(daemon.http_port) as conn:
+        reply = conn.exchange("POST", GENERATE, b"", headers={"Transfer-Encoding": "gzip, chunked",
+                                                              "Content-Type": "application/json"})
+    assert reply.status == 501 and "Transfer-Encoding" in reply.json()["error"]["message"]
+    assert reply.headers["connection"] == "close" and behaviour.calls == []
+
+
+def test_head_is_answered_405_without_a_body(daemon_factory: Any) -> None:
+    """CONTRACT §11: wrong method -> 405 with Allow. A HEAD request got no reply at all: the shim
+    built a 405 with a body, h11 refuses to send a body in answer to HEAD, and the connection was
+    dropped (curl -I: 'Empty reply from server'). The reply to HEAD has its head only."""
+    daemon = daemon_factory(http=True)
+    with Raw(daemon.http_port) as raw:
+        for path, status in (("/healthz", 405), ("/v1/worker/generate", 405), ("/nope", 404)):
+            raw.send(raw.request("HEAD", path))
+            reply = raw.response(to_head=True)
+            assert reply is not None, f"HEAD {path}: the connection was closed without any reply"
+            assert reply.status == status and reply.body == b""
+            if status == 405:
+                assert reply.headers["allow"] in ("GET", "POST")
+        # No body was sent: the next reply on this connection starts where it should.
+        assert raw.exchange("GET", "/healthz").status == 200
+
+
+@pytest.mark.parametrize("host", ["127.0.0.2", "::1"])
+def test_the_listening_log_line_names_the_bound_http_address(
+        daemon_factory: Any, caplog: pytest.LogCaptureFixture, host: str) -> None:
+    """`npud ... listening on @npud, http 127.0.0.1:PORT` was hard-coded: with --host ::1 (or
+    127.0.0.2, or a socket from systemd) the log named an address nothing listens on."""
+    if ":" in host:
+        try:
+            socket.create_server((host, 0), family=socket.AF_INET6).close()
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+    caplog.set_level(logging.INFO, logger="npud")
+    daemon = daemon_factory(http=True, host=host)
+    line = next(r.getMessage() for r in caplog.records if "listening on" in r.getMessage())
+    shown = f"[{host}]" if ":" in host else host
+    assert f"http {shown}:{daemon.http_port} " in line, line
+
+
 def test_a_request_needs_exactly_one_host(daemon_factory: Any) -> None:
     daemon = daemon_factory(http=True)
     port = daemon.http_port
@@ -279,6 +341,29 @@ def test_over_the_connection_limit_nothing_is_dispatched(daemon_factory: Any) ->
     with Raw(port) as conn:  # its slot is free again
         assert conn.exchange("GET", "/healthz").status == 200
     assert health(daemon)["stats"]["rejections"]["http_connections"] == 1
+
+
+def test_over_the_connection_limit_a_foreign_host_still_gets_421(daemon_factory: Any) -> None:
+    """CONTRACT §9/§11: a request whose Host is not loopback is refused with 421 and 'nothing is
+    returned but the error'. Over --max-connections the 503 was sent without the Host/Origin
+    checks, so a DNS-rebinding page (Host: attacker.example) read the daemon's live connection
+    counts (data.limit, data.actual)."""
+    daemon = daemon_factory(http=True, max_connections=1)
+    port = daemon.http_port
+    with Raw(port) as holder:
+        holder.send(b"")
+        wait_for(lambda: daemon.daemon.http_shim is not None and daemon.daemon.http_shim.active_connections == 1,
+                 "the first connection to be counted")
+        with Raw(port) as page:
+            reply = page.exchange("GET", "/healthz", host=f"attacker.example:{port}",
+                                  headers={"Origin": f"http://attacker.example:{port}",
+                                           "Sec-Fetch-Site": "cross-site"})
+            assert reply.status == 421 and "data" not in reply.json()["error"], reply.body
+        with Raw(port) as page:  # a rebinding page cannot fake Host, but another site's Origin: 403
+            reply = page.exchange("GET", "/healthz", headers={"Origin": "http://attacker.example"})
+            assert reply.status == 403 and "data" not in reply.json()["error"], reply.body
+        with Raw(port) as local:  # a local client is told about the limit, as before
+            assert local.exchange("GET", "/healthz").status == 503
 
 
 def test_connections_being_refused_are_counted_and_capped(daemon_factory: Any,
@@ -477,6 +562,28 @@ def test_bytes_pipelined_while_a_job_runs_are_not_lost(daemon_factory: Any) -> N
         assert [r.status for r in replies if r is not None] == [200, 200, 200]
         assert replies[1].json()["models"][0]["id"] == "fake-model"  # type: ignore[union-attr]
     assert len(behaviour.calls) == 2
+
+
+def test_closing_the_connection_cancels_the_job_even_after_pipelined_bytes(daemon_factory: Any) -> None:
+    """CONTRACT §11: 'Closing the connection cancels its job ... Bytes of a pipelined next request
+    that arrive meanwhile are kept'. Once the client had sent more than --max-line-bytes + 16 KiB
+    while its job ran, the shim stopped watching the connection; a close then went unnoticed and
+    the job ran on for nobody until its deadline (120 s for a summary). It is no longer read (the
+    bound stays) but still watched."""
+    behaviour = FakeBehaviour(gate=threading.Event())
+    daemon = daemon_factory(FakeLoader(behaviour), http=True)
+    try:
+        raw = Raw(daemon.http_port)
+        raw.send(raw.request("POST", GENERATE, JOB))
+        assert behaviour.started.wait(10)
+        raw.send(b"G" * 400_000)  # a careless client's next "request", pipelined
+        raw.sock.close()
+        wait_for(lambda: not health(daemon)["queue"]["running"], "the job to be cancelled by the hang-up",
+                 bound_s=10)
+        assert health(daemon)["jobs_cancelled"] == 1
+    finally:
+        assert behaviour.gate is not None
+        behaviour.gate.set()
 
 
 def test_expect_100_continue(daemon_factory: Any) -> None:

@@ -4,6 +4,8 @@ systemd STATUS line say what happens next. The fake loader fails N times, then l
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import threading
 from collections.abc import Callable
@@ -16,12 +18,15 @@ from npud.daemon import Daemon, Listeners
 from npud.engine import ModelLoadError
 from npud.npulock import LockTimeout, LockWaitCancelled
 from npud.rpc import Dispatcher
-from npud.testing.fake import FakeLoader
+from npud.testing.fake import FakeBehaviour, FakeLoader
+from npud.testing.sysfs import make_npu_sysfs
 from npud.testing.fake_daemon import DEVICE_LOST
 from npud.worker import LOAD_RETRY_MAX_DELAY_S, Worker, WorkerSnapshot, is_transient_load_failure, load_retry_delay
 
 from .conftest import RawConnection, make_config, unique_socket
 from .test_dispatcher import call, run_with_dispatcher, title
+from .test_http_boundaries import wait_for as wait_until
+from .test_reliability import title as reliability_title
 from .test_systemd import FAKE_DAEMON, NotifyListener, daemon_env
 
 CORRUPT_GGUF = ("converting /m/bad.gguf to OpenVINO IR crashed: OpenVINO's GGUF reader died with SIGSEGV. "
@@ -218,7 +223,7 @@ def test_unverified_npu_results_are_marked_in_status_and_results(tmp_path: Path)
     run_with_dispatcher(config, FakeLoader(behaviour), body)
     daemon = Daemon(config, FakeLoader(), Listeners(rpc=__import__("socket").socket()), None)
     try:
-        assert daemon._status_line(snapshot()).endswith("0 failed, NPU use NOT verified (--no-busy-check)")
+        assert daemon._status_line(snapshot()).endswith("0 failed, 0 cancelled, NPU use NOT verified (--no-busy-check)")
     finally:
         daemon.listeners.close()
 
@@ -275,3 +280,30 @@ def test_http_retry_after_follows_the_scheduled_attempt() -> None:
     assert NotReady(data={"status": "error", "retry_in_s": 0.2}).retry_in_s == 0.2  # as a client decodes it
     final = NotReady("model failed to load", NotReadyData(status="error", error="x")).to_object()
     assert _retry_after(final) == RETRY_NOT_READY_S
+
+
+def test_a_lock_held_through_the_model_load_does_not_break_the_daemon_for_good(
+        daemon_factory: Any, tmp_path: Path) -> None:
+    """Attack review finding W1. Another NPU user (a chat model compiling at boot: 'the first NPU compile can take minutes')
+    holds the lock longer than --lock-timeout while npud loads. The load fails with 'NPU lock ...
+    held by another process', health says error and every job gets -32001 forever, although the
+    lock is free again; and the watchdog keeps being fed (is_responsive() is true for a failed
+    load), so systemd never restarts npud. Expected: a contended lock is a transient condition
+    (keep waiting while 'loading', retry, or exit so systemd restarts), not a dead daemon."""
+    lock = tmp_path / "npu.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the other NPU user
+    behaviour = FakeBehaviour(busy_file=make_npu_sysfs(tmp_path / "sys"))
+    daemon = daemon_factory(FakeLoader(behaviour), wait_ready=False, device="NPU", sysfs_root=str(tmp_path / "sys"),
+                            lock_file=str(lock), lock_timeout_s=0.3,
+                            load_retry_delay_s=0.2)
+    wait_until(lambda: daemon.call("health")["result"]["status"] != "loading" or daemon.daemon.worker.wait_loaded(0),
+             "the load to give up on the lock", bound_s=5)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)  # the NPU is free again
+    wait_until(lambda: daemon.call("health")["result"]["status"] == "ready" or not daemon.thread.is_alive(),
+             "npud to recover (ready) or to exit for a restart, once the lock was free", bound_s=15)
+    if daemon.thread.is_alive():
+        assert daemon.call("generate", reliability_title())["result"]["job"] == "title"
+    else:
+        assert daemon.daemon.exit_code != 0, "exited with status 0: systemd's Restart=on-failure would not restart it"

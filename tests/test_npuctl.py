@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from npuclient import Client
+from npuclient.cli import EXIT_INVALID_INPUT
 from npud.testing.fake import FakeBehaviour, FakeLoader
 from npud.testing.sysfs import make_npu_sysfs
 
@@ -189,7 +191,7 @@ def test_deadline_ms_reaches_the_daemon(daemon_factory: Any) -> None:
             proc = npuctl(daemon.socket, *command, "--input", "x", "--deadline-ms", "150")
             assert proc.returncode == 4 and "[code -32007]" in proc.stderr, proc.stderr
         invalid = npuctl(daemon.socket, "generate", "--job", "title", "--input", "x", "--deadline-ms", "0")
-        assert invalid.returncode == 2 and "[code -32602]" in invalid.stderr
+        assert invalid.returncode == 2 and "--deadline-ms: must be between 1 and 600000" in invalid.stderr
     finally:
         gate.set()
 
@@ -199,3 +201,19 @@ def test_help_explains_timeout_and_deadline() -> None:
     assert "--timeout" in top and "--deadline-ms" in top and "--server-uid" in top and "after the command" in top
     job = npuctl_raw("generate", "--help").stdout
     assert "timeout_ms" in job and "--socket" in job
+
+
+@pytest.mark.parametrize("args", [
+    ["--timeout", "-1", "health"], ["--timeout", "nan", "health"], ["--timeout", "0", "health"],
+    ["--timeout", "inf", "health"], ["--timeout", "1e300", "health"], ["health", "--timeout", "soon"],
+    ["generate", "--job", "title", "--input", "x", "--deadline-ms", "0"],
+    ["generate", "--job", "title", "--input", "x", "--deadline-ms", "600001"],
+    ["generate", "--job", "title", "--input", "x", "--max-new-tokens", "0"],
+], ids=lambda args: " ".join(args))
+def test_unusable_numbers_are_usage_errors_not_tracebacks(args: list[str]) -> None:
+    """README: exit 2 for invalid input. `npuctl --timeout -1 health` (or nan, inf, 1e300) died
+    with a ValueError or OverflowError traceback from socket.settimeout (exit 1); 0 made the
+    socket non-blocking. Refused by argparse before anything is sent, even with no daemon."""
+    proc = npuctl(unique_socket(), *args)  # nobody listens there: the refusal comes first
+    assert proc.returncode == EXIT_INVALID_INPUT, proc.stderr
+    assert "Traceback" not in proc.stderr and "error: argument --" in proc.stderr

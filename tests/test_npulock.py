@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from npud.npulock import LockTimeout, LockWaitCancelled, NpuLock
+from npud.config import default_lock_file, load_config
+from npud.daemon import EXIT_STARTUP_FAILED, check_npu_lock, run
+from npud.npulock import LockFileRefused, LockTimeout, LockWaitCancelled, NpuLock
+from npud.testing.fake import FakeBehaviour, FakeLoader
+from npud.testing.sysfs import make_npu_sysfs
+
+from .conftest import NOBODY, as_nobody, make_config
+from .test_reliability import title
 
 
 def test_lock_is_exclusive_and_times_out(tmp_path: Path) -> None:
@@ -59,3 +70,89 @@ def test_cancel_ends_the_wait(tmp_path: Path) -> None:
                 pass
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------- which file (S2)
+
+
+def test_the_lock_file_is_not_followed_through_another_users_symlink(daemon_factory: Any) -> None:
+    """Security (local). Another user plants a symlink at the lock path in a sticky directory:
+    npud, as its own user, used to create (or open and flock) whatever file the link named. Here
+    the link points into a directory only the daemon's user can write. (fs.protected_symlinks=1
+    blocks this in sticky directories; many containers have 0, like this machine.)"""
+    shared = Path(tempfile.mkdtemp(prefix="npud-shared-"))
+    private = Path(tempfile.mkdtemp(prefix="npud-private-"))
+    try:
+        shared.chmod(0o1777)  # like /tmp
+        private.chmod(0o700)
+        lock, target = shared / "npu.lock", private / "created-through-the-link"
+        assert as_nobody(lambda: (os.symlink(target, lock), b"planted")[1]) == b"planted"
+        behaviour = FakeBehaviour(busy_file=make_npu_sysfs(shared / "sys"))
+        daemon = daemon_factory(FakeLoader(behaviour), device="NPU", sysfs_root=str(shared / "sys"),
+                                lock_file=str(lock))
+        health = daemon.call("health")["result"]
+        assert health["status"] == "error" and "is a symbolic link" in health["error"]
+        assert daemon.call("generate", title())["error"]["code"] == -32001
+        assert not target.exists(), "npud created a file where another user's symlink pointed"
+        assert behaviour.calls == []
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def test_a_lock_file_of_another_user_is_refused_not_waited_for(tmp_path: Path) -> None:
+    """Another user creates the lock file first in a shared directory and holds its flock: npud
+    would wait (and fail every job) for as long as they like. A lock file must be ours or root's."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to create another user's file")
+    path = tmp_path / "npu.lock"
+    path.touch()
+    os.chown(path, NOBODY, NOBODY)
+    with pytest.raises(LockFileRefused, match=f"belongs to uid {NOBODY}, neither this user nor root"):
+        with NpuLock(str(path), timeout_s=0.1).hold():
+            pass
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_lock_path_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path, kind: str) -> None:
+    """A FIFO would block open() for ever; neither it nor a directory is a lock file."""
+    path = tmp_path / "npu.lock"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    with pytest.raises(LockFileRefused, match="not a regular file"):
+        with NpuLock(str(path), timeout_s=0.1).hold():
+            pass
+
+
+def test_the_default_lock_file_is_never_in_a_shared_directory() -> None:
+    """$XDG_RUNTIME_DIR, else systemd's $RUNTIME_DIRECTORY; without either no default at all
+    (it used to be /tmp/npu.lock, where any user can plant a link or hold the lock)."""
+    assert default_lock_file({"XDG_RUNTIME_DIR": "/run/user/1000", "RUNTIME_DIRECTORY": "/run/npud"}) \
+        == "/run/user/1000/npu.lock"
+    assert default_lock_file({"RUNTIME_DIRECTORY": "/run/npud:/run/other"}) == "/run/npud/npu.lock"
+    assert default_lock_file({}) == ""
+    assert load_config([], {"HOME": "/h"}).lock_file == ""
+    assert load_config(["--lock-file", "/run/npu.lock"], {"HOME": "/h"}).lock_file == "/run/npu.lock"
+
+
+@pytest.mark.parametrize("case", ["no default", "symlink"])
+def test_npud_on_the_npu_refuses_to_start_without_a_usable_lock_file(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, case: str) -> None:
+    caplog.set_level(logging.ERROR, logger="npud")
+    lock = ""
+    if case == "symlink":
+        lock = str(tmp_path / "npu.lock")
+        os.symlink(tmp_path / "elsewhere", lock)
+    behaviour = FakeBehaviour(busy_file=make_npu_sysfs(tmp_path / "sys"))
+    config = make_config(tmp_path, device="NPU", sysfs_root=str(tmp_path / "sys"), lock_file=lock)
+    assert run(config, FakeLoader(behaviour)) == EXIT_STARTUP_FAILED
+    message = " ".join(r.getMessage() for r in caplog.records)
+    expected = "Pass --lock-file" if case == "no default" else "is a symbolic link"
+    assert "cannot start" in message and expected in message
+    assert not (tmp_path / "elsewhere").exists()
+    assert not behaviour.calls
+
+
+def test_cpu_needs_no_lock_file(tmp_path: Path) -> None:
+    """Off the NPU there is no lock, so no default is needed: nothing changes for CPU users."""
+    config = make_config(tmp_path, lock_file="")
+    check_npu_lock(config)  # no error

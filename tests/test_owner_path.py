@@ -18,8 +18,11 @@ from pathlib import Path
 import pytest
 
 from npud.config import default_paths
+from npud.envfile import read_env_file
+from npud.testing.sysfs import AdvancingBusyCounter
 
 from .conftest import REPO, RawConnection, unique_socket
+from .emulated import LONGER_PROMPTS, MODELS, RESPONSE_LEN, Prompts, model_dir
 from .test_systemd import FAKE_DAEMON, NotifyListener, daemon_env
 
 README = (REPO / "README.md").read_text()
@@ -73,7 +76,11 @@ def here(command: str) -> list[str]:
 
 def owner_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OV_GENAI_NPU_", "XDG_", "NOTIFY_"))}
-    env.update({"HOME": str(tmp_path / "home"), "NPUD_VENV": str(BIN.parent), **extra})
+    # A login session's runtime directory, where the NPU lock file lives by default.
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    env.update({"HOME": str(tmp_path / "home"), "XDG_RUNTIME_DIR": str(runtime), "NPUD_VENV": str(BIN.parent),
+                **extra})
     (tmp_path / "home").mkdir(exist_ok=True)
     return env
 
@@ -181,8 +188,53 @@ def test_the_checks_from_the_shell_and_from_python(tmp_path: Path) -> None:
         assert proc.wait(30) == 0
 
 
-@pytest.mark.skip(reason="needs the emulated NPU (--npu-emulation, in progress): the same path with the real NPU "
-                         "plugin pipeline computing on the CPU, tests/models/ tiny models")
-def test_the_whole_path_on_the_emulated_npu() -> None:
-    """To do once --npu-emulation lands: steps 4 (acceptance, PASS everywhere with a synthetic
-    counter), 6 (npud on the emulated NPU, loading while health answers) and 7 (a title)."""
+@pytest.mark.realmodel
+def test_the_whole_path_on_the_emulated_npu(tmp_path: Path) -> None:
+    """Steps 4, 6 and 7 as written, on the emulated NPU (the NPU plugin's own pipeline computing on
+    the CPU) with the committed optimum-exported model and a busy counter that advances at every
+    read: the acceptance check passes from the service's env file and warms the compile cache;
+    npud started with that env file (as the unit's EnvironmentFile= would) finds the blob; npuctl
+    and the Python client get a title that says it is emulated."""
+    model = MODELS[0]
+    with AdvancingBusyCounter.in_sysfs(tmp_path / "sys") as busy:
+        env_file = tmp_path / "home" / ".config" / "npud" / "npud.env"
+        env_file.parent.mkdir(parents=True)
+        env_file.write_text(
+            "# as an NPU owner's ~/.config/npud/npud.env, emulated\n"
+            f"OV_GENAI_NPU_DEVICE=NPU\nOV_GENAI_NPU_EMULATION=1\nOV_GENAI_NPU_MODEL={model_dir(model)}\n"
+            f"OV_GENAI_NPU_BUSY_FILE={busy.path}\nOV_GENAI_NPU_CACHE={tmp_path / 'cache'}\n"
+            f"OV_GENAI_NPU_MAX_PROMPT_LEN={Prompts(model).budget() + LONGER_PROMPTS}\n"
+            f"OV_GENAI_NPU_MIN_RESPONSE_LEN={RESPONSE_LEN}\n")
+        # Step 4: the acceptance check, reading the service's env file.
+        acceptance = subprocess.run(here("contrib/smoke_llm_npu.sh"), capture_output=True, text=True, timeout=300,
+                                    env=owner_env(tmp_path))
+        assert acceptance.returncode == 0, acceptance.stderr
+        report = json.loads(acceptance.stdout)
+        assert report["ok"] is True and report["emulated"] is True and report["verified"] is True
+        assert report["npu_busy_delta_us"] == busy.step
+        # Step 6: the service, with the env file's variables as systemd would pass them.
+        service_env = {**owner_env(tmp_path), **read_env_file(env_file)[0]}
+        name = unique_socket()
+        service = subprocess.Popen([str(BIN / "npud"), "--socket", name, "--no-http"], env=service_env,
+                                   stderr=subprocess.DEVNULL)
+        try:
+            # Step 7: the checks from the shell and from Python.
+            env = owner_env(tmp_path, OV_GENAI_NPU_SOCKET=name)
+            shell = subprocess.run(here('.venv/bin/npuctl --wait generate --job title --input "We moved the standup to 9:30."'),
+                                   env=env, capture_output=True, text=True, timeout=120)
+            assert shell.returncode == 0, shell.stderr
+            assert shell.stdout.strip()
+            python = subprocess.run(
+                here(".venv/bin/python -c \"from npuclient import Client; print(Client().generate('title', 'We moved the standup to 9:30.').text)\""),
+                env=env, capture_output=True, text=True, timeout=120)
+            assert python.returncode == 0, python.stderr
+            assert python.stdout.strip()
+            with RawConnection.open(name) as conn:
+                health = conn.call("health")["result"]
+                result = conn.call("generate", {"job": "title", "input": "We moved the standup to 9:30."})["result"]
+            assert health["emulated"] is True and health["status"] == "ready"
+            assert health["device_info"]["compile_cache"]["hit"] is True  # warmed by step 4
+            assert result["emulated"] is True and result["npu_busy_delta_us"] == busy.step
+        finally:
+            service.terminate()
+            assert service.wait(30) == 0

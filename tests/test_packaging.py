@@ -101,7 +101,7 @@ def test_client_alone_has_no_openvino_and_talks_to_a_daemon(
     bin_dir = fresh_venv(tmp_path / "client")
     pip, *args = CLIENT_INSTALL.split()
     assert pip == "pip"
-    run(bin_dir / "pip", "--disable-pip-version-check", "-q", *args, cwd=source)
+    run(bin_dir / "pip", "--disable-pip-version-check", "-q", *args, "--no-compile", cwd=source)
     installed = run(bin_dir / "pip", "list", "--format=freeze").stdout
     names = {line.split("==")[0].lower() for line in installed.splitlines()}
     assert "npuclient" in names and "msgspec" in names
@@ -118,7 +118,7 @@ def test_client_alone_has_no_openvino_and_talks_to_a_daemon(
 
 def test_daemon_wheel_installs_and_starts(wheels: dict[str, Path], tmp_path: Path) -> None:
     bin_dir = fresh_venv(tmp_path / "daemon")
-    run(bin_dir / "pip", "--disable-pip-version-check", "-q", "install",
+    run(bin_dir / "pip", "--disable-pip-version-check", "-q", "install", "--no-compile",
         "--find-links", wheels["npud"].parent, f"npud=={__version__}")
     where = run(bin_dir / "python", "-c", "import npud, npuclient; print(npud.__file__, npuclient.__file__)",
                 cwd=tmp_path).stdout

@@ -257,6 +257,24 @@ def test_cancel_by_request_id(daemon_factory: Any) -> None:
     assert_serving(daemon)
 
 
+def test_cancel_sent_right_behind_its_request_finds_it(daemon_factory: Any) -> None:
+    """A request and its cancel in one write (one read for the daemon): the cancel used to be
+    answered before the request's task had registered its id, so it said false and the job ran."""
+    behaviour = FakeBehaviour(gate=threading.Event())
+    daemon = daemon_factory(FakeLoader(behaviour))
+    try:
+        with daemon.connect() as conn:
+            conn.send(json.dumps(request(1)).encode() + b"\n" +
+                      json.dumps(request("c", "cancel", {"id": 1})).encode() + b"\n")
+            replies = {r["id"]: r for r in (conn.read_json(), conn.read_json())}
+        assert replies["c"]["result"] == {"cancelled": True}
+        assert replies[1]["error"]["code"] == -32008
+    finally:
+        assert behaviour.gate is not None
+        behaviour.gate.set()
+    assert_serving(daemon)
+
+
 # ---------------------------------------------------------------- connection limits
 
 
@@ -305,6 +323,43 @@ def test_in_flight_limit(daemon_factory: Any) -> None:
         gate.set()
         assert {conn.read_json()["id"], conn.read_json()["id"]} == {1, 2}
     assert_serving(daemon)
+
+
+def test_in_flight_limit_counts_the_requests_of_a_batch(daemon_factory: Any) -> None:
+    """CONTRACT §5: '--max-in-flight unanswered requests per connection'. It counted lines: one
+    batch line of 10 jobs on a connection limited to 2 left 10 unanswered requests (16 lines x 32
+    with the defaults). A batch now counts as its requests, and a line that would pass the limit
+    is refused whole, before any of it runs."""
+    behaviour = FakeBehaviour(gate=threading.Event())
+    daemon = daemon_factory(FakeLoader(behaviour), max_in_flight=3, queue_depth=64)
+    try:
+        with daemon.connect() as conn:
+            conn.send_json([request(1), request(2)])
+            assert behaviour.started.wait(10)
+            conn.send_json([request(3), request(4)])  # 2 + 2 > 3
+            refused = conn.read_json()
+            assert [r["id"] for r in refused] == [3, 4]
+            assert all(r["error"]["code"] == -32009 for r in refused)
+            assert refused[0]["error"]["data"] == {"limit": 3, "actual": 4, "unit": "requests", "field": "in_flight"}
+            conn.send_json(request(5))  # 2 + 1 fits
+            conn.send_json(request(6))
+            assert conn.read_json()["error"]["data"]["actual"] == 4
+            assert conn.call("health", request_id=7)["result"]["status"] == "ready"  # answered at once: not counted
+            queue = daemon.call("health")["result"]["queue"]
+            assert queue["depth"] + int(queue["running"]) == 3, queue
+            with daemon.connect() as other:
+                other.send_json([request(i) for i in range(10, 14)])  # 4 > 3 even on an idle connection
+                big = other.read_json()
+                assert len(big) == 4 and "a batch of 4 requests exceeds" in big[0]["error"]["message"]
+            assert behaviour.gate is not None
+            behaviour.gate.set()
+            replies = [conn.read_json(), conn.read_json()]
+            ids = sorted(str([x["id"] for x in r]) if isinstance(r, list) else str(r["id"]) for r in replies)
+            assert ids == ["5", "[1, 2]"]
+        assert len(behaviour.calls) == 3
+    finally:
+        assert behaviour.gate is not None
+        behaviour.gate.set()
 
 
 def test_slowloris_partial_line_is_closed(daemon_factory: Any) -> None:

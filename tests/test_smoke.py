@@ -46,7 +46,8 @@ def npu_machine(tmp_path: Path, model: Path | str, *, counter: bool = True, node
     if node:
         (dev / "accel0").touch()
     config = load_config(["--device", "NPU", "--model", str(model), "--cache-dir", str(tmp_path / "cache"),
-                          "--sysfs-root", str(tmp_path / "sys"), "--dev-accel", str(dev), *extra],
+                          "--sysfs-root", str(tmp_path / "sys"), "--dev-accel", str(dev),
+                           "--lock-file", str(tmp_path / "npu.lock"), *extra],
                          {"HOME": str(tmp_path)})
     return config, busy
 
@@ -174,6 +175,7 @@ def test_smoke_on_cpu_reads_the_service_env_file(tiny_gguf: Path, tmp_path: Path
 def emulated_smoke_args(model: str, busy: Path, cache: Path) -> list[str]:
     budget = Prompts(model).budget() + LONGER_PROMPTS  # the smoke's sample text is longer than the short input
     return ["--device", "NPU", "--npu-emulation", "--model", str(model_dir(model)), "--busy-file", str(busy),
+            "--lock-file", str(cache.parent / f"{cache.name}.lock"),
             "--cache-dir", str(cache), "--max-prompt-len", str(budget), "--min-response-len", str(RESPONSE_LEN)]
 
 
@@ -193,7 +195,8 @@ def test_smoke_passes_on_the_emulated_npu_and_says_so(tmp_path: Path, npu_cache:
     status = {c["check"]: c["status"] for c in out["checks"]}
     assert status == {
         "device node /dev/accel": "SKIP", "permissions": "SKIP", "intel_vpu driver (sysfs)": "SKIP",
-        "NPU plugin (emulated on the CPU)": "PASS", "busy counter readable": "PASS", "model load": "PASS",
+        "NPU plugin (emulated on the CPU)": "PASS", "busy counter readable": "PASS", "NPU lock file": "PASS",
+        "model load": "PASS",
         "driver / compiler version": "SKIP", "compile cache hit on second load": "PASS", "title job": "PASS",
         "NPU busy delta > 0": "PASS", "prompt limit enforced before the device": "PASS",
     }
@@ -209,3 +212,17 @@ def test_smoke_fails_when_the_busy_counter_does_not_grow(tmp_path: Path, npu_cac
     rows = {name: (state, detail) for name, state, detail in report.checks}
     assert rows["NPU busy delta > 0"] == ("FAIL", "0 µs (no_growth)") and report.failed
     assert rows["title job"][0] == "PASS" and out["emulated"] is True
+
+
+def test_a_missing_lock_file_fails_its_row_as_the_service_would_fail_to_start(tmp_path: Path) -> None:
+    """Without a runtime directory (sudo, cron) there is no safe default for the NPU lock: the
+    service would exit at startup, so the acceptance check says so instead of passing."""
+    config = load_config(["--device", "NPU", "--model", "fake-model", "--sysfs-root", str(tmp_path / "sys"),
+                          "--dev-accel", str(tmp_path / "dev"), "--no-busy-check"], {"HOME": str(tmp_path)})
+    assert not config.lock_file  # no default without a runtime directory
+    make_npu_sysfs(tmp_path / "sys")
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "accel0").touch()
+    report, _ = run(config, FakeLoader(FakeBehaviour()), ["CPU", "NPU"], host())
+    state, detail = rows(report)["NPU lock file"]
+    assert state == "FAIL" and "Pass --lock-file (OV_GENAI_NPU_LOCK_FILE)" in detail and report.failed

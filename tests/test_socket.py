@@ -4,6 +4,7 @@ transport-level faults, peer checks, disconnects, privacy. After each fault, hea
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import re
@@ -276,6 +277,52 @@ def test_half_closed_client_still_gets_its_reply(daemon_factory: Any) -> None:
         assert conn.at_eof()
 
 
+def test_half_close_after_a_last_line_without_newline_answers_it_and_keeps_pending_replies(
+        daemon_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CONTRACT §2: a client that half-closes still gets its pending replies. A client whose
+    input ends without a final newline (printf without \\n, a file saved without one) and then
+    half-closes, as socat does: the fragment was never answered, and the slow-line timer fired
+    after --line-timeout, aborted the connection, cancelled the running job and logged a 'slow
+    line'. The job's reply was lost. End of input now ends the last line."""
+    ticks = threading.Semaphore(0)
+    on_timer = server.RpcConnection._on_timer
+
+    def counted(self: server.RpcConnection) -> None:
+        on_timer(self)
+        ticks.release()
+
+    monkeypatch.setattr(server.RpcConnection, "_on_timer", counted)
+    behaviour = FakeBehaviour(gate=threading.Event())
+    daemon = daemon_factory(FakeLoader(behaviour), line_timeout_s=0.3)
+    try:
+        with daemon.connect() as conn:
+            conn.send(b'{"jsonrpc":"2.0","id":1,"method":"generate","params":{"job":"title","input":"hi"}}\n'
+                      b'{"jsonrpc":"2.0","id":2,"method":"health"}')
+            assert behaviour.started.wait(10)
+            conn.sock.shutdown(socket.SHUT_WR)
+            health = conn.read_json()  # the unterminated last line, answered
+            assert health["id"] == 2 and health["result"]["queue"]["running"] is True
+            while ticks.acquire(blocking=False):
+                pass
+            for _ in range(2):  # the connection's timer ran past --line-timeout after the half-close
+                assert ticks.acquire(timeout=10)
+            behaviour.gate.set()  # type: ignore[union-attr]
+            assert conn.read_json()["result"]["job"] == "title"
+            assert conn.at_eof()
+    finally:
+        behaviour.gate.set()  # type: ignore[union-attr]
+    assert daemon.daemon.metrics.stats().rejections == {}  # no 'slow line'
+
+
+def test_an_oversize_last_line_at_end_of_input_is_refused(daemon_factory: Any) -> None:
+    daemon = daemon_factory(max_line_bytes=64)
+    with daemon.connect() as conn:
+        conn.send(b"x" * 65)
+        conn.sock.shutdown(socket.SHUT_WR)
+        assert conn.read_json()["error"]["data"]["field"] == "line"
+        assert conn.at_eof()
+
+
 def test_replies_buffered_at_shutdown_are_still_delivered(daemon_factory: Any,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A client that reads slowly has more replies pending than the kernel buffer holds when the
@@ -362,6 +409,69 @@ def test_other_uid_is_rejected_then_allowed(daemon_factory: Any) -> None:
     allowed = daemon_factory(allow_uids=(NOBODY,))
     line, _ = as_nobody(health_request(allowed.socket)).rsplit(b"\n", 1)
     assert b'"status":"ready"' in line
+
+
+def _health_as(daemon: RunningDaemon, gid: int, groups: list[int]) -> dict[str, Any]:
+    """health from a forked child running as uid 65534 with this primary group and these
+    supplementary groups (exactly: nothing inherited from root)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.close(read_end)
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(NOBODY)
+            with RawConnection.open(daemon.socket, timeout=10) as conn:
+                os.write(write_end, json.dumps(conn.call("health")).encode())
+        except BaseException as exc:
+            os.write(write_end, json.dumps({"exception": repr(exc)}).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        reply: dict[str, Any] = json.loads(reader.read() or b"{}")
+    os.waitpid(pid, 0)
+    return reply
+
+
+@pytest.mark.parametrize("extra_groups", [1, 299], ids=["one-group", "more-than-256-groups"])
+def test_allow_gid_admits_a_peer_by_a_supplementary_group(daemon_factory: Any, extra_groups: int) -> None:
+    """CONTRACT §1: a peer whose supplementary group is allowed gets in, also with more than 256
+    groups (directory-service accounts): SO_PEERGROUPS answers ERANGE to Python's 1 KiB read, and
+    the groups used to be dropped, so the allowed peer was refused with -32004."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to act as another uid with many groups")
+    allowed = 4242
+    daemon = daemon_factory(allow_gids=(allowed,))
+    reply = _health_as(daemon, NOBODY, [*range(20000, 20000 + extra_groups), allowed])
+    assert "result" in reply, f"a peer in group {allowed} (and {extra_groups} others) was refused: {reply}"
+    # The same peer without the group is refused: the admission came from that group.
+    assert _health_as(daemon, NOBODY, list(range(20000, 20000 + extra_groups)))["error"]["code"] == -32004
+
+
+def test_the_nobody_helper_keeps_none_of_roots_groups(daemon_factory: Any) -> None:
+    """The peer tests act as uid/gid 65534 through as_nobody(). It must drop root's supplementary
+    groups too (setgroups), or the "other user" still carries group 0 and an --allow-gid rule
+    could admit it: the tests would then not test what they say."""
+    daemon = daemon_factory(allow_gids=(0,))
+
+    def health() -> bytes:
+        with RawConnection.open(daemon.socket) as conn:
+            try:
+                conn.send(b'{"jsonrpc":"2.0","id":1,"method":"health"}\n')
+            except BrokenPipeError:
+                pass  # a rejected peer may find the socket closed: its error line is waiting
+            return conn.read_line()
+
+    if os.getuid() != 0:
+        pytest.skip("needs root to act as another uid")
+    saved = os.getgroups()
+    os.setgroups([0, *saved])  # root as sudo and most CI runners leave it: group 0 supplementary
+    try:
+        assert b'"code":-32004' in as_nobody(health)
+    finally:
+        os.setgroups(saved)
 
 
 FLOOD = 300
@@ -501,6 +611,34 @@ def test_another_users_stale_socket_is_left_alone(tmp_path: Path) -> None:
     with pytest.raises(StartupError, match="belongs to uid 65534"):
         bind_unix_socket(str(path))
     assert stat.S_ISSOCK(os.lstat(path).st_mode)
+
+
+def test_a_live_socket_with_a_full_accept_queue_is_not_taken_for_stale(tmp_path: Path) -> None:
+    """A second npud probes an existing path socket before replacing it. When the live daemon's
+    accept queue is full (busy, or flooded on purpose) connect() fails at once with EAGAIN, which
+    used to count as 'nobody listens': the live daemon's socket was unlinked and its name taken."""
+    path = tmp_path / "npud.sock"
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(str(path))
+    live.listen(0)  # a daemon that does not get to accept(): its queue fills at once
+    queued: list[socket.socket] = []
+    try:
+        while True:
+            pending = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            pending.setblocking(False)
+            queued.append(pending)
+            try:
+                pending.connect(str(path))
+            except BlockingIOError:
+                break  # full
+        inode = os.lstat(path).st_ino
+        with pytest.raises(StartupError, match="already listening"):
+            bind_unix_socket(str(path))
+        assert os.lstat(path).st_ino == inode  # still the live daemon's socket
+    finally:
+        for conn in queued:
+            conn.close()
+        live.close()
 
 
 def test_exit_never_removes_a_file_that_replaced_the_socket(daemon_factory: Any, tmp_path: Path,

@@ -49,6 +49,7 @@ class Squatter:
 
     def _child(self, ready_w: int, out_w: int) -> None:
         try:
+            os.setgroups([])
             os.setgid(NOBODY)
             os.setuid(NOBODY)
             server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

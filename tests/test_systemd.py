@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,6 +191,32 @@ def test_notifier_sends_datagrams_and_never_fails(notify: NotifyListener) -> Non
     assert notify.next() == ["READY=1", "STATUS=hello"]
     assert not Notifier(None).notify("READY=1")
     assert not Notifier("@nobody-listens-here-npud").notify("READY=1")  # logged at debug, not raised
+
+
+def test_a_full_notify_socket_never_blocks_the_daemon(caplog: pytest.LogCaptureFixture) -> None:
+    """sd_notify runs on the event loop. The notify socket was blocking: with systemd's queue full
+    (systemd busy or stuck), sendto() blocked, and the whole daemon with it. Now the datagram is
+    dropped and counted, and the first drop is logged."""
+    caplog.set_level(logging.WARNING, logger="npud.systemd")
+    receiver = NotifyListener()  # never read: its queue fills (net.unix.max_dgram_qlen)
+    notifier = Notifier(receiver.name)
+    done = threading.Event()
+
+    def flood() -> None:
+        for _ in range(5000):
+            notifier.notify("WATCHDOG=1")
+        done.set()
+
+    threading.Thread(target=flood, daemon=True).start()
+    try:
+        assert done.wait(30), "notify() blocked on a full notify socket"
+    finally:
+        receiver.sock.close()
+        notifier.close()
+    assert notifier.dropped > 0
+    assert [r.getMessage() for r in caplog.records].count(
+        "systemd's notify socket is full: dropping notifications (STATUS, WATCHDOG) rather than blocking the "
+        "daemon") == 1
 
 
 def test_watchdog_interval() -> None:
@@ -386,7 +414,7 @@ def test_status_follows_the_load_and_extends_the_timeout(tmp_path: Path, notify:
             loaded.touch()
             assert any(line.startswith("STATUS=ready, 0 queued") for line in notify.wait_for("STATUS=ready"))
             conn.call("generate", {"job": "title", "input": "x"})
-        assert "STATUS=ready, 0 queued, 1 jobs served, 0 failed" in notify.wait_for("STATUS=ready, 0 queued, 1 jobs")
+        assert "STATUS=ready, 0 queued, 1 jobs served, 0 failed, 0 cancelled" in notify.wait_for("STATUS=ready, 0 queued, 1 jobs")
     finally:
         loaded.touch()
         proc.terminate()

@@ -154,7 +154,7 @@ def test_system_installer_refuses_an_npud_under_home(tmp_path: Path) -> None:
 def test_watchdog_is_fed_and_health_answers_while_the_model_loads(tmp_path: Path) -> None:
     """The daemon's side of a long first compile: while the load blocks (fake loader), WATCHDOG=1
     keeps coming and health says loading; a job sent meanwhile is answered once the model is
-    ready. (The real pipeline releasing the GIL is the emulated NPU's test.)"""
+    ready. (The real pipeline releasing the GIL: tests/test_npu_load.py, on the emulated NPU.)"""
     listener = NotifyListener()
     name = unique_socket()
     loaded = tmp_path / "loaded"
@@ -243,3 +243,14 @@ def test_units_lower_the_service_not_its_event_loop() -> None:
     assert system["CPUWeight"] == ["30"]
     for unit in (*USER_UNITS, *SYSTEM_UNITS):
         assert not {"Nice", "CPUSchedulingPolicy", "CPUSchedulingPriority"} & set(directives(unit)), unit.name
+
+
+def test_the_user_unit_env_example_does_not_offer_an_allow_list() -> None:
+    """Attack review finding D1. contrib/npud.env.example is installed as ~/.config/npud/npud.env for the *user* units and
+    offers '#OV_GENAI_NPU_ALLOW_UID=1001  (Let another local user in over the socket)'. README
+    'Serving other users' says allow-lists cannot work in the user units and npud refuses to start
+    with one there (status 1; with Restart=on-failure, a restart loop). Uncommenting the example
+    line breaks the daemon."""
+    example = (REPO / "contrib" / "npud.env.example").read_text()
+    offered = [line for line in example.splitlines() if re.match(r"#?\s*OV_GENAI_NPU_ALLOW_(UID|GID)=", line)]
+    assert offered == [], f"the user-unit env example offers an allow-list the user units refuse: {offered}"
