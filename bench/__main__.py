@@ -4,11 +4,13 @@ alternating, on this machine. Not part of the test suite.
 usage: python -m bench [--json results.json] [--quick] [--only SECTIONS] [--peer-threads N]
                        [--peer-npud-flags FLAGS] [--bg-variant LABEL=COMMAND ...]
 
-Sections (``--only overhead,control,peer,background,cold``):
+Sections (``--only overhead,control,peer,lookup,background,cold``):
   overhead    npud ÷ a plain in-process LLMPipeline, same prompt, settings and token count
   control     the control plane: health ÷ an asyncio echo, queue-full rejections, HTTP ÷ socket
   peer        per job, npud ÷ llama.cpp (xllamacpp) on the same GGUF: bench/peer.py
               (skipped, with the install hint, when the ``bench`` extra is not installed)
+  lookup      per job, npud with ÷ without prompt-lookup decoding, and how many texts differ:
+              bench/lookup.py
   background  per daemon variant: health p99 busy ÷ idle, a CPU-bound foreground process's
               slowdown while npud generates, nice values of the working threads: bench/background.py
   cold        socket-activated cold start and memory
@@ -44,9 +46,10 @@ from bench.harness import (
     rss_kib,
 )
 from bench.npu_emulated import npu_emulated_overhead, table_row as npu_emulated_row
+from bench.lookup import columns as lookup_columns, lookup_comparison
 from bench.peer import peer_comparison, peer_missing, physical_cores
 from npud.config import Config
-from npud.engine import DecodeSettings, builtin_smollm2_gguf, resolve_model_path
+from npud.engine import DecodeSettings, builtin_smollm2_gguf, generation_config, resolve_model_path
 from npud.jobs import JOBS
 from npud.testing.activator import _EXEC_WITH_FDS
 from npud.testing.tiny_model import build_tiny_gguf
@@ -63,15 +66,12 @@ class Baseline:
     def __init__(self, model_path: Path, cache: Path) -> None:
         import openvino_genai as og
 
-        self.pipe = og.LLMPipeline(str(model_path), "CPU", CACHE_DIR=str(cache / "compiled"))
+        # Built and configured as npud's default CPU pipeline is (prompt lookup included).
+        self.pipe = og.LLMPipeline(str(model_path), "CPU", CACHE_DIR=str(cache / "compiled"), prompt_lookup=True)
         spec = JOBS["summary"]
         self.prompt = self.pipe.get_tokenizer().apply_chat_template(spec.messages(TEXT), add_generation_prompt=True)
-        settings = DecodeSettings.for_job(spec, TOKENS)
-        self.config = self.pipe.get_generation_config()
-        self.config.max_new_tokens = settings.max_new_tokens
-        self.config.do_sample = False
-        self.config.apply_chat_template = False
-        self.config.repetition_penalty = settings.repetition_penalty
+        self.config = generation_config(og, self.pipe.get_generation_config(), DecodeSettings.for_job(spec, TOKENS),
+                                        prompt_lookup=True)
 
     def generate(self) -> int:
         result = self.pipe.generate([self.prompt], self.config)
@@ -324,17 +324,26 @@ PEER_TARGETS = {"title": "≤ 1.0", "summary": "≤ 0.8", "notification": "≤ 0
 
 
 def job_table(results: dict[str, Any]) -> str:
-    """One row per job: npud ÷ llama.cpp on the same GGUF, messages and token counts."""
+    """One row per job: npud ÷ llama.cpp on the same GGUF, messages and token counts; and npud with
+    ÷ without prompt lookup, with how many texts differ."""
     peer = results.get("peer")
-    if not peer or "skipped" in peer:
+    if peer and "skipped" in peer:
+        peer = None
+    lookup = results.get("lookup")
+    if not peer and not lookup:
         return ""
     rows = []
-    for job, r in peer["jobs"].items():
-        rows.append((job, f"{min(r['generated_tokens'])}–{max(r['generated_tokens'])}", f"{r['npud_ms_p50']:.0f}",
+    for job in (j for j in PEER_TARGETS if j in (peer or {}).get("jobs", {}) or j in (lookup or {}).get("jobs", {})):
+        cells: tuple[str, ...] = ("—",) * 6
+        if peer and job in peer["jobs"]:
+            r = peer["jobs"][job]
+            cells = (f"{min(r['generated_tokens'])}–{max(r['generated_tokens'])}", f"{r['npud_ms_p50']:.0f}",
                      f"{r['peer_ms_p50']:.0f}", spread(r["ratio"]), PEER_TARGETS.get(job, "—"),
-                     spread(r["ratio_no_reuse"])))
+                     spread(r["ratio_no_reuse"]))
+        rows.append((job, *cells, *lookup_columns(lookup, job)))
     return markdown(("job", "tokens", "npud ms", "llama.cpp ms", "npud ÷ llama.cpp (p10–p90)", "target",
-                     "÷ llama.cpp without KV reuse"), rows)
+                     "÷ llama.cpp without KV reuse", "with ÷ without prompt lookup (p10–p90)",
+                     "texts differ"), rows)
 
 
 def thread_table(results: dict[str, Any]) -> str:
@@ -350,7 +359,7 @@ def thread_table(results: dict[str, Any]) -> str:
                      "main thread (event loop)"), rows)
 
 
-SECTIONS = ("overhead", "control", "peer", "background", "cold")
+SECTIONS = ("overhead", "control", "peer", "lookup", "background", "cold")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -419,6 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 daemon.stop()
         if "peer" in args.sections:
             results["peer"] = run_peer(cache, args, scale)
+        if "lookup" in args.sections:
+            results["lookup"] = lookup_comparison(cache, per_job_inputs=2 if args.quick else 4,
+                                                  rounds=1 if args.quick else 4, log=log)
         if "background" in args.sections:
             results["background"] = background(args.variants, "smollm2-135m", cache, scale, FOREGROUND_ITERATIONS, log)
         if "cold" in args.sections:

@@ -26,50 +26,83 @@ from typing import Any
 from bench import evalset
 from bench.evalset import Item
 from bench.quality import _pct, _table, load_items
+from npud.engine import DecodeSettings, generation_config
 from npud.jobs import JOBS, JobSpec
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    repetition_penalty: float | None = None  # None: the job table's value ("current")
-    no_repeat_ngram_size: int | None = None
+    repetition_penalty: float | None = None  # None: the job table's settings ("current")
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     prompt_lookup: bool = False
-    num_assistant_tokens: int = 5
-    max_ngram_size: int = 3
+    num_assistant_tokens: int | None = None  # None: the job table's
+    max_ngram_size: int | None = None
+    #: memory_candidate: without the job's JSON schema ("noschema"), or with the line-list prompt it
+    #: had before structured output, and no schema ("lines").
+    no_schema: bool = False
+    lines_prompt: bool = False
 
-    def for_job(self, spec: JobSpec) -> Variant:
-        if self.repetition_penalty is not None:
-            return self
-        return replace(self, repetition_penalty=spec.repetition_penalty, no_repeat_ngram_size=spec.no_repeat_ngram_size)
+    def settings(self, spec: JobSpec, max_new_tokens: int) -> DecodeSettings:
+        table = DecodeSettings.for_job(spec, max_new_tokens)
+        if self.name == "old":
+            # The job table before the decoding rework: repetition_penalty 1.1 for the three text jobs
+            # (no_repeat_ngram_size 3 for title and notification did nothing: see CONTRACT.md section 8).
+            return replace(table, repetition_penalty=1.0 if spec.name == "memory_candidate" else 1.1,
+                           frequency_penalty=0.0, presence_penalty=0.0)
+        if self.repetition_penalty is None:
+            return table
+        return replace(table, repetition_penalty=self.repetition_penalty, frequency_penalty=self.frequency_penalty,
+                       presence_penalty=self.presence_penalty,
+                       num_assistant_tokens=self.num_assistant_tokens or table.num_assistant_tokens,
+                       max_ngram_size=self.max_ngram_size or table.max_ngram_size)
 
 
 def parse_variant(name: str) -> Variant:
-    """``current`` (the job table's settings) or settings joined by ``+``: ``rp1.0`` (repetition
-    penalty), ``nr3`` (no_repeat_ngram_size), ``freq0.5``, ``pres0.5`` (frequency and presence
-    penalty), ``lookup`` (prompt-lookup decoding, ``la5``/``ng3`` for its assistant tokens and n-gram size)."""
-    if name == "current":
-        return Variant(name)
+    """``current`` (the job table's settings), ``old`` (the decoding before the rework:
+    repetition_penalty 1.1, no frequency penalty; today's prompts), either with ``+lookup``, or
+    settings joined by ``+``: ``rp1.0`` (repetition penalty), ``freq0.5``, ``pres0.5`` (frequency
+    and presence penalty), ``lookup`` (prompt-lookup decoding, with the job table's drafts unless
+    ``la5``/``ng3`` give its assistant tokens and n-gram size), and for memory_candidate
+    ``noschema`` (no structured output) or ``lines`` (the earlier line-list prompt, no schema)."""
+    base, _, rest = name.partition("+")
+    if base in ("current", "old"):
+        if rest not in ("", "lookup"):
+            raise ValueError(f"{base} takes only +lookup, not {rest!r}")
+        return Variant(name, prompt_lookup=rest == "lookup")
     fields: dict[str, Any] = {"name": name, "repetition_penalty": 1.0}
     for part in name.split("+"):
-        for prefix, key, kind in (("rp", "repetition_penalty", float), ("nr", "no_repeat_ngram_size", int),
+        for prefix, key, kind in (("rp", "repetition_penalty", float),
                                   ("freq", "frequency_penalty", float), ("pres", "presence_penalty", float),
                                   ("la", "num_assistant_tokens", int), ("ng", "max_ngram_size", int)):
             if part.startswith(prefix) and part[len(prefix):].replace(".", "", 1).isdigit():
                 fields[key] = kind(part[len(prefix):])
                 break
         else:
-            if part != "lookup":
+            if part == "noschema":
+                fields["no_schema"] = True
+            elif part == "lines":
+                fields.update(no_schema=True, lines_prompt=True)
+            elif part != "lookup":
                 raise ValueError(f"unknown setting {part!r} in {name!r}")
-            fields["prompt_lookup"] = True
+            else:
+                fields["prompt_lookup"] = True
     return Variant(**fields)
 
 
-DEFAULT_VARIANTS = ("current", "rp1.0", "rp1.0+nr3", "rp1.0+freq0.3", "rp1.0+freq0.6", "rp1.0+freq1.0",
-                    "rp1.0+pres0.3", "rp1.0+pres0.6", "rp1.0+pres1.0")
-DEFAULT_LOOKUP_VARIANTS = ("rp1.0+lookup", "rp1.0+freq0.6+lookup", "rp1.0+pres0.6+lookup")
+#: memory_candidate's prompt and example before structured output (a "- " list, parsed line by line).
+LINES_PROMPT = ("You find facts worth remembering about the user: lasting preferences, personal details, plans and "
+                "commitments. Read the user's text and reply with a list, one fact per line, each line starting "
+                "with '- ' and written as a short standalone statement about the user. If there is nothing worth "
+                "remembering, reply with '- none'.")
+LINES_EXAMPLE = ("I'm vegetarian, by the way, and I'm flying to Lisbon on the 14th for a conference.",
+                 "- The user is vegetarian.\n- The user is flying to Lisbon on the 14th for a conference.")
+
+
+DEFAULT_VARIANTS = ("old", "current", "rp1.0", "rp1.0+freq0.3", "rp1.0+freq0.6", "rp1.0+freq1.0",
+                    "rp1.0+pres0.6")
+DEFAULT_LOOKUP_VARIANTS = ("current+lookup", "rp1.0+lookup")
 
 
 class Pipeline:
@@ -77,40 +110,38 @@ class Pipeline:
         import openvino_genai as og
 
         extra = {"prompt_lookup": True} if prompt_lookup else {}
+        self.prompt_lookup = prompt_lookup
         self.pipe = og.LLMPipeline(str(model_path), "CPU", CACHE_DIR=str(cache / "compiled"), **extra)
         self.tokenizer = self.pipe.get_tokenizer()
+        self.og = og
+        self.model_config = self.pipe.get_generation_config()
 
-    def generate(self, spec: JobSpec, text: str, variant: Variant) -> tuple[str, int, float]:
+    def generate(self, spec: JobSpec, text: str, variant: Variant) -> tuple[str, int, float, DecodeSettings]:
+        if variant.lines_prompt and spec.name == "memory_candidate":
+            spec = replace(spec, system_prompt=LINES_PROMPT, examples=(LINES_EXAMPLE,))
         prompt = self.tokenizer.apply_chat_template(spec.messages(text), add_generation_prompt=True)
-        config = self.pipe.get_generation_config()
-        config.max_new_tokens = spec.default_max_new_tokens
-        config.do_sample = False
-        config.apply_chat_template = False
-        config.repetition_penalty = variant.repetition_penalty
-        if variant.no_repeat_ngram_size:
-            config.no_repeat_ngram_size = variant.no_repeat_ngram_size
-        config.frequency_penalty = variant.frequency_penalty
-        config.presence_penalty = variant.presence_penalty
-        if variant.prompt_lookup:
-            config.num_assistant_tokens = variant.num_assistant_tokens
-            config.max_ngram_size = variant.max_ngram_size
+        settings = variant.settings(spec, spec.default_max_new_tokens)
+        if variant.no_schema:
+            settings = replace(settings, json_schema=None)
+        # The daemon's own generation config (engine.generation_config): only the settings differ.
+        config = generation_config(self.og, self.model_config, settings, prompt_lookup=self.prompt_lookup)
         started = time.perf_counter()
         result = self.pipe.generate([prompt], config)
         elapsed = (time.perf_counter() - started) * 1000
-        return result.texts[0], int(result.perf_metrics.get_num_generated_tokens()), elapsed
+        return result.texts[0], int(result.perf_metrics.get_num_generated_tokens()), elapsed, settings
 
 
 def run_variant(pipeline: Pipeline, items: Sequence[Item], variant: Variant) -> list[dict[str, Any]]:
     records = []
     for item in items:
         spec = JOBS[item.job]
-        settings = variant.for_job(spec)
-        raw, tokens, ms = pipeline.generate(spec, item.input, settings)
-        output = spec.postprocess(raw)
+        raw, tokens, ms, settings = pipeline.generate(spec, item.input, variant)
+        output = spec.postprocess(raw, item.input)
         # The daemon answers an empty output with GenerationFailed; count it the same way.
         error = "GenerationFailed" if output.is_empty else None
         record = evalset.score(item, None if error else output.text, output.candidates, error)
-        record.update(variant=variant.name, ms=round(ms, 1), generated_tokens=tokens, settings=asdict(settings))
+        record.update(variant=variant.name, ms=round(ms, 1), generated_tokens=tokens, settings=asdict(settings),
+                      raw=raw)
         records.append(record)
         print(f"\r{variant.name:<22} {item.id:<18}", end="", file=sys.stderr, flush=True)
     return records
@@ -125,21 +156,26 @@ def differs(records: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any
 def report(results: dict[str, list[dict[str, Any]]], reference_for: dict[str, str]) -> str:
     rows = []
     for job in evalset.JOBS:
-        for name, records in results.items():
-            mine = [r for r in records if r["job"] == job]
-            if not mine:
-                continue
-            agg = evalset.aggregate(mine)
-            reference = reference_for.get(name)
-            if reference not in results:
-                reference = None
-            changed = (f"{differs(mine, [r for r in results[reference] if r['job'] == job])}/{len(mine)} vs {reference}"
-                       if reference else "")
-            rows.append([job, name, agg["n"], _pct(agg["well_formed"]), _pct(agg["key_facts"]), _pct(agg["all_kept"]),
-                         _pct(agg["invented_rate"]), f"{statistics.median(r['ms'] for r in mine):.0f}",
-                         f"{statistics.mean(r['generated_tokens'] for r in mine):.1f}", changed])
-    return _table(["job", "settings", "n", "well-formed", "key facts kept", "all kept", "invented numbers",
-                   "median ms", "mean tokens", "texts differ"], rows)
+        for split in evalset.SPLITS:
+            for name, records in results.items():
+                mine = [r for r in records if r["job"] == job and r["split"] == split]
+                if not mine:
+                    continue
+                agg = evalset.aggregate(mine)
+                reference = reference_for.get(name)
+                if reference not in results:
+                    reference = None
+                changed = ""
+                if reference:
+                    others = [r for r in results[reference] if r["job"] == job and r["split"] == split]
+                    changed = f"{differs(mine, others)}/{len(mine)} vs {reference}"
+                rows.append([job, split, name, agg["n"], _pct(agg["well_formed"]), _pct(agg["key_facts"]),
+                             _pct(agg.get("all_kept")), _pct(agg["invented_rate"]),
+                             _pct(agg.get("precision")) if job == "memory_candidate" else "",
+                             f"{statistics.median(r['ms'] for r in mine):.0f}",
+                             f"{statistics.mean(r['generated_tokens'] for r in mine):.1f}", changed])
+    return _table(["job", "split", "settings", "n", "well-formed", "key facts kept (recall)", "all kept",
+                   "invented numbers", "precision", "median ms", "mean tokens", "texts differ"], rows)
 
 
 def compare_with_daemon(records: Sequence[dict[str, Any]], path: Path) -> str:
@@ -186,11 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         del pipeline
     print(file=sys.stderr)
     print(f"decoding study: {args.model} on CPU (in-process), split {args.split}, {len(items)} items per variant")
+    if args.json:  # first: the report is computed from it
+        Path(args.json).write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
     print(report(results, reference_for))
     if args.compare and "current" in results:
         print(compare_with_daemon(results["current"], args.compare))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
     return 0
 
 

@@ -2,6 +2,7 @@
 invented numbers and, for memory candidates, precision, recall and leaked secrets.
 
 usage: python -m bench.quality --model M --device D [--split dev|heldout|all] [--json out.json]
+                              [--npud-flags FLAGS] [--compare other.json]
 
 Starts ``npud`` as a child process, sends every item of ``bench/eval/`` through the socket with
 npuclient, and scores the answers with ``bench.evalset`` (leaks are judged against the set's own
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -124,6 +126,22 @@ def report(summary: dict[str, dict[str, Any]]) -> str:
     return "\n\n".join(parts)
 
 
+def differences(records: Sequence[dict[str, Any]], other: Sequence[dict[str, Any]], name: str) -> str:
+    """Per job and part: how many outputs differ from ``other``'s for the same items (memory
+    candidates: the list of candidates)."""
+    def answer(record: dict[str, Any]) -> Any:
+        return record.get("candidates") if record["job"] == "memory_candidate" else record["output"]
+
+    theirs = {r["id"]: answer(r) for r in other}
+    rows = []
+    for job in evalset.JOBS:
+        for split in evalset.SPLITS:
+            mine = [r for r in records if r["job"] == job and r["split"] == split and r["id"] in theirs]
+            if mine:
+                rows.append([job, split, f"{sum(answer(r) != theirs[r['id']] for r in mine)}/{len(mine)}"])
+    return _table(["job", "split", f"differs from {name}"], rows)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="as for npud --model (smollm2-135m, an IR folder, a .gguf)")
@@ -135,6 +153,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", help="npud --cache-dir (default: $NPUD_BENCH_CACHE or ~/.cache/npud)")
     parser.add_argument("--eval-dir", type=Path, default=evalset.EVAL_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--npud-flags", default="", metavar="FLAGS",
+                        help="extra npud flags, e.g. --no-prompt-lookup")
+    parser.add_argument("--compare", type=Path, metavar="OTHER.json",
+                        help="also count, per job and part, the outputs that differ from this earlier --json run")
     args = parser.parse_args(argv)
     unknown = set(args.jobs.split(",")) - set(evalset.JOBS)
     if unknown:
@@ -149,21 +171,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     items = load_items(args.jobs.split(","), args.split, args.limit, args.eval_dir)
     cache = args.cache_dir or os.environ.get("NPUD_BENCH_CACHE") or str(Path.home() / ".cache" / "npud")
-    daemon = DaemonProcess(["--device", args.device, "--model", args.model, "--cache-dir", cache, "--no-http"])
+    daemon = DaemonProcess(["--device", args.device, "--model", args.model, "--cache-dir", cache, "--no-http",
+                            *shlex.split(args.npud_flags)])
     try:
         with Client(daemon.socket, timeout=CALL_TIMEOUT_S) as client:
             health = client.health()
             records = run_items(items, daemon_generate(client), progress=not args.quiet)
+            stats = client.health().stats
     finally:
         daemon.stop()
     summary = summarise(records, args.split)
     print(f"npud quality: model {health.model} on {health.device}, split {args.split}, "
           f"{len(items)} items, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(report(summary))
+    guards = {"decoding": health.decoding or None,
+              "fallbacks": dict(stats.fallbacks) if stats else {},
+              "secrets_dropped": dict(stats.secrets_dropped) if stats else {}}
+    print(f"\ndecoding {guards['decoding']}; answers replaced by post-processing (job:reason): "
+          f"{guards['fallbacks'] or 'none'}; memory candidates dropped for a secret: {guards['secrets_dropped'] or 'none'}")
+    if args.compare:
+        print()
+        print(differences(records, json.loads(args.compare.read_text(encoding="utf-8"))["items"], args.compare.name))
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {"model": health.model, "device": health.device, "split": args.split, "summary": summary,
-             "items": records}, indent=1, ensure_ascii=False), encoding="utf-8")
+            {"model": health.model, "device": health.device, "split": args.split, "npud_flags": args.npud_flags,
+             **guards, "summary": summary, "items": records}, indent=1, ensure_ascii=False), encoding="utf-8")
     return 0
 
 

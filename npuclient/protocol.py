@@ -228,6 +228,16 @@ class Stats(Struct):
     npu_busy_us: dict[str, int]
     #: "stage:job" -> count and sum of milliseconds; stage is queue, generate or total.
     latency_ms: dict[str, HistogramStats]
+    #: Memory candidates dropped because they held a secret, by kind of secret (``password``,
+    #: ``one_time_code``, ``access_code``, ``payment_card``, ``iban``, ``api_key``,
+    #: ``private_key``, ``token``); a statement holding two kinds counts under both.
+    secrets_dropped: dict[str, int] = msgspec.field(default_factory=dict)
+    #: "job:reason" -> answers whose model output post-processing replaced: ``invented_number`` and
+    #: ``repetition`` (title, notification: the extractive answer), ``longer_than_input`` (summary).
+    fallbacks: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+Strategy = Literal["greedy", "prompt_lookup"]
 
 
 class HealthResult(Struct, omit_defaults=True, kw_only=True):
@@ -236,6 +246,9 @@ class HealthResult(Struct, omit_defaults=True, kw_only=True):
     device: str
     #: ``true`` with ``--npu-emulation`` (the NPU pipeline computing on the CPU); absent otherwise.
     emulated: Union[bool, UnsetType] = UNSET
+    #: How the jobs decode: ``prompt_lookup`` (CPU, the default) or ``greedy`` (the NPU, or
+    #: ``--no-prompt-lookup``). Per-job settings: ``models``.
+    decoding: Union[Strategy, UnsetType] = UNSET
     version: str
     uptime_s: float
     queue: QueueInfo
@@ -260,11 +273,28 @@ class HealthResult(Struct, omit_defaults=True, kw_only=True):
     jobs_cancelled: int = 0
 
 
+class DecodingInfo(Struct):
+    """One job's decoding: greedy, optionally with prompt-lookup drafts (CPU pipelines only)."""
+
+    strategy: Strategy
+    repetition_penalty: float
+    frequency_penalty: float
+    presence_penalty: float
+    #: Prompt lookup only (``null`` with ``greedy``): draft tokens per step, and the longest n-gram
+    #: of the generated text looked up in the prompt.
+    num_assistant_tokens: Union[int, None] = None
+    max_ngram_size: Union[int, None] = None
+    #: ``json_schema`` when the answer is constrained to a JSON schema (``memory_candidate``: an
+    #: array of strings); ``null`` otherwise.
+    structured_output: Union[Literal["json_schema"], None] = None
+
+
 class JobInfo(Struct):
     name: JobName
     default_max_new_tokens: int
     max_new_tokens: int
     default_timeout_ms: int = 0
+    decoding: Union[DecodingInfo, UnsetType] = UNSET
 
 
 class ModelInfo(Struct):

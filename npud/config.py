@@ -37,6 +37,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     #: Run --device NPU with the NPU plugin computing on the CPU (NPUW_DEVICES=CPU): the real NPU
     #: pipeline code without the hardware, for development and CI. Never on unless asked for.
     npu_emulation: bool = False
+    #: Prompt-lookup decoding on pipelines that honour it (the CPU's; never the NPU's).
+    prompt_lookup: bool = True
     cache_dir: str
     lock_file: str
     cache_max_mb: int = 2048
@@ -215,6 +217,10 @@ OPTIONS: tuple[Option, ...] = (
            "device NPU only: run the NPU plugin's own LLM pipeline on the CPU (NPUW_DEVICES=CPU), "
            "for development and CI without an NPU; health, models and results say 'emulated'",
            switch_value=True),
+    Option("prompt_lookup", "--no-prompt-lookup", "NO_PROMPT_LOOKUP", lambda s: not _parse_bool(s),
+           "do not use prompt-lookup decoding (CPU only: drafts copied from the input, verified in one "
+           "pass; faster on summaries, notifications and memory candidates; the NPU pipeline never uses it)",
+           switch_value=False),
     Option("cache_dir", "--cache-dir", "CACHE", str,
            "cache root: compiled blobs in <root>/compiled (OpenVINO CACHE_DIR), converted models in <root>/models"),
     Option("cache_max_mb", "--cache-max-mb", "CACHE_MAX_MB", _positive_int,

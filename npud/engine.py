@@ -81,13 +81,23 @@ class Generation:
 
 @dataclass(frozen=True)
 class DecodeSettings:
+    """One generation's decoding. Greedy always; ``num_assistant_tokens``/``max_ngram_size`` are
+    the job's prompt-lookup settings, applied only by an engine whose pipeline does prompt lookup
+    (0: none given)."""
+
     max_new_tokens: int
     repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    num_assistant_tokens: int = 0
+    max_ngram_size: int = 0
+    #: Structured output: the answer must follow this JSON schema.
+    json_schema: str | None = None
 
     @classmethod
     def for_job(cls, spec: JobSpec, max_new_tokens: int) -> DecodeSettings:
-        return cls(max_new_tokens, spec.repetition_penalty, spec.no_repeat_ngram_size)
+        return cls(max_new_tokens, spec.repetition_penalty, spec.frequency_penalty, spec.presence_penalty,
+                   spec.prompt_lookup.num_assistant_tokens, spec.prompt_lookup.max_ngram_size, spec.json_schema)
 
 
 class Engine(Protocol):
@@ -368,6 +378,18 @@ EMULATED_DEVICE_NAME = "NPU emulated on the CPU (NPUW_DEVICES=CPU), not NPU hard
 CPU_ONLY_PIPELINE_OPTIONS = frozenset({"prompt_lookup"})
 
 
+def decoding_features(config: Config) -> dict[str, Any]:
+    """The decoding features asked for (``--no-prompt-lookup`` turns prompt lookup off); which of
+    them reach the pipeline is :func:`pipeline_kwargs`' decision."""
+    return {"prompt_lookup": True} if config.prompt_lookup else {}
+
+
+def uses_prompt_lookup(config: Config) -> bool:
+    """Whether this configuration's pipeline does prompt-lookup decoding (what health and models
+    report): asked for, and not dropped on the way to the pipeline."""
+    return "prompt_lookup" in pipeline_kwargs(config, None, decoding_features(config), quiet=True)
+
+
 def npu_properties(config: Config) -> dict[str, Any]:
     """The NPU-only properties (the CPU plugin raises on them)."""
     if not config.is_npu:
@@ -394,13 +416,14 @@ def pipeline_properties(config: Config, cache_dir: Path | None = None) -> dict[s
 
 
 def pipeline_kwargs(config: Config, cache_dir: Path | None = None,
-                    features: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    features: Mapping[str, Any] | None = None, quiet: bool = False) -> dict[str, Any]:
     """Everything passed to ``LLMPipeline``: the device properties plus optional decoding
     ``features`` (e.g. ``prompt_lookup``), of which CPU-only ones never reach an NPU pipeline."""
     kwargs = pipeline_properties(config, cache_dir)
     for name, value in (features or {}).items():
         if config.is_npu and name in CPU_ONLY_PIPELINE_OPTIONS:
-            log.info("%s is not used on the NPU: its pipeline ignores it", name)
+            if not quiet:
+                log.info("%s is not used on the NPU: its pipeline ignores it", name)
             continue
         kwargs[name] = value
     return kwargs
@@ -495,7 +518,7 @@ def npu_plugin_problem() -> str | None:
 PROMPT_LIMIT_ERROR = re.compile(r"may only process prompts or hold chat history up to (\d+) tokens\. (\d+) is passed")
 
 
-def generation_config(og: Any, model_config: Any, settings: DecodeSettings) -> Any:
+def generation_config(og: Any, model_config: Any, settings: DecodeSettings, prompt_lookup: bool = False) -> Any:
     """npud's decoding for one generation, fully specified by npud.
 
     It starts from OpenVINO GenAI's defaults, not from the model folder's generation_config.json:
@@ -503,6 +526,11 @@ def generation_config(og: Any, model_config: Any, settings: DecodeSettings) -> A
     repetition_penalty 1.1) that must not leak into npud's jobs. Only the model's end-of-sequence
     ids are taken from it: when the model is done is a fact about the model, not a decoding choice.
     Beam search and several sequences are never asked for: the NPU pipeline refuses both.
+    ``no_repeat_ngram_size`` is never set: GenAI applies it in beam search only (measured: no
+    effect in greedy decoding on any pipeline, CONTRACT.md section 8).
+
+    The prompt-lookup settings are set only for a pipeline built with ``prompt_lookup`` (which
+    refuses a generation without them); any other pipeline never sees them.
     """
     config = og.GenerationConfig()
     config.eos_token_id = model_config.eos_token_id
@@ -511,19 +539,28 @@ def generation_config(og: Any, model_config: Any, settings: DecodeSettings) -> A
     config.max_new_tokens = settings.max_new_tokens
     config.do_sample = False
     config.repetition_penalty = settings.repetition_penalty
-    if settings.no_repeat_ngram_size:
-        # Accepted by every pipeline but only applied in beam search (measured): no effect in
-        # greedy decoding. Kept so the job table says what it asks for; see CONTRACT.md §8.
-        config.no_repeat_ngram_size = settings.no_repeat_ngram_size
+    config.frequency_penalty = settings.frequency_penalty
+    config.presence_penalty = settings.presence_penalty
+    if settings.json_schema is not None:
+        config.structured_output_config = og.StructuredOutputConfig(json_schema=settings.json_schema)
+    if prompt_lookup:
+        if settings.num_assistant_tokens < 1 or settings.max_ngram_size < 1:
+            raise ValueError("a prompt-lookup pipeline needs num_assistant_tokens and max_ngram_size")
+        config.num_assistant_tokens = settings.num_assistant_tokens
+        config.max_ngram_size = settings.max_ngram_size
     return config
 
 
 class OpenVinoEngine:
-    def __init__(self, pipeline: Any, model_id: str, info: DeviceInfo | None = None) -> None:
+    def __init__(self, pipeline: Any, model_id: str, info: DeviceInfo | None = None,
+                 prompt_lookup: bool = False) -> None:
+        """``prompt_lookup``: the pipeline was built with ``prompt_lookup=True`` (and is not an NPU
+        pipeline, which would ignore it); only then do generations carry the draft settings."""
         import openvino as ov
         import openvino_genai as og
 
         self._pipeline = pipeline
+        self.prompt_lookup = prompt_lookup
         self._tokenizer = pipeline.get_tokenizer()
         self._og = og
         # Read once: only its end-of-sequence ids are used (see generation_config).
@@ -544,12 +581,14 @@ class OpenVinoEngine:
         return prompt, int(tokens.get_shape()[-1])
 
     def generate(self, prompt: str, settings: DecodeSettings, should_stop: Callable[[], bool]) -> Generation:
-        config = generation_config(self._og, self._model_config, settings)
+        config = generation_config(self._og, self._model_config, settings, self.prompt_lookup)
         # Stopping at the next token (deadline, cancel, client gone) needs a streamer. A token-level
         # StreamerBase is used rather than a text callback: it skips the incremental detokenization
         # (measured: about half the per-token cost). OpenVINO GenAI swallows exceptions raised in a
         # streamer, and write() must return a StreamingStatus (a bool aborts the process), so
-        # stopping is done by status.
+        # stopping is done by status. With prompt lookup write() gets the accepted tokens of a
+        # verification round at once (a list, up to num_assistant_tokens + 1): the stop then lands
+        # at the end of that burst.
         streamer = self._streamer_class(should_stop)
 
         # A list of strings returns DecodedResults (with finish reasons and metrics); a str would
@@ -657,12 +696,14 @@ class OpenVinoLoader:
             # computing): its properties stay absent.
             props = {} if config.npu_emulation else self._device_properties(config.device, names)
             entry = self._cache_entry(config, path, props)
-            pipeline = factory(str(path), config.device, **pipeline_kwargs(config, entry.path))
+            kwargs = pipeline_kwargs(config, entry.path, decoding_features(config))
+            pipeline = factory(str(path), config.device, **kwargs)
         except (RuntimeError, OSError, StartupError) as exc:
             raise ModelLoadError(f"{type(exc).__name__}: {exc}") from exc
         cache = CompileCacheInfo(key=entry.key, path=str(entry.path), hit=entry.hit)
         log.info("compile cache %s (%s)", entry.key, "hit" if entry.hit else "miss")
-        return OpenVinoEngine(pipeline, model_id_for(config.model), device_info(config, props, cache))
+        return OpenVinoEngine(pipeline, model_id_for(config.model), device_info(config, props, cache),
+                              prompt_lookup=bool(kwargs.get("prompt_lookup")))
 
     @staticmethod
     def _cache_entry(config: Config, path: Path, props: dict[str, Any]) -> compile_cache.CacheEntry:

@@ -480,6 +480,21 @@ def invented_numbers(output: str, source: str) -> list[str]:
     return invented
 
 
+def without_invented_numbers(text: str, source: str) -> str:
+    """``text`` without the words that carry a number ``source`` does not support (words as split
+    by white space, so no number is ever cut into a different one). Repeated until none is left:
+    dropping a word can join two neighbours into a new number ("1 [x] 000" -> "1 000")."""
+    words_ = text.split()
+    while True:
+        invented = set(invented_numbers(" ".join(words_), source))
+        if not invented:
+            return " ".join(words_)
+        kept = [w for w in words_ if not any(n in _number_text(w) for n in invented)]
+        if len(kept) == len(words_):  # the number spans words that hold no invented part alone
+            kept = [w for w in words_ if not any(c.isdigit() for c in w)]
+        words_ = kept
+
+
 # ============================================================== form
 
 _ABBREVIATIONS = frozenset("""
@@ -518,6 +533,14 @@ def first_sentence(text: str) -> str:
     text = " ".join(text.split())
     ends = _sentence_ends(text)
     return text[:ends[0]] if ends else text
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of ``text`` (white space made single spaces), by the rule of
+    :func:`sentence_count`."""
+    text = " ".join(text.split())
+    cuts = [0, *_sentence_ends(text), len(text)]
+    return [text[a:b].strip() for a, b in zip(cuts, cuts[1:]) if text[a:b].strip()]
 
 
 def cap_words(text: str, limit: int) -> str:

@@ -61,6 +61,10 @@ class Metrics:
         self.tokens_in: defaultdict[str, int] = defaultdict(int)
         self.tokens_out: defaultdict[str, int] = defaultdict(int)
         self.npu_busy_us: defaultdict[str, int] = defaultdict(int)
+        #: Memory candidates dropped for holding a secret, by kind (guards.SecretKind).
+        self.secrets_dropped: defaultdict[str, int] = defaultdict(int)
+        #: (job, reason): the model's answer replaced by post-processing (jobs.JobOutput.fallback).
+        self.fallbacks: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.latency: dict[str, defaultdict[str, Histogram]] = {
             stage: defaultdict(lambda: Histogram(LATENCY_BUCKETS_MS)) for stage in ("queue", "generate", "total")
         }
@@ -82,6 +86,14 @@ class Metrics:
         """A request that ended without a reply (its client gone): counted under ``outcome``."""
         self.requests[(method, outcome)] += 1
 
+    def record_guards(self, job: str, secrets_by_kind: dict[str, int], fallback: str | None) -> None:
+        """What post-processing did to a delivered answer: candidates dropped for holding a secret
+        (by kind), and the model's answer replaced (by job and reason)."""
+        for kind, n in secrets_by_kind.items():
+            self.secrets_dropped[kind] += n
+        if fallback is not None:
+            self.fallbacks[(job, fallback)] += 1
+
     def record_rejection(self, reason: str) -> None:
         self.rejections[reason] += 1
 
@@ -99,6 +111,8 @@ class Metrics:
                 f"{stage}:{job}": HistogramStats(count=h.count, sum=round(h.total, 3))
                 for stage, per_job in self.latency.items() for job, h in sorted(per_job.items())
             },
+            secrets_dropped=dict(sorted(self.secrets_dropped.items())),
+            fallbacks={f"{job}:{reason}": n for (job, reason), n in sorted(self.fallbacks.items())},
         )
 
     def exposition(self, queue_depth: int, queue_capacity: int, running: bool, load_time_ms: float | None,
@@ -142,6 +156,15 @@ class Metrics:
             family(name, "counter", help_text)
             for job, n in sorted(values.items()):
                 out.append(f'{name}{{job="{job}"}} {n}')
+        family("npud_memory_secrets_dropped_total", "counter",
+               "Memory candidates dropped because they held a secret, by kind of secret (never the text).")
+        for kind, n in sorted(self.secrets_dropped.items()):
+            out.append(f'npud_memory_secrets_dropped_total{{kind="{kind}"}} {n}')
+        family("npud_job_fallbacks_total", "counter",
+               "Answers whose model output was replaced by post-processing, by job and reason "
+               "(invented_number, repetition, longer_than_input).")
+        for (job, reason), n in sorted(self.fallbacks.items()):
+            out.append(f'npud_job_fallbacks_total{{job="{job}",reason="{reason}"}} {n}')
         for stage, help_text in (("queue", "waiting in the queue"), ("generate", "on the worker"),
                                  ("total", "from receipt to reply")):
             name = f"npud_job_{stage}_milliseconds"

@@ -56,7 +56,7 @@ from npuclient.protocol import (
 from . import __version__
 from .busy import BusyCounter, read_int
 from .config import Config
-from .engine import model_id_for
+from .engine import model_id_for, uses_prompt_lookup
 from .jobs import JOBS, JobSpec
 from .metrics import Metrics
 from .peercred import PeerCred
@@ -227,6 +227,8 @@ class Dispatcher:
         self._busy_file = str(busy.path) if busy is not None else None
         self._busy_at_start = read_int(busy.path) if busy is not None else None
         self._started_at = time.monotonic()
+        #: Known from the configuration before the model loads (the loader applies the same rule).
+        self._prompt_lookup = uses_prompt_lookup(config)
         # Control-plane methods are plain functions, answered without a task or a loop iteration:
         # health must stay instant whatever the worker does. Job methods wait for the worker.
         self._sync_methods: dict[str, SyncHandler] = {
@@ -382,6 +384,7 @@ class Dispatcher:
             model=snap.model_id or model_id_for(self._config.model),
             device=self._config.device,
             emulated=self._emulated,
+            decoding="prompt_lookup" if self._prompt_lookup else "greedy",
             version=__version__,
             uptime_s=round(time.monotonic() - self._started_at, 3),
             queue=QueueInfo(depth=snap.queue_depth, capacity=self.worker.capacity, running=snap.running),
@@ -415,7 +418,8 @@ class Dispatcher:
             emulated=self._emulated,
             jobs=[
                 JobInfo(name=spec.name, default_max_new_tokens=spec.default_max_new_tokens,
-                        max_new_tokens=spec.max_new_tokens, default_timeout_ms=spec.default_timeout_ms)
+                        max_new_tokens=spec.max_new_tokens, default_timeout_ms=spec.default_timeout_ms,
+                        decoding=spec.decoding(self._prompt_lookup))
                 for spec in JOBS.values()
             ],
         )
@@ -480,7 +484,9 @@ class Dispatcher:
         if registered and ctx.pending is not None:
             ctx.pending[key] = job
         try:
-            return await self._await_job(job)
+            result = await self._await_job(job)
+            self.metrics.record_guards(spec.name, job.secrets_dropped, job.fallback)
+            return result
         except asyncio.CancelledError:
             # The client went away: free the slot, stop the generation, count it as cancelled.
             self.worker.withdraw(job)

@@ -260,7 +260,7 @@ def _run_title_job(report: Report, out: dict[str, Any], config: Config, engine: 
         return
     generate_ms = (time.perf_counter() - gen_start) * 1000
     after = _read(counter)
-    text = spec.postprocess(generation.text).text
+    text = spec.postprocess(generation.text, SAMPLE).text
     report.add("title job", bool(text), f"{generation.generated_tokens} tokens in {generate_ms:.0f} ms: {text!r}")
     if not npu:
         delta = None

@@ -115,6 +115,11 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     #: The job has had its one answer (or its client left): see :meth:`Worker._finish`.
     answered: bool = False
+    #: Set by the worker before the job is answered: memory candidates dropped for holding a
+    #: secret, by kind (counted in /metrics by the event loop once the answer is in).
+    secrets_dropped: dict[str, int] = field(default_factory=dict)
+    #: Set by the worker: why the model's answer was replaced (jobs.JobOutput.fallback), if it was.
+    fallback: str | None = None
 
     @property
     def deadline(self) -> float:
@@ -576,9 +581,15 @@ class Worker:
             # The pipeline counted more than npud did: still the client's over-long input, in the
             # pipeline's own numbers, not a generation failure.
             raise prompt_over_budget(exc.actual, exc.limit) from None
-        output = spec.postprocess(generation.text)
+        output = spec.postprocess(generation.text, job.input)
         if output.is_empty and generation.finish_reason != "cancelled":
             raise GenerationFailed("the model produced no usable output")
+        if output.secrets_dropped:
+            # How many and which kinds, never the statements.
+            log.info("%s: dropped %d candidate(s) holding a secret (%s)", spec.name, output.secrets_dropped,
+                     ", ".join(sorted(output.secret_kinds)))
+            job.secrets_dropped = output.secret_kinds
+        job.fallback = output.fallback
         done = self._clock()
         return JobResult(
             job=spec.name,

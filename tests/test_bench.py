@@ -137,6 +137,20 @@ def test_job_table_has_the_peer_column() -> None:
     assert "0.85 (0.50–1.20)" in row and "≤ 0.8" in row
 
 
+def test_job_table_has_the_prompt_lookup_columns() -> None:
+    """With ÷ without prompt lookup per job, and how many texts differ; the peer columns stay
+    empty when the peer was skipped."""
+    from bench import lookup
+
+    job = {"job": "title", "inputs": 4, "texts_differ": 2, "ratio": {"p10": 0.6, "p50": 0.75, "p90": 1.1, "n": 16}}
+    text = bench_main.job_table({"peer": {"skipped": "not installed"}, "lookup": {"jobs": {"title": job}}})
+    header, _, row = text.splitlines()
+    assert "with ÷ without prompt lookup" in header and "texts differ" in header
+    assert "0.75 (0.60–1.10)" in row and "2/4" in row and row.startswith("| title")
+    assert lookup.columns(None, "title") == ("—", "—")
+    assert "lookup" in bench_main.SECTIONS
+
+
 @pytest.mark.realmodel
 @pytest.mark.skipif(importlib.util.find_spec("xllamacpp") is None, reason="needs the bench extra (xllamacpp)")
 def test_peer_process_generates_exactly_the_asked_tokens() -> None:

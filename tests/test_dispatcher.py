@@ -104,7 +104,7 @@ def test_every_job_and_method(tmp_path: Path) -> None:
         assert 0 <= timing["queue"] <= timing["total"] and timing["generate"] <= timing["total"]
         assert "candidates" not in result
 
-        summary = (await call(d, "generate", {"job": "summary", "input": "x y z", "max_new_tokens": 256}))["result"]
+        summary = (await call(d, "generate", {"job": "summary", "input": "x y z " * 10, "max_new_tokens": 256}))["result"]
         assert summary["text"] == "A fake summary of the input."
         condensed = (await call(d, "condense_notification", {"input": "Build 42 passed."}))["result"]
         assert condensed["job"] == "notification" and condensed["text"] == "A fake condensed notification."
@@ -123,7 +123,7 @@ def test_max_new_tokens_reaches_the_engine(tmp_path: Path) -> None:
     behaviour = FakeBehaviour(reply="one two three four five six")
 
     async def body(d: Dispatcher, w: Worker) -> None:
-        result = (await call(d, "generate", {"job": "summary", "input": "text", "max_new_tokens": 3}))["result"]
+        result = (await call(d, "generate", {"job": "summary", "input": "a longer input text", "max_new_tokens": 3}))["result"]
         assert result["text"] == "one two three" and result["finish_reason"] == "length"
 
     run_with_dispatcher(make_config(tmp_path), FakeLoader(behaviour), body)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from npud.jobs import JOBS, TITLE_MAX_CHARS, clean_candidates, clean_notification, clean_summary, clean_title
+
+#: An input without numbers, for the form tables (the number guarantee has its own tests below).
+SOURCE = "Some words about a meeting, with nothing to count."
 
 
 @pytest.mark.parametrize(
@@ -23,23 +28,24 @@ from npud.jobs import JOBS, TITLE_MAX_CHARS, clean_candidates, clean_notificatio
     ],
 )
 def test_title(raw: str, expected: str) -> None:
-    assert clean_title(raw).text == expected
+    assert clean_title(raw, SOURCE).text == expected
 
 
 def test_title_is_capped_at_a_word_boundary() -> None:
-    raw = " ".join(["word"] * 40)
-    title = clean_title(raw).text
-    assert len(title) <= TITLE_MAX_CHARS and title.endswith("word") and "\n" not in title
+    raw = " ".join(f"Extraordinarily{chr(97 + i % 26)}" for i in range(40))
+    title = clean_title(raw, SOURCE).text
+    assert len(title) <= TITLE_MAX_CHARS < len(" ".join(raw.split()[:8])) and "\n" not in title
+    assert title.split() == raw.split()[:len(title.split())]  # whole words
 
 
 def test_notification_is_one_sentence_on_one_line() -> None:
-    assert clean_notification("Build passed. Deploy starts at 10.\nMore text").text == "Build passed."
-    assert clean_notification("Notification: The meeting moved to Friday!").text == "The meeting moved to Friday!"
-    assert clean_notification("No final punctuation").text == "No final punctuation"
+    assert clean_notification("Build passed. Deploy starts at 10.\nMore text", SOURCE).text == "Build passed."
+    assert clean_notification("Notification: The meeting moved to Friday!", SOURCE).text == "The meeting moved to Friday!"
+    assert clean_notification("No final punctuation", SOURCE).text == "No final punctuation"
 
 
 def test_summary_keeps_text_and_drops_label() -> None:
-    assert clean_summary("Summary: Two sentences. Here.\n").text == "Two sentences. Here."
+    assert clean_summary("Summary: Two sentences. Here.\n", SOURCE).text == "Two sentences. Here."
 
 
 @pytest.mark.parametrize(
@@ -53,20 +59,23 @@ def test_summary_keeps_text_and_drops_label() -> None:
         ("- dup\n- dup", ["dup"]),
         ("I could not find anything.", []),
         ('{"candidates": [1, null, {"x": 2}]', []),  # malformed JSON: empty, no exception
+        ('["Likes tea", "Has a c', ["Likes tea"]),  # an array cut by the token limit: its complete strings
+        ('[\n  "Likes \\"green\\" tea",\n  "Has', ['Likes "green" tea']),
+        ("[1, 2", []),
         ('{"candidates": "not a list"}', []),
         ("", []),
         ("- " + "x" * 500, []),  # too long to be a short statement
     ],
 )
 def test_candidates(raw: str, expected: list[str]) -> None:
-    output = clean_candidates(raw)
+    output = clean_candidates(raw, SOURCE)
     assert output.candidates == expected
     assert output.text == "\n".join(expected)
 
 
 def test_candidates_are_capped() -> None:
     raw = "\n".join(f"- fact number {i}" for i in range(30))
-    assert len(clean_candidates(raw).candidates or []) == 8
+    assert len(clean_candidates(raw, SOURCE).candidates or []) == 8
 
 
 def test_table_is_complete_and_bounded() -> None:
@@ -81,20 +90,24 @@ def test_table_is_complete_and_bounded() -> None:
 
 def test_title_is_capped_at_the_prompts_word_limit() -> None:
     raw = "Exciting plans ahead! Team Planning Offsite to Barcelona Next Wednesday, April"
-    assert clean_title(raw).text == "Exciting plans ahead! Team Planning Offsite to Barcelona"
-    assert clean_title("Notes on the Offsite for the Team in Barcelona and").text == "Notes on the Offsite for the Team"
-    assert clean_title("Budget - Q3 - Final & Approved - Numbers").text == "Budget - Q3 - Final & Approved - Numbers"
+    assert clean_title(raw, SOURCE).text == "Exciting plans ahead! Team Planning Offsite to Barcelona"
+    assert clean_title("Notes on the Offsite for the Team in Barcelona and", SOURCE).text == (
+        "Notes on the Offsite for the Team")
+    assert clean_title("Budget - Q3 - Final & Approved - Numbers", "the Q3 budget").text == (
+        "Budget - Q3 - Final & Approved - Numbers")
 
 
 def test_notification_keeps_abbreviations_and_its_word_limit() -> None:
-    assert clean_notification("Your appointment with Dr. Rahman is at 10 a.m. today. Bring ID.").text == (
+    assert clean_notification("Your appointment with Dr. Rahman is at 10 a.m. today. Bring ID.",
+                              "Reminder: Dr. Rahman, 10 a.m. today").text == (
         "Your appointment with Dr. Rahman is at 10 a.m. today.")
     long = ("The dentist office on Queen Street has a dentist for every fifteen minutes away from the main office "
             "of the dentist today.")
-    capped = clean_notification(long).text  # cut after 20 words, then the dangling "of the" goes
+    capped = clean_notification(long, SOURCE).text  # cut after 20 words, then the dangling "of the" goes
     assert capped == "The dentist office on Queen Street has a dentist for every fifteen minutes away from the main office"
     assert len(capped.split()) <= 20
-    assert clean_notification("Flight LH 1234 Frankfurt–Lisbon is delayed.").text == "Flight LH 1234 Frankfurt–Lisbon is delayed."
+    flight = "Flight LH 1234 Frankfurt–Lisbon is delayed."
+    assert clean_notification(flight, "LH 1234 FRA-LIS: delayed by 45 min").text == flight
 
 
 @pytest.mark.parametrize(
@@ -111,12 +124,118 @@ def test_notification_keeps_abbreviations_and_its_word_limit() -> None:
     ],
 )
 def test_candidates_holding_secrets_are_dropped_and_counted(raw: str, kept: list[str], dropped: int) -> None:
-    output = clean_candidates(raw)
+    output = clean_candidates(raw, SOURCE)
     assert output.candidates == kept and output.text == "\n".join(kept)
     assert output.secrets_dropped == dropped
 
 
 def test_secrets_do_not_take_candidate_slots() -> None:
     raw = "\n".join([f"- pw: Secret{i}x!" for i in range(10)] + [f"- fact number {i}" for i in range(10)])
-    output = clean_candidates(raw)
+    output = clean_candidates(raw, SOURCE)
     assert output.candidates == [f"fact number {i}" for i in range(8)] and output.secrets_dropped == 10
+
+
+# ---------------------------------------------------------------- no invented numbers (titles, notifications)
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from npud import guards  # noqa: E402
+
+
+@pytest.mark.parametrize(("clean", "raw", "source", "expected", "fallback"), [
+    # Kept: every number is the input's (in another spelling too).
+    (clean_notification, "Standup moved to 09:30 on the 14th.", "We moved the standup to 9:30 on 14 May.",
+     "Standup moved to 09:30 on the 14th.", None),
+    # Replaced by the input's own first sentence, in the job's form: the model made "15" up.
+    (clean_notification, "The talk moved to 14-15 May.",
+     "Conference update: the talk moved to 14-16 May. Slides are due Friday.",
+     "Conference update: the talk moved to 14-16 May.", "invented_number"),
+    (clean_notification, "Alice merged pull request #482 fixing the race.",
+     "GitHub Actions: workflow 'CI' failed on branch main (commit 3f9a2c1 by dmitri). Job 'test (3.12)' failed "
+     "at step 'Run pytest': 2 failed, 418 passed in 4m 12s.",
+     "GitHub Actions: workflow 'CI' failed on branch main (commit 3f9a2c1 by dmitri).", "invented_number"),
+    (clean_title, "Car Crash: 10pm to 12pm, 2pm to 4am",
+     "Car: MOT due on 18 April, rear left tyre losing pressure, book a service at Kwik Fit.",
+     "Car: MOT due on 18 April", "invented_number"),
+    (clean_title, "Quick, quick, quick, quick: pick up a delivery",
+     "Your parcel from Zalando could not be delivered today. Pick it up at the post office.",
+     "Your parcel from Zalando could not be delivered", "repetition"),
+    (clean_title, "Migrating Postgres From 12 To 16", "I spent the weekend migrating our Postgres database from 12 "
+     "to 16.", "Migrating Postgres From 12 To 16", None),
+])
+def test_a_made_up_number_replaces_the_answer_with_the_extractive_one(
+        clean: Any, raw: str, source: str, expected: str, fallback: str | None) -> None:
+    output = clean(raw, source)
+    assert (output.text, output.fallback) == (expected, fallback)
+    assert guards.invented_numbers(output.text, source) == []
+
+
+def test_the_extractive_answer_is_cut_to_the_form_without_making_a_number() -> None:
+    # The input's first sentence is over 20 words; a cut inside "1 000 000" would change the number.
+    source = ("Payroll: " + "the transfer of " * 5 + "1 000 000 EUR to the account was approved today.")
+    output = clean_notification("Payroll sent 2 000 000 EUR.", source)
+    assert output.fallback == "invented_number" and guards.invented_numbers(output.text, source) == []
+    assert len(guards.words(output.text)) <= guards.NOTIFICATION_MAX_WORDS
+
+
+def test_a_number_cut_by_the_length_limit_is_dropped_not_shortened() -> None:
+    """The title's 80-character cap cuts inside a long enough word: a reference number cut there
+    would be a different number, so the safety net drops that word."""
+    source = "Ref " + "1234567890" * 10 + " is the payment reference for the invoice."
+    output = clean_title("Invoice 99 Reference", source)
+    assert output.fallback == "invented_number" and output.text == "Ref"
+
+
+@pytest.mark.parametrize(("text", "source", "expected"), [
+    ("Meet at 10 in room 99", "Meet at 10", "Meet at 10 in room"),
+    ("Version 2.13.7 is out", "version 2.13.1", "Version is out"),
+    ("1 x 000 items", "1 item", "1 x items"),
+    ("Call 555-0199 now", "call 555-0142", "Call now"),
+])
+def test_without_invented_numbers_drops_whole_words(text: str, source: str, expected: str) -> None:
+    assert guards.without_invented_numbers(text, source) == expected
+
+
+_NUMBERISH = st.text(alphabet="0123456789 .,:-/#%abcxyz\n", max_size=120)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=_NUMBERISH, source=_NUMBERISH, filler=st.sampled_from(["", "The meeting was moved. ", "Paid "]))
+def test_no_answer_ever_holds_a_number_its_input_lacks(raw: str, source: str, filler: str) -> None:
+    """Whatever the model writes and whatever the input: by construction, not by luck."""
+    for clean in (clean_title, clean_notification):
+        text = clean(filler + raw, source).text
+        assert guards.invented_numbers(text, source) == [], (clean.__name__, raw, source, text)
+
+
+# ---------------------------------------------------------------- summary form
+
+LETTER = ("The landlord wrote that the water will be shut off on Tuesday between 9:00 and 13:00 while the "
+          "pipes in the basement are replaced. Residents should fill a few bottles in advance.")
+
+
+@pytest.mark.parametrize(("raw", "source", "expected", "fallback"), [
+    ("Water off Tuesday 9:00-13:00.", LETTER, "Water off Tuesday 9:00-13:00.", None),
+    # Over three sentences: the first three.
+    ("One. Two. Three. Four. Five.", LETTER, "One. Two. Three.", None),
+    # A loop: the repeated sentence goes first, then the limit.
+    ("Water is off. Water is off. Water is off. Bring bottles. Done.", LETTER,
+     "Water is off. Bring bottles. Done.", None),
+    # Longer than the input: whole sentences dropped from the end until it fits.
+    ("Pay 40 EUR by Friday to Ana. The money is for the shared dinner we had last week at Luigi's.",
+     "Pay Ana 40 EUR by Friday for dinner.", "Pay 40 EUR by Friday to Ana.", None),
+    # Even the first sentence is longer: the input is its own summary.
+    ("The user has been asked to pay the amount of forty euros to Ana before Friday.",
+     "Pay Ana 40 EUR by\nFriday.", "Pay Ana 40 EUR by Friday.", "longer_than_input"),
+    ("The user was asked many short things in a row.", "Pay. Call. Go. Eat.", "Pay. Call. Go.", "longer_than_input"),
+])
+def test_summary_is_at_most_three_sentences_and_never_longer_than_its_input(
+        raw: str, source: str, expected: str, fallback: str | None) -> None:
+    output = clean_summary(raw, source)
+    assert (output.text, output.fallback) == (expected, fallback)
+    assert guards.summary_problems(output.text, source) == []
+
+
+def test_a_summary_within_the_limits_keeps_its_line_breaks() -> None:
+    raw = "- Water off Tuesday.\n- Fill bottles."
+    assert clean_summary(raw, LETTER).text == raw

@@ -79,8 +79,8 @@ def all_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     so a budget edge is reached for sure, not only when the model happens not to stop."""
     original = engine.generation_config
 
-    def to_the_end(og: Any, model_config: Any, settings: engine.DecodeSettings) -> Any:
-        config = original(og, model_config, settings)
+    def to_the_end(og: Any, model_config: Any, settings: engine.DecodeSettings, prompt_lookup: bool = False) -> Any:
+        config = original(og, model_config, settings, prompt_lookup)
         config.ignore_eos = True
         return config
 
@@ -171,7 +171,7 @@ def test_decoding_is_npuds_not_the_model_folders(npu: Emulated) -> None:
     assert sent.do_sample is False and sent.repetition_penalty == spec.repetition_penalty
     for name in ("temperature", "top_p", "top_k", "presence_penalty", "frequency_penalty", "min_new_tokens",
                  "ignore_eos", "num_beams", "num_return_sequences", "stop_strings", "rng_seed",
-                 "no_repeat_ngram_size"):
+                 "no_repeat_ngram_size", "num_assistant_tokens", "max_ngram_size"):
         assert getattr(sent, name) == getattr(defaults, name), name
     assert sent.num_beams == 1 and sent.num_return_sequences == 1  # the NPU refuses anything else
     # Only when the model is done comes from its folder: its end-of-sequence ids.
@@ -179,6 +179,35 @@ def test_decoding_is_npuds_not_the_model_folders(npu: Emulated) -> None:
     assert sent.eos_token_id != -1
     first, second = (npu.generate("title", SHORT_INPUT)["result"]["text"] for _ in range(2))
     assert first == second  # greedy: the same text every time
+
+
+def test_prompt_lookup_never_reaches_the_npu(npu: Emulated) -> None:
+    """The daemon runs with prompt lookup asked for (the default), but the NPU pipeline ignores it
+    (tests/test_npu_decoding.py): the pipeline is built without it, no generation carries draft
+    settings, and health and models say greedy."""
+    assert npu.daemon.config.prompt_lookup is True  # asked for: the default
+    assert "prompt_lookup" not in npu.recorder.constructed[-1]
+    mark = npu.recorder.mark()
+    for job in JOBS:
+        npu.generate(job, SHORT_INPUT)
+    sent = [call.config for call in npu.recorder.calls[mark:]]
+    assert len(sent) == len(JOBS)
+    import openvino_genai as og
+
+    default = og.GenerationConfig()
+    for config in sent:
+        assert (config.num_assistant_tokens, config.max_ngram_size) == (default.num_assistant_tokens,
+                                                                       default.max_ngram_size)
+        assert not config.is_prompt_lookup() and not config.is_assisting_generation()
+    # The rest of the job table does reach it: notification's frequency_penalty, memory_candidate's
+    # structured output (the NPU pipeline enforces it: tests/test_npu_decoding.py).
+    notification, memory = (sent[list(JOBS).index(job)] for job in ("notification", "memory_candidate"))
+    assert notification.frequency_penalty == pytest.approx(JOBS["notification"].frequency_penalty) != 0
+    assert memory.structured_output_config is not None and notification.structured_output_config is None
+    assert npu.daemon.call("health")["result"]["decoding"] == "greedy"
+    for info in npu.daemon.call("models")["result"]["models"][0]["jobs"]:
+        assert info["decoding"]["strategy"] == "greedy"
+        assert info["decoding"]["num_assistant_tokens"] is None and info["decoding"]["max_ngram_size"] is None
 
 
 # ---------------------------------------------------------------- prompt budget (MAX_PROMPT_LEN)

@@ -302,20 +302,25 @@ def test_npud_process_lifecycle(tiny_gguf: Path, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- SmolLM2-135M
 
 
-def test_smollm2_title_through_the_daemon(shared_cache: Path, tmp_path: Path) -> None:
-    """The real small model from PyPI: a title is non-empty English on one line."""
-    config = make_config(tmp_path, model="smollm2-135m", device="CPU", cache_dir=str(shared_cache))
+@pytest.fixture(scope="module")
+def smollm2(shared_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """SmolLM2-135M from its PyPI package, through a daemon with npud's defaults (prompt lookup on)."""
+    config = make_config(tmp_path_factory.mktemp("smollm2"), model="smollm2-135m", device="CPU",
+                         cache_dir=str(shared_cache))
     running = start_daemon(config, OpenVinoLoader())
-    try:
-        with Client(running.socket) as client:
-            assert client.health().status == "ready", client.health().error
-            result = client.generate(
-                "title",
-                "I spent the whole weekend migrating our Postgres database from version 12 to 16 "
-                "and fixing the extensions that broke along the way.",
-            )
-    finally:
-        running.stop()
+    yield running
+    running.stop()
+
+
+def test_smollm2_title_through_the_daemon(smollm2: Any) -> None:
+    """The real small model from PyPI: a title is non-empty English on one line."""
+    with Client(smollm2.socket) as client:
+        assert client.health().status == "ready", client.health().error
+        result = client.generate(
+            "title",
+            "I spent the whole weekend migrating our Postgres database from version 12 to 16 "
+            "and fixing the extensions that broke along the way.",
+        )
     text = result.text
     assert result.model == "smollm2-135m"
     assert text and "\n" not in text and len(text) <= 80
@@ -323,6 +328,66 @@ def test_smollm2_title_through_the_daemon(shared_cache: Path, tmp_path: Path) ->
     words = re.findall(r"[A-Za-z]+", text)
     assert len(words) >= 2 and sum(len(w) for w in words) >= 0.6 * len(text.replace(" ", ""))
     assert sys.modules.get("llm") is None  # the llm tool is never imported
+
+
+#: Fixed inputs per job (not from the evaluation set) and, for the easy ones, what the answer must
+#: keep. Measured on this branch: SmolLM2 keeps all of these with npud's decoding, with and without
+#: prompt lookup (the two gave the same texts); with the earlier decoding (repetition_penalty
+#: 1.1) it loses "Porto", "3187", every date of both summaries, and "peanuts" survives only because
+#: memory_candidate never had the penalty. Exact texts are not pinned: greedy decoding on the CPU is
+#: not bit-stable across machines (thread counts change the order of floating-point reductions).
+PINNED: dict[str, list[tuple[str, list[str]]]] = {
+    "title": [
+        ("Our team offsite is booked: three days in Porto from 12 to 14 June, with workshops on the new "
+         "billing system.", ["Porto"]),
+        ("Can you recommend a good beginner road bike under 800 euros for commuting to work?", ["bike"]),
+    ],
+    "notification": [
+        ("Calendar: Dentist appointment with Dr. Novak tomorrow at 14:30, Main Street 12.", ["Novak", "14:30"]),
+        ("GitLab: pipeline #3187 for branch release-2.4 failed at stage 'deploy' after 6 minutes.",
+         ["3187", "release-2.4"]),
+    ],
+    "summary": [
+        ("Hi all, the quarterly planning meeting moves from Monday to Wednesday at 10:00 in room B2 because "
+         "the CEO is travelling. Please send your slides to Marta by Tuesday evening. Lunch will be provided.",
+         ["Wednesday", "10:00", "B2"]),
+        ("The library will close for renovation from 1 July to 15 August. Books can be returned at the town "
+         "hall during that time, and loans are extended automatically until 31 August.",
+         ["1 July", "15 August", "31 August"]),
+    ],
+    "memory_candidate": [
+        ("I'm allergic to peanuts, and I just moved to Utrecht with my partner.", ["peanuts", "Utrecht"]),
+        ("Remind me that I prefer window seats on flights, and my daughter Lea starts school in September.", []),
+    ],
+}
+
+
+def test_smollm2_answers_keep_their_form_numbers_and_easy_facts(smollm2: Any) -> None:
+    """A regression in decoding or post-processing shows here: every answer well-formed, titles
+    and notifications without a number the input lacks, and the easy inputs' facts kept."""
+    from npud import guards
+
+    assert smollm2.call("health")["result"]["decoding"] == "prompt_lookup"
+    with Client(smollm2.socket) as client:
+        for job, cases in PINNED.items():
+            for text, keep in cases:
+                result = client.generate(job, text)  # type: ignore[arg-type]
+                answer = result.text
+                if job == "title":
+                    problems = guards.title_problems(answer)
+                elif job == "notification":
+                    problems = guards.notification_problems(answer)
+                elif job == "summary":
+                    problems = guards.summary_problems(answer, text)
+                else:
+                    assert isinstance(result.candidates, list) and result.candidates, text
+                    problems = guards.candidate_problems(result.candidates)
+                    assert not any(guards.find_secrets(c) for c in result.candidates)
+                assert problems == [], (job, text, answer)
+                if job in ("title", "notification"):
+                    assert guards.invented_numbers(answer, text) == [], (job, text, answer)
+                for term in keep:
+                    assert term.lower() in answer.lower(), (job, term, answer)
 
 
 def _stop_after(engine: Any, asked: int) -> tuple[Any, Any]:
@@ -376,3 +441,65 @@ def test_the_stateful_pipeline_stops_at_the_next_token(tiny_gguf: Path) -> None:
     assert free.generated_tokens > 100
     assert stopped.finish_reason == "cancelled" and 4 <= stopped.generated_tokens <= 5
     assert free.text.startswith(stopped.text)
+
+
+def test_prompt_lookup_stops_when_asked(tiny_gguf: Path) -> None:
+    """With prompt lookup the streamer gets each verification round's accepted tokens at once (a
+    list). A stop asked for in the middle of a burst ends the generation: not before that burst,
+    cancelled, long before the free run would end, with a prefix of its text. (Deadlines, cancel and
+    shutdown all stop through this streamer.) Like the default CPU pipeline, the prompt-lookup
+    pipeline runs the streamer on a thread of its own, so how many rounds follow the stop depends
+    on the load (one on an idle machine): no tighter bound is asserted."""
+    from npud.engine import DecodeSettings, OpenVinoEngine, generation_config
+    from npud.jobs import JOBS
+
+    import openvino_genai as og
+
+    pipe = og.LLMPipeline(str(tiny_gguf), "CPU", prompt_lookup=True)
+    engine = OpenVinoEngine(pipe, "tiny", prompt_lookup=True)
+    prompt, _ = engine.render_prompt(JOBS["summary"].messages("Sparse is better than dense."))
+    settings = DecodeSettings.for_job(JOBS["summary"], 200)
+    bursts: list[int] = []
+
+    class Recording(og.StreamerBase):  # type: ignore[misc]
+        def write(self, token: Any) -> Any:
+            bursts.append(len(token) if isinstance(token, list) else 1)
+            return og.StreamingStatus.RUNNING
+
+        def end(self) -> None:
+            pass
+
+    pipe.generate([prompt], generation_config(og, pipe.get_generation_config(), settings, True), Recording())
+    first = next(i for i, size in enumerate(bursts) if size > 1)  # the random model loops: drafts get accepted
+    before, burst = sum(bursts[:first]), bursts[first]
+    calls = []
+
+    def stop_at_the_burst() -> bool:
+        calls.append(1)
+        return len(calls) > first
+
+    stopped = engine.generate(prompt, settings, stop_at_the_burst)
+    free = engine.generate(prompt, settings, lambda: False)
+    assert free.generated_tokens == sum(bursts) > before + burst
+    assert stopped.finish_reason == "cancelled"
+    assert before + burst <= stopped.generated_tokens < free.generated_tokens // 2
+    assert free.text.startswith(stopped.text)
+
+
+def test_a_prompt_lookup_pipeline_needs_draft_settings_for_every_generation(tiny_gguf: Path) -> None:
+    """Measured (GenAI 2026.4): a pipeline built with prompt_lookup=True refuses a generation
+    without num_assistant_tokens and max_ngram_size; there is no plain decoding on it. So every job
+    of the table carries draft settings, and npud's config builder refuses to leave them out."""
+    from npud.engine import DecodeSettings, generation_config
+
+    import openvino_genai as og
+
+    pipe = og.LLMPipeline(str(tiny_gguf), "CPU", prompt_lookup=True)
+    bare = generation_config(og, pipe.get_generation_config(), DecodeSettings(4))
+    with pytest.raises(RuntimeError, match="`max_ngram_size` && `num_assistant_tokens` should be specified"):
+        pipe.generate(["Beautiful is better than ugly."], bare)
+    with pytest.raises(ValueError, match="needs num_assistant_tokens and max_ngram_size"):
+        generation_config(og, pipe.get_generation_config(), DecodeSettings(4), prompt_lookup=True)
+    drafted = generation_config(og, pipe.get_generation_config(), DecodeSettings(4, num_assistant_tokens=3,
+                                                                                   max_ngram_size=2), True)
+    assert pipe.generate(["Beautiful is better than ugly."], drafted).perf_metrics.get_num_generated_tokens() <= 4
