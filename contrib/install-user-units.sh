@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Install npud's systemd user units into ~/.config/systemd/user/ and print how to start them.
-# usage: contrib/install-user-units.sh [path/to/npud]   (default: the npud on PATH or in .venv)
+# usage: contrib/install-user-units.sh [path/to/npud]
+#   (default: the npud contrib/bootstrap.sh installed, in .venv or $NPUD_VENV; else the one on PATH)
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-npud="${1:-$(command -v npud || true)}"
-[ -n "$npud" ] || npud="$repo/.venv/bin/npud"
+venv="${NPUD_VENV:-$repo/.venv}"
+npud="${1:-}"
+if [ -z "$npud" ]; then
+    if [ -x "$venv/bin/npud" ]; then npud="$venv/bin/npud"; else npud="$(command -v npud || true)"; fi
+fi
 if [ ! -x "$npud" ]; then
     echo "npud not found; run contrib/bootstrap.sh first or pass its path" >&2
     exit 1
