@@ -1,0 +1,118 @@
+"""Attack review 2: the NPU path and its emulation (issue 10), the busy counter as configured by a
+careless owner. Each test fails on the code it was written against; the docstring quotes the
+promise it checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from npud.busy import BusyCounter, BusyCounterError
+from npud.config import load_config
+from npud.daemon import prepare_busy_counter
+from npud.engine import OpenVinoLoader, StartupError
+from npud.smoke import run
+from npud.testing.fake import FakeBehaviour, FakeLoader
+from npud.testing.sysfs import AdvancingBusyCounter
+
+from .conftest import make_config
+from .test_smoke import host
+
+
+# ---------------------------------------------------------------- a GGUF on the NPU
+
+
+@pytest.mark.parametrize("emulated", [True, False])
+def test_a_gguf_model_on_the_npu_is_refused_at_startup(tmp_path: Path, emulated: bool) -> None:
+    """README: "GGUF files (and IR converted from them, like the built-in smollm2-135m) do not
+    compile for the NPU with OpenVINO GenAI 2026.4: use them on the CPU"; EngineLoader.preflight:
+    "Raise StartupError for a configuration that can never work". npud nevertheless starts, spends
+    the conversion, and health ends in `error` with OpenVINO's "Broadcast incorrect target shape.
+    Expecting either 1 or 1024. Got 0" (no word of GGUF or --device CPU), while the process stays
+    up, so systemd shows the unit as running."""
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    for model in ("smollm2-135m", str(gguf)):
+        config = make_config(tmp_path, model=model, device="NPU", npu_emulation=emulated)
+        loader = OpenVinoLoader(devices=lambda: ["CPU", "NPU"], npu_plugin=lambda: None)
+        with pytest.raises(StartupError, match="GGUF"):
+            loader.preflight(config)
+
+
+# ---------------------------------------------------------------- a busy file that is not a counter
+
+
+def test_a_busy_file_with_non_utf8_bytes_is_a_clear_startup_error(tmp_path: Path) -> None:
+    """README, exit status: "1 when the daemon cannot start (..., busy counter missing, ...; the
+    message says which and what to do)". `--busy-file` naming a file that is not text (a wrong
+    path, a binary) ends npud with a UnicodeDecodeError traceback instead; at run time the same
+    read fails a job with -32003 "generation failed" rather than -32002 `unreadable`."""
+    busy = tmp_path / "npu_busy_time_us"
+    busy.write_bytes(b"\xff\xfe12\n")
+    with pytest.raises(BusyCounterError):
+        BusyCounter(busy).read()
+    config = make_config(tmp_path, device="NPU", busy_file=str(busy))
+    with pytest.raises(StartupError, match="busy counter"):
+        prepare_busy_counter(config)
+
+
+UNBOUNDED_READ = textwrap.dedent("""
+    import resource, sys
+    from pathlib import Path
+    from npud.busy import BusyCounter, BusyCounterError
+    resource.setrlimit(resource.RLIMIT_AS, (768 << 20, 768 << 20))
+    try:
+        BusyCounter(Path("/dev/zero")).read()
+    except BusyCounterError:
+        print("refused")
+    except MemoryError:
+        print("MemoryError")
+""")
+
+
+def test_the_busy_counter_read_is_bounded() -> None:
+    """A sysfs attribute is at most a page; npud reads `--busy-file` with read_text(), without a
+    bound, at startup, around every job and on every health call. Pointed at a character device
+    (a typo such as /dev/zero, or a file that grows) it reads until memory runs out: MemoryError
+    traceback at startup (here under a 768 MiB address-space limit; without one, until the OOM
+    killer). Expected: a bounded read and BusyCounterError."""
+    proc = subprocess.run([sys.executable, "-c", UNBOUNDED_READ], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "refused", (proc.stdout, proc.stderr[-400:])
+
+
+# ---------------------------------------------------------------- what "verified" means when emulated
+
+
+def test_the_acceptance_check_never_calls_an_emulated_job_verified(tmp_path: Path) -> None:
+    """README: the acceptance JSON has "`verified` (true only when the counter proved the job ran
+    on the NPU ...)". Emulated, nothing ran on an NPU: a synthetic counter (the README's own
+    recipe) grows at every read whatever ran. The JSON still says "verified": true, next to
+    "emulated": true, and `npu_busy_delta_us` > 0, the very pair CONTRACT.md §7 calls the proof."""
+    with AdvancingBusyCounter.in_sysfs(tmp_path / "sys") as busy:
+        config = load_config(["--device", "NPU", "--npu-emulation", "--model", "fake-model",
+                              "--busy-file", str(busy.path), "--cache-dir", str(tmp_path / "cache"),
+                              "--lock-file", str(tmp_path / "npu.lock")], {"HOME": str(tmp_path)})
+        _, out = run(config, FakeLoader(FakeBehaviour()), ["CPU"], host())
+    assert out["emulated"] is True and out["npu_busy_delta_us"] == busy.step
+    assert out["verified"] is not True
+
+
+# ---------------------------------------------------------------- the acceptance check's prompt-limit row
+
+
+def test_a_larger_max_prompt_len_is_not_reported_as_a_bug(tmp_path: Path) -> None:
+    """README table: "prompt limit enforced before the device | a prompt over MAX_PROMPT_LEN is
+    refused by npud itself | never expected: report a bug". The row renders a fixed 15600-character
+    text (npud refuses any input over 6000 characters before counting tokens) and FAILs, exit 1,
+    whenever --max-prompt-len is above that text's token count: about 3,400 tokens with Qwen2.5's
+    tokenizer (estimate), 10,733 with tests/models/tiny-qwen2-h64 (reproduced on the emulated NPU with
+    --max-prompt-len 11000). A larger budget is a valid setting, not an npud bug."""
+    config = load_config(["--device", "CPU", "--model", "fake-model", "--max-prompt-len", "100000",
+                          "--cache-dir", str(tmp_path / "cache")], {"HOME": str(tmp_path)})
+    report, _ = run(config, FakeLoader(FakeBehaviour()), ["CPU"], host())
+    state, detail = {name: (s, d) for name, s, d in report.checks}["prompt limit enforced before the device"]
+    assert state != "FAIL", detail

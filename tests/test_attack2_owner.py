@@ -1,0 +1,150 @@
+"""Attack review 2: the NPU owner's path (README "On an Intel NPU", "Serving other users",
+"Running on a real NPU"), walked as written. Each test fails on the code it was written against;
+the docstring quotes the promise it checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from npud.accel import AccelNode, Groups, access_problem
+
+from .conftest import REPO, unique_socket
+from .test_systemd import FAKE_DAEMON, NotifyListener, daemon_env
+
+README = (REPO / "README.md").read_text()
+
+
+# ---------------------------------------------------------------- the system acceptance command
+
+
+def test_the_system_acceptance_command_never_imports_npud_from_the_working_directory(tmp_path: Path) -> None:
+    """README "Serving other users" and install-system-units.sh tell the admin to run
+    `sudo -u npud /opt/npud/bin/python -m npud.smoke --env-file /etc/npud/npud.env`. `python -m`
+    puts the working directory first on sys.path, so run from a directory another user can write
+    (/tmp, a shared folder) it imports *their* npud/ and runs it as the npud account.
+    contrib/smoke_llm_npu.sh itself guards against exactly this ("run from /tmp, they would import
+    an npud/ that another user planted there"); the documented system command does not."""
+    documented = "sudo -u npud /opt/npud/bin/python -m npud.smoke --env-file /etc/npud/npud.env"
+    assert documented in README
+    installer = (REPO / "contrib" / "install-system-units.sh").read_text()
+    assert 'sudo -u npud $(dirname "$npud")/python -m npud.smoke --env-file /etc/npud/npud.env' in installer
+    planted = tmp_path / "shared"
+    (planted / "npud").mkdir(parents=True)
+    marker = tmp_path / "planted-code-ran"
+    payload = f"open({str(marker)!r}, 'w').write('ran')\n"
+    (planted / "npud" / "__init__.py").write_text(payload)
+    (planted / "npud" / "smoke.py").write_text(payload)
+    argv = documented.replace("sudo -u npud /opt/npud/bin/python", sys.executable).split()
+    argv[argv.index("/etc/npud/npud.env")] = "none"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSAFEPATH", "PYTHONPATH")}
+    subprocess.run([*argv, "--help"], cwd=planted, env=env, capture_output=True, timeout=120)
+    assert not marker.exists(), "the documented command ran an npud/ planted in its working directory"
+
+
+# ---------------------------------------------------------------- /dev/accel explanations
+
+
+def test_a_root_only_node_is_not_fixed_by_joining_the_root_group() -> None:
+    """Without Intel's udev rule (linux-npu-driver's docs: `SUBSYSTEM=="accel", KERNEL=="accel*",
+    GROUP="render", MODE="0660"` in /etc/udev/rules.d/10-intel-vpu.rules; the kernel creates the node
+    root:root 0600 and systemd's 50-udev-default.rules has no accel line) the node is
+    `crw------- root root`. npud then tells the owner to `sudo usermod -aG root USER`: useless
+    (mode 0600 gives the group nothing) and harmful (membership of the root group). Expected: the
+    message names the udev rule (README step 0 promises "crw-rw---- root render")."""
+    node = AccelNode(path="/dev/accel/accel0", mode="crw-------", owner="root", group="root", usable=False)
+    me = Groups(user="me", uid=1000, process=frozenset({"me"}), configured=frozenset({"me"}))
+    problem = access_problem([node], me) or ""
+    assert "usermod -aG root" not in problem, problem
+    assert "udev" in problem, problem
+
+
+# ---------------------------------------------------------------- the acceptance command's output
+
+
+def test_a_bad_value_in_the_env_file_still_gives_the_table_and_the_json(tmp_path: Path) -> None:
+    """README: the acceptance check "prints a table on stderr and one JSON object on stdout, also
+    when a step fails or raises" (issue 15: "A failure anywhere still prints the table and the
+    JSON"). A value npud cannot parse in ~/.config/npud/npud.env (here a space in a number) ends it
+    with one stderr line, exit 2, no table, no JSON, and the line does not name the file."""
+    env_file = tmp_path / "npud.env"
+    env_file.write_text("OV_GENAI_NPU_MAX_PROMPT_LEN=1 024\n")
+    proc = subprocess.run([sys.executable, "-m", "npud.smoke", "--env-file", str(env_file), "--device", "CPU",
+                           "--model", str(tmp_path / "no-model"), "--cache-dir", str(tmp_path / "cache")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.stdout.strip(), f"no JSON on stdout (exit {proc.returncode}): {proc.stderr!r}"
+    out = json.loads(proc.stdout)
+    assert out["ok"] is False
+    assert str(env_file) in proc.stderr
+
+
+# ---------------------------------------------------------------- npuctl --wait and the load retry
+
+
+def test_npuctl_wait_waits_for_a_scheduled_load_retry(tmp_path: Path) -> None:
+    """README: "`--wait` waits for `health` to say `ready` first"; "A failed load is retried when
+    the failure is transient ... Meanwhile `health` says `error` with `retry_in_s`". After a
+    reboot the first load can fail transiently (the NPU lock held by another service at login);
+    `npuctl --wait` (README step 7) then gives up at once with exit 5 "model failed to load",
+    although npud retries seconds later and would answer."""
+    listener = NotifyListener()
+    name = unique_socket()
+    env = daemon_env(tmp_path, NOTIFY_SOCKET=listener.name, NPUD_FAKE_LOAD_FAILURES="1")
+    proc = subprocess.Popen([*FAKE_DAEMON, "--socket", name, "--no-http", "--load-retry-delay", "5"],
+                            env=env, stderr=subprocess.DEVNULL)
+    try:
+        listener.wait_for("STATUS=model failed to load (attempt 1), retrying in ")
+        npuctl = subprocess.run([str(Path(sys.executable).parent / "npuctl"), "--socket", name, "--wait",
+                                 "--timeout", "60", "generate", "--job", "title", "--input", "x"],
+                                capture_output=True, text=True, timeout=90)
+        assert npuctl.returncode == 0, (npuctl.returncode, npuctl.stderr)
+        assert npuctl.stdout.strip() == "Fake Title About The Input"
+    finally:
+        listener.close()
+        proc.terminate()
+        proc.wait(30)
+
+
+# ---------------------------------------------------------------- the shared NPU lock
+
+
+LOCK_ON_READ_ONLY_MOUNT = textwrap.dedent("""
+    import os, subprocess, sys
+    from npud.npulock import NpuLock
+    directory = sys.argv[1]
+    subprocess.run(["mount", "--bind", directory, directory], check=True)
+    subprocess.run(["mount", "-o", "remount,bind,ro", directory], check=True)
+    with NpuLock(os.path.join(directory, "npu.lock"), 1.0).hold():
+        print("locked")
+""")
+
+
+def test_a_lock_file_on_a_read_only_mount_is_used_as_the_readme_says(tmp_path: Path) -> None:
+    """README: "a lock shared between users must be made by root, for example with
+    /etc/tmpfiles.d/npu.conf holding `f /run/npu.lock 0660 root render` and `--lock-file
+    /run/npu.lock` for every program that uses the NPU". The system unit (the one "for serving
+    other users") has ProtectSystem=strict, which mounts /run read-only for npud (systemd.exec(5):
+    "the entire file system hierarchy is mounted read-only, except for the API file system
+    subtrees /dev/, /proc/ and /sys/"). flock works on a read-only descriptor, and npud already
+    falls back to O_RDONLY on EACCES, but not on EROFS: the service exits at startup with
+    "cannot open the NPU lock file /run/npu.lock: Read-only file system", while the acceptance
+    check (`sudo -u npud ... npud.smoke`, not sandboxed) passes that row."""
+    if os.getuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a private read-only mount")
+    shared = tmp_path / "run"
+    shared.mkdir()
+    (shared / "npu.lock").touch()
+    os.chmod(shared / "npu.lock", 0o660)  # as systemd-tmpfiles makes it: root-owned, group render
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("no mount namespaces here")
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c",
+                           LOCK_ON_READ_ONLY_MOUNT, str(shared)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "locked", proc.stderr[-600:]
