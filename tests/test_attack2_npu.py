@@ -4,6 +4,8 @@ promise it checks."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
 import textwrap
@@ -116,3 +118,28 @@ def test_a_larger_max_prompt_len_is_not_reported_as_a_bug(tmp_path: Path) -> Non
     report, _ = run(config, FakeLoader(FakeBehaviour()), ["CPU"], host())
     state, detail = {name: (s, d) for name, s, d in report.checks}["prompt limit enforced before the device"]
     assert state != "FAIL", detail
+
+
+# ---------------------------------------------------------------- the acceptance check and the NPU lock
+
+
+def test_the_acceptance_check_takes_the_npu_lock_like_the_service(tmp_path: Path) -> None:
+    """CONTRACT §8: "On the NPU, every generation and the model compile hold an exclusive flock on
+    the lock file ... Other services sharing the NPU should take the same lock". The acceptance
+    check compiles the model twice and generates on the NPU without it: its row "NPU lock file"
+    only opens the file. Run while the service (or a chat model) works on the NPU (README
+    "Reporting a problem" asks for it while npud runs), both use the device at once, and each one's
+    busy-counter delta includes the other's work, so either can be "verified" by the other's job."""
+    lock = tmp_path / "npu.lock"
+    holder = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # the service, in the middle of a job
+    try:
+        behaviour = FakeBehaviour()
+        with AdvancingBusyCounter.in_sysfs(tmp_path / "sys") as busy:
+            config = load_config(["--device", "NPU", "--npu-emulation", "--model", "fake-model",
+                                  "--busy-file", str(busy.path), "--cache-dir", str(tmp_path / "cache"),
+                                  "--lock-file", str(lock), "--lock-timeout", "0.2"], {"HOME": str(tmp_path)})
+            run(config, FakeLoader(behaviour), ["CPU"], host())
+        assert not behaviour.calls, "the acceptance check generated while another process held the NPU lock"
+    finally:
+        os.close(holder)
