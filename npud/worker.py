@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import threading
@@ -655,7 +656,10 @@ class Worker:
 
         remaining = deadline - clock()
         try:
-            with self._npu_lock.hold(cancel=stop_waiting, timeout_s=min(self._npu_lock.timeout_s, remaining)):
+            # The counter's lock too: no other read of it in this process (health's refresh)
+            # falls between this job's two readings.
+            with self._npu_lock.hold(cancel=stop_waiting, timeout_s=min(self._npu_lock.timeout_s, remaining)), \
+                    (self._busy.lock if self._busy is not None else contextlib.nullcontext()):
                 before = self._read_busy()
                 generation = engine.generate(prompt, settings, should_stop)
                 after = self._read_busy()

@@ -126,7 +126,10 @@ class AdvancingBusyCounter:
                 if not self._gate.is_set():
                     self.held.set()
                     self._gate.wait()
-                os.write(fd, f"{self._value}\n".encode())
+                try:
+                    os.write(fd, f"{self._value}\n".encode())
+                except BrokenPipeError:
+                    continue  # the reader gave up waiting (a bounded read): serve the next one
                 self._value += self.step
                 self.reads += 1
             finally:
