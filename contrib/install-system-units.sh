@@ -59,7 +59,7 @@ Put the model where the unit looks (or set OV_GENAI_NPU_MODEL in /etc/npud/npud.
   sudo cp -r ~/.local/share/npud/models/Qwen2.5-1.5B-Instruct-int4-ov /var/lib/npud/models/
   sudo chown -R npud:npud /var/lib/npud/models
 Check it as the service will run it (and warm the compile cache):
-  sudo -u npud $(dirname "$npud")/python -m npud.smoke --env-file /etc/npud/npud.env
+  sudo -u npud $(dirname "$npud")/npud-smoke --env-file /etc/npud/npud.env
 Start (not together with the user units):
   sudo systemctl enable --now npud.socket npud-http.socket
 Let a user in: sudo usermod -aG npud-users alice, and in /etc/npud/npud.env

@@ -1,4 +1,4 @@
-"""``python -m npud.smoke``: the acceptance check for NPU owners (no daemon needed).
+"""``npud-smoke`` (``python -m npud.smoke``): the acceptance check for NPU owners (no daemon needed).
 
 It checks, and warms the compile cache for, the configuration the service will run: it reads the
 service's environment file first (``--env-file``, default ``~/.config/npud/npud.env``, the one the
@@ -350,7 +350,7 @@ def parse_smoke_args(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[P
 
 
 USAGE = """\
-usage: python -m npud.smoke [--env-file PATH|none] [npud options]
+usage: npud-smoke [--env-file PATH|none] [npud options]   (also contrib/smoke_llm_npu.sh)
 
 The NPU acceptance check. Reads the service's environment file first (default
 ~/.config/npud/npud.env, the one the user units read; /etc/npud/npud.env for the system
