@@ -61,7 +61,9 @@ Put the model where the unit looks (or set OV_GENAI_NPU_MODEL in /etc/npud/npud.
 Check it as the service will run it (and warm the compile cache):
   sudo -u npud $(dirname "$npud")/npud-smoke --env-file /etc/npud/npud.env
 Start (not together with the user units):
-  sudo systemctl enable --now npud.socket npud-http.socket
+  sudo systemctl enable --now npud.socket
+HTTP is off (OV_GENAI_NPU_NO_HTTP=1: it has no peer check); README "Serving other users" says
+how to turn it on with a token.
 Let a user in: sudo usermod -aG npud-users alice, and in /etc/npud/npud.env
   OV_GENAI_NPU_ALLOW_GID=\$(getent group npud-users | cut -d: -f3)
 MSG
