@@ -123,6 +123,28 @@ def test_sysusers_snippet_creates_the_account_in_render(tmp_path: Path) -> None:
     assert re.search(r"^render:x:\d+:npud$", group, re.M) and re.search(r"^npud-users:x:\d+:$", group, re.M)
 
 
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None or shutil.which("systemd-tmpfiles") is None,
+                    reason="systemd-sysusers or systemd-tmpfiles is not installed")
+def test_the_system_unit_uses_the_shared_lock_its_tmpfiles_snippet_makes(tmp_path: Path) -> None:
+    """The system unit's lock was /var/lib/npud/npu.lock, created 0600 under UMask=0077: no other
+    program could open it to take the same flock. It is now /run/npu.lock, made by root at boot
+    (group render, 0660: whoever may use the NPU may lock it); inside the unit /run is read-only
+    (ProtectSystem=strict), so npud opens it read-only (tests/test_npulock.py, on a real read-only
+    mount)."""
+    unit_env = dict(value.split("=", 1) for value in directives(SYSTEM_DIR / "npud.service")["Environment"])
+    assert unit_env["OV_GENAI_NPU_LOCK_FILE"] == "/run/npu.lock"
+    assert directives(SYSTEM_DIR / "npud.service")["ProtectSystem"] == ["strict"]
+    (tmp_path / "etc").mkdir()
+    for tool, snippet in (("systemd-sysusers", "npud.sysusers.conf"), ("systemd-tmpfiles", "npud.tmpfiles.conf")):
+        proc = subprocess.run([tool, f"--root={tmp_path}", *(["--create"] if tool == "systemd-tmpfiles" else []),
+                               str(SYSTEM_DIR / snippet)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    lock = os.lstat(tmp_path / "run" / "npu.lock")
+    render_gid = int(re.findall(r"^render:x:(\d+):", (tmp_path / "etc" / "group").read_text(), re.M)[0])
+    assert stat.S_ISREG(lock.st_mode) and stat.S_IMODE(lock.st_mode) == 0o660
+    assert (lock.st_uid, lock.st_gid) == (0, render_gid)
+
+
 @pytest.mark.skipif(not HAVE_ANALYZE, reason="systemd-analyze is not installed")
 def test_system_installer_writes_verifiable_units(tmp_path: Path) -> None:
     npud = Path(sys.executable).parent / "npud"
@@ -137,6 +159,7 @@ def test_system_installer_writes_verifiable_units(tmp_path: Path) -> None:
     assert f"ExecStart={npud}\n" in (units / "npud.service").read_text()
     assert (root / "etc" / "sysusers.d" / "npud.conf").read_text() == (SYSTEM_DIR / "npud.sysusers.conf").read_text()
     assert (root / "etc" / "npud" / "npud.env").exists()
+    assert (root / "etc" / "tmpfiles.d" / "npud.conf").read_text() == (SYSTEM_DIR / "npud.tmpfiles.conf").read_text()
     assert "sudo systemctl enable --now npud.socket\n" in proc.stdout and "npud-http.socket" not in proc.stdout
     checked = verify(sorted(units.iterdir()), user=False, cwd=units, tmp_path=tmp_path)
     assert checked.returncode == 0 and checked.stderr == "", checked.stderr
