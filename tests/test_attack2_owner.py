@@ -22,23 +22,6 @@ from .test_systemd import FAKE_DAEMON, NotifyListener, daemon_env
 README = (REPO / "README.md").read_text()
 
 
-# ---------------------------------------------------------------- /dev/accel explanations
-
-
-def test_a_root_only_node_is_not_fixed_by_joining_the_root_group() -> None:
-    """Without Intel's udev rule (linux-npu-driver's docs: `SUBSYSTEM=="accel", KERNEL=="accel*",
-    GROUP="render", MODE="0660"` in /etc/udev/rules.d/10-intel-vpu.rules; the kernel creates the node
-    root:root 0600 and systemd's 50-udev-default.rules has no accel line) the node is
-    `crw------- root root`. npud then tells the owner to `sudo usermod -aG root USER`: useless
-    (mode 0600 gives the group nothing) and harmful (membership of the root group). Expected: the
-    message names the udev rule (README step 0 promises "crw-rw---- root render")."""
-    node = AccelNode(path="/dev/accel/accel0", mode="crw-------", owner="root", group="root", usable=False)
-    me = Groups(user="me", uid=1000, process=frozenset({"me"}), configured=frozenset({"me"}))
-    problem = access_problem([node], me) or ""
-    assert "usermod -aG root" not in problem, problem
-    assert "udev" in problem, problem
-
-
 # ---------------------------------------------------------------- the acceptance command's output
 
 

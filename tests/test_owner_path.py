@@ -36,6 +36,9 @@ NEEDS_THE_OWNERS_MACHINE = {
     "sudo apt install python3-venv git": "installs packages (bootstrap's message for a missing venv is tested in test_units)",
     "sudo apt install --install-recommends linux-generic-hwe-24.04": "installs a kernel",
     "ls -l /dev/accel/": "reads the real /dev (synthetic trees: test_accel, test_smoke)",
+    "echo 'SUBSYSTEM==\"accel\", KERNEL==\"accel*\", GROUP=\"render\", MODE=\"0660\"' | sudo tee "
+    "/etc/udev/rules.d/10-intel-vpu.rules": "installs a udev rule (the same rule is in npud's message: test_accel)",
+    "sudo udevadm control --reload-rules && sudo udevadm trigger --subsystem-match=accel": "needs root and udev",
     "sudo usermod -aG render $USER": "changes the user database",
     "sudo reboot": "reboots",
     "systemctl --user daemon-reload": "needs a systemd user manager (units: systemd-analyze verify in test_units)",
