@@ -48,6 +48,7 @@ from .engine import (
     StartupError,
     available_devices,
     decode_compiler_version,
+    npu_model_problem,
     read_device_properties,
 )
 from .envfile import EnvFileError, read_env_file
@@ -197,7 +198,11 @@ def _run_checks(report: Report, out: dict[str, Any], config: Config, loader: Eng
     else:
         for name in ("device node /dev/accel", "permissions", "intel_vpu driver (sysfs)"):
             report.add(name, None, EMULATED if emulated else "not the NPU")
+    model_problem = npu_model_problem(config)  # a GGUF on the NPU: the service refuses to start
     if emulated:
+        if model_problem is not None:
+            report.add("model load", False, model_problem)
+            return
         if not report.add("NPU plugin (emulated on the CPU)", *_emulation_preflight(loader, config)):
             return
     else:
@@ -217,6 +222,10 @@ def _run_checks(report: Report, out: dict[str, Any], config: Config, loader: Eng
     # True only once the busy counter proved the title job ran on the NPU (None off the NPU).
     out["verified"] = False if npu else None
     out["report"]["busy_counter"]["readable"] = counter is not None
+    if model_problem is not None:
+        report.add("model load", False, model_problem)
+        _record_device_facts(out, config, host)
+        return
     try:
         _, first_ms = load_timed(loader, config)  # compiles (or finds a blob from an earlier run)
         engine, second_ms = load_timed(loader, config)  # must find this run's blob

