@@ -607,8 +607,10 @@ class Worker:
             npu_busy_delta_us=busy_delta,
             candidates=output.candidates if output.candidates is not None else UNSET,
             emulated=True if self._config.npu_emulation else UNSET,
-            # On the NPU without the busy counter (--no-busy-check) nothing proves where it ran.
-            verified=False if self._config.is_npu and self._busy is None else UNSET,
+            # On the NPU without the busy counter (--no-busy-check) nothing proves where it ran;
+            # emulated, a synthetic counter grows whatever ran: its delta proves nothing either.
+            verified=(False if self._config.is_npu and (self._busy is None or self._config.npu_emulation)
+                      else UNSET),
         )
 
     def _max_new_tokens(self, spec: JobSpec, requested: int | None, prompt_tokens: int) -> int:

@@ -148,6 +148,7 @@ def test_invalid_hint_is_refused_by_the_npu_plugin(tmp_path: Path) -> None:
 def test_title_job_on_the_emulated_npu(npu: Emulated) -> None:
     result = npu.generate("title", SHORT_INPUT)["result"]
     assert result["device"] == "NPU" and result["emulated"] is True
+    assert result["verified"] is False  # the synthetic counter's delta proves nothing about an NPU
     assert result["tokens"]["prompt"] == npu.prompts.count(JOBS["title"], SHORT_INPUT)
     # Read right before and right after the generation: one step of the synthetic counter.
     assert result["npu_busy_delta_us"] == npu.counter.step

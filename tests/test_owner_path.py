@@ -213,7 +213,8 @@ def test_the_whole_path_on_the_emulated_npu(tmp_path: Path) -> None:
                                     env=owner_env(tmp_path))
         assert acceptance.returncode == 0, acceptance.stderr
         report = json.loads(acceptance.stdout)
-        assert report["ok"] is True and report["emulated"] is True and report["verified"] is True
+        # Emulated: a synthetic counter grew, which proves nothing about an NPU.
+        assert report["ok"] is True and report["emulated"] is True and report["verified"] is False
         assert report["npu_busy_delta_us"] == busy.step
         # Step 6: the service, with the env file's variables as systemd would pass them.
         service_env = {**owner_env(tmp_path), **read_env_file(env_file)[0]}
@@ -238,6 +239,7 @@ def test_the_whole_path_on_the_emulated_npu(tmp_path: Path) -> None:
             assert health["emulated"] is True and health["status"] == "ready"
             assert health["device_info"]["compile_cache"]["hit"] is True  # warmed by step 4
             assert result["emulated"] is True and result["npu_busy_delta_us"] == busy.step
+            assert result["verified"] is False
         finally:
             service.terminate()
             assert service.wait(30) == 0

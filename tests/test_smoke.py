@@ -100,6 +100,20 @@ def test_a_gguf_on_the_npu_fails_the_load_row_saying_why(tmp_path: Path, emulate
     assert "NPU plugin (emulated on the CPU)" not in rows(report) and not behaviour.calls
 
 
+def test_the_acceptance_check_never_calls_an_emulated_job_verified(tmp_path: Path) -> None:
+    """README: the acceptance JSON has "`verified` (true only when the counter proved the job ran
+    on the NPU ...)". Emulated, nothing ran on an NPU: a synthetic counter (the README's own
+    recipe) grows at every read whatever ran. The JSON still says "verified": true, next to
+    "emulated": true, and `npu_busy_delta_us` > 0, the very pair CONTRACT.md §7 calls the proof."""
+    with AdvancingBusyCounter.in_sysfs(tmp_path / "sys") as busy:
+        config = load_config(["--device", "NPU", "--npu-emulation", "--model", "fake-model",
+                              "--busy-file", str(busy.path), "--cache-dir", str(tmp_path / "cache"),
+                              "--lock-file", str(tmp_path / "npu.lock")], {"HOME": str(tmp_path)})
+        _, out = run(config, FakeLoader(FakeBehaviour()), ["CPU"], host())
+    assert out["emulated"] is True and out["npu_busy_delta_us"] == busy.step
+    assert out["verified"] is not True
+
+
 def test_device_without_access_is_explained(tmp_path: Path) -> None:
     config, _ = npu_machine(tmp_path, "fake-model")
     report, out = run(config, FakeLoader(), ["CPU"], host(OUTSIDER, usable=False))
@@ -207,6 +221,7 @@ def test_smoke_passes_on_the_emulated_npu_and_says_so(tmp_path: Path, npu_cache:
     out = json.loads(proc.stdout)
     assert out["ok"] is True and out["emulated"] is True and out["device"] == "NPU"
     assert out["npu_busy_delta_us"] == busy.step and out["compile_cache"]["hit"] is True
+    assert out["verified"] is False  # a synthetic counter proves nothing about an NPU
     assert out["driver_version"] is None and out["compiler_version"] is None
     status = {c["check"]: c["status"] for c in out["checks"]}
     assert status == {
