@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from npuclient.errors import InvalidParams
+from npuclient.protocol import MAX_INPUT_CHARS
 
 from . import __version__
 from .accel import AccelNode, Groups, access_problem, current_groups, inspect_nodes, npu_unavailable_message
@@ -57,7 +58,10 @@ from .worker import check_prompt_budget
 
 SAMPLE = ("Our team spent the sprint replacing the flaky integration tests of the billing service with "
           "contract tests, which cut the CI time from 40 to 12 minutes.")
-OVER_BUDGET = "Long text for the prompt budget check. " * 400
+#: The over-budget input: digits between spaces, about a token per character with the models'
+#: tokenizers (digits are split one by one), so the longest input npud accepts (MAX_INPUT_CHARS)
+#: reaches as many tokens as any text can. Built from the configured budget, never a fixed size.
+OVER_BUDGET_UNIT = "0 1 2 3 4 5 6 7 8 9 "
 #: The user units read this file (``EnvironmentFile=-%E/npud/npud.env``); system units read
 #: ``SYSTEM_ENV_FILE``.
 ENV_FILE_NAME = Path("npud") / "npud.env"
@@ -287,20 +291,33 @@ def _run_title_job(report: Report, out: dict[str, Any], config: Config, engine: 
                      if config.npu_emulation and reason is None else "")
         report.add("NPU busy delta > 0", reason is None, f"{delta} µs" + (f" ({reason})" if reason else "") + synthetic)
         out["verified"] = reason is None and not config.npu_emulation
-    _, over = engine.render_prompt(spec.messages(OVER_BUDGET))
-    try:
-        check_prompt_budget(over, config.max_prompt_tokens)
-        refused = False
-    except InvalidParams:
-        refused = True
-    report.add("prompt limit enforced before the device", refused,
-               f"{over} tokens vs MAX_PROMPT_LEN {config.max_prompt_tokens}")
+    _check_prompt_limit(report, config, engine)
     out.update({
         "text": text,
         "npu_busy_delta_us": delta,
         "tokens": {"prompt": prompt_tokens, "generated": generation.generated_tokens},
     })
     out["timing_ms"]["generate"] = round(generate_ms, 1)
+
+
+def _check_prompt_limit(report: Report, config: Config, engine: Engine) -> None:
+    """A prompt over MAX_PROMPT_LEN is refused by npud before the device. Tested with the longest
+    input npud accepts; when even that stays within the budget (a large MAX_PROMPT_LEN), no input
+    can exceed it: npud's input limit (6000 characters, -32602) refuses longer ones first."""
+    name, limit = "prompt limit enforced before the device", config.max_prompt_tokens
+    text = (OVER_BUDGET_UNIT * (MAX_INPUT_CHARS // len(OVER_BUDGET_UNIT) + 1))[:MAX_INPUT_CHARS]
+    _, over = engine.render_prompt(JOBS["title"].messages(text))
+    if over <= limit:
+        report.add(name, None, f"MAX_PROMPT_LEN {limit} is more than the longest input npud accepts "
+                               f"({MAX_INPUT_CHARS} characters) makes ({over} tokens): its input limit "
+                               "refuses longer inputs first")
+        return
+    try:
+        check_prompt_budget(over, limit)
+        refused = False
+    except InvalidParams:
+        refused = True
+    report.add(name, refused, f"{over} tokens ({len(text)} characters) vs MAX_PROMPT_LEN {limit}")
 
 
 def _read(counter: BusyCounter | None) -> int | None:

@@ -13,10 +13,13 @@ from typing import Any
 
 import pytest
 
+from npuclient.protocol import MAX_INPUT_CHARS
+
 from npud.accel import Groups
 from npud.config import Config, load_config
 from npud.engine import OpenVinoLoader
-from npud.smoke import Host, Report, run
+from npud.jobs import JOBS
+from npud.smoke import OVER_BUDGET_UNIT, Host, Report, run
 from npud.testing.fake import FakeBehaviour, FakeLoader
 from npud.testing.sysfs import AdvancingBusyCounter, make_npu_sysfs
 
@@ -112,6 +115,42 @@ def test_the_acceptance_check_never_calls_an_emulated_job_verified(tmp_path: Pat
         _, out = run(config, FakeLoader(FakeBehaviour()), ["CPU"], host())
     assert out["emulated"] is True and out["npu_busy_delta_us"] == busy.step
     assert out["verified"] is not True
+
+
+def test_a_larger_max_prompt_len_is_not_reported_as_a_bug(tmp_path: Path) -> None:
+    """README table: "prompt limit enforced before the device | a prompt over MAX_PROMPT_LEN is
+    refused by npud itself | never expected: report a bug". The row renders a fixed 15600-character
+    text (npud refuses any input over 6000 characters before counting tokens) and FAILs, exit 1,
+    whenever --max-prompt-len is above that text's token count: about 3,400 tokens with Qwen2.5's
+    tokenizer (estimate), 10,733 with tests/models/tiny-qwen2-h64 (reproduced on the emulated NPU with
+    --max-prompt-len 11000). A larger budget is a valid setting, not an npud bug."""
+    config = load_config(["--device", "CPU", "--model", "fake-model", "--max-prompt-len", "100000",
+                          "--cache-dir", str(tmp_path / "cache")], {"HOME": str(tmp_path)})
+    report, _ = run(config, FakeLoader(FakeBehaviour()), ["CPU"], host())
+    state, detail = {name: (s, d) for name, s, d in report.checks}["prompt limit enforced before the device"]
+    assert state != "FAIL", detail
+
+
+def test_the_prompt_limit_row_is_built_from_the_budget_at_both_sides_of_the_input_limit(tmp_path: Path) -> None:
+    """The row's input is the longest npud accepts (6000 characters): one token under what it
+    makes, the row checks the refusal; at it, no input can exceed the budget, and the row says so
+    (SKIP), naming the input limit that guards instead."""
+    engine = FakeLoader(FakeBehaviour()).load(make_cpu_config(tmp_path, 1024))
+    text = (OVER_BUDGET_UNIT * 1000)[:MAX_INPUT_CHARS]
+    _, longest = engine.render_prompt(JOBS["title"].messages(text))
+    for budget, expected in ((longest - 1, "PASS"), (longest, "SKIP")):
+        report, _ = run(make_cpu_config(tmp_path, budget), FakeLoader(FakeBehaviour()), ["CPU"], host())
+        state, detail = rows(report)["prompt limit enforced before the device"]
+        assert state == expected, detail
+        if expected == "PASS":
+            assert detail == f"{longest} tokens ({MAX_INPUT_CHARS} characters) vs MAX_PROMPT_LEN {budget}"
+        else:
+            assert f"more than the longest input npud accepts ({MAX_INPUT_CHARS} characters) makes" in detail
+
+
+def make_cpu_config(tmp_path: Path, budget: int) -> Config:
+    return load_config(["--device", "CPU", "--model", "fake-model", "--max-prompt-len", str(budget),
+                        "--cache-dir", str(tmp_path / "cache")], {"HOME": str(tmp_path)})
 
 
 def test_device_without_access_is_explained(tmp_path: Path) -> None:
