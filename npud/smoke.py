@@ -26,7 +26,8 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from .engine import (
 )
 from .envfile import EnvFileError, read_env_file
 from .jobs import JOBS
+from .npulock import LockFileRefused, LockTimeout, NpuLock
 from .worker import check_prompt_budget
 
 SAMPLE = ("Our team spent the sprint replacing the flaky integration tests of the billing service with "
@@ -170,8 +172,28 @@ def check_lock_file(config: Config) -> tuple[bool, str]:
 
 def load_timed(loader: EngineLoader, config: Config) -> tuple[Engine, float]:
     start = time.perf_counter()
-    engine = loader.load(config)
+    with npu_lock(config):  # a compile uses the device too
+        engine = loader.load(config)
     return engine, (time.perf_counter() - start) * 1000
+
+
+@contextmanager
+def npu_lock(config: Config) -> Iterator[None]:
+    """On the NPU, the service's own lock (CONTRACT §8), with its --lock-timeout, around every use
+    of the device: run while the service or a chat model works, the check would otherwise share
+    the NPU with them, and each one's busy delta would include the other's work."""
+    if not config.is_npu:
+        yield
+        return
+    with NpuLock(config.lock_file, config.lock_timeout_s).hold():
+        yield
+
+
+def lock_problem(exc: LockTimeout | LockFileRefused) -> str:
+    if isinstance(exc, LockTimeout):
+        return (f"{exc}: another program is using the NPU (the npud service, a chat model). Run the "
+                "check when it is idle, stop it, or raise --lock-timeout")
+    return str(exc)
 
 
 def run(config: Config, loader: EngineLoader, devices: Sequence[str], host: Host) -> tuple[Report, dict[str, Any]]:
@@ -238,6 +260,10 @@ def _run_checks(report: Report, out: dict[str, Any], config: Config, loader: Eng
         report.add("model load", False, str(exc))
         _record_device_facts(out, config, host)
         return
+    except (LockTimeout, LockFileRefused) as exc:
+        report.add("model load", False, lock_problem(exc))
+        _record_device_facts(out, config, host)
+        return
     info = engine.device_info
     report.add("model load", True, f"{first_ms:.0f} ms, then {second_ms:.0f} ms")
     out.update(driver_version=info.npu_driver_version, compiler_version=info.npu_compiler_version)
@@ -265,15 +291,20 @@ def _run_title_job(report: Report, out: dict[str, Any], config: Config, engine: 
         report.add("title job", False, f"the sample prompt is {prompt_tokens} tokens, over --max-prompt-len "
                                        f"{config.max_prompt_tokens}")
         return
-    before = _read(counter)
-    gen_start = time.perf_counter()
     try:
-        generation = engine.generate(prompt, DecodeSettings.for_job(spec, spec.default_max_new_tokens), lambda: False)
+        with npu_lock(config):  # like the worker: the counter is read inside the lock too
+            before = _read(counter)
+            gen_start = time.perf_counter()
+            generation = engine.generate(prompt, DecodeSettings.for_job(spec, spec.default_max_new_tokens),
+                                         lambda: False)
+            generate_ms = (time.perf_counter() - gen_start) * 1000
+            after = _read(counter)
+    except (LockTimeout, LockFileRefused) as exc:
+        report.add("title job", False, lock_problem(exc))
+        return
     except Exception as exc:
         report.add("title job", False, f"generation raised {type(exc).__name__}: {exc}")
         return
-    generate_ms = (time.perf_counter() - gen_start) * 1000
-    after = _read(counter)
     text = spec.postprocess(generation.text, SAMPLE).text
     report.add("title job", bool(text), f"{generation.generated_tokens} tokens in {generate_ms:.0f} ms: {text!r}")
     if not npu:

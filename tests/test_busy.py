@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +72,44 @@ def test_reads_are_bounded_in_size_and_must_be_text(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe12\n")
     with pytest.raises(BusyCounterError, match="does not hold text"):
         BusyCounter(binary).read()
+
+
+def test_a_busy_file_with_non_utf8_bytes_is_a_clear_startup_error(tmp_path: Path) -> None:
+    """README, exit status: "1 when the daemon cannot start (..., busy counter missing, ...; the
+    message says which and what to do)". `--busy-file` naming a file that is not text (a wrong
+    path, a binary) ends npud with a UnicodeDecodeError traceback instead; at run time the same
+    read fails a job with -32003 "generation failed" rather than -32002 `unreadable`."""
+    busy = tmp_path / "npu_busy_time_us"
+    busy.write_bytes(b"\xff\xfe12\n")
+    with pytest.raises(BusyCounterError):
+        BusyCounter(busy).read()
+    config = make_config(tmp_path, device="NPU", busy_file=str(busy))
+    with pytest.raises(StartupError, match="busy counter"):
+        prepare_busy_counter(config)
+
+
+UNBOUNDED_READ = textwrap.dedent("""
+    import resource, sys
+    from pathlib import Path
+    from npud.busy import BusyCounter, BusyCounterError
+    resource.setrlimit(resource.RLIMIT_AS, (768 << 20, 768 << 20))
+    try:
+        BusyCounter(Path("/dev/zero")).read()
+    except BusyCounterError:
+        print("refused")
+    except MemoryError:
+        print("MemoryError")
+""")
+
+
+def test_the_busy_counter_read_is_bounded() -> None:
+    """A sysfs attribute is at most a page; npud reads `--busy-file` with read_text(), without a
+    bound, at startup, around every job and on every health call. Pointed at a character device
+    (a typo such as /dev/zero, or a file that grows) it reads until memory runs out: MemoryError
+    traceback at startup (here under a 768 MiB address-space limit; without one, until the OOM
+    killer). Expected: a bounded read and BusyCounterError."""
+    proc = subprocess.run([sys.executable, "-c", UNBOUNDED_READ], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "refused", (proc.stdout, proc.stderr[-400:])
 
 
 def test_a_fifo_nobody_writes_is_unreadable_not_a_hang(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ driver, no access, a kernel without the busy counter, --no-busy-check)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ from npuclient.protocol import MAX_INPUT_CHARS
 
 from npud.accel import Groups
 from npud.config import Config, load_config
-from npud.engine import OpenVinoLoader
+from npud.engine import Engine, Generation, OpenVinoLoader
 from npud.jobs import JOBS
 from npud.smoke import OVER_BUDGET_UNIT, Host, Report, run
 from npud.testing.fake import FakeBehaviour, FakeLoader
@@ -151,6 +152,69 @@ def test_the_prompt_limit_row_is_built_from_the_budget_at_both_sides_of_the_inpu
 def make_cpu_config(tmp_path: Path, budget: int) -> Config:
     return load_config(["--device", "CPU", "--model", "fake-model", "--max-prompt-len", str(budget),
                         "--cache-dir", str(tmp_path / "cache")], {"HOME": str(tmp_path)})
+
+
+def test_the_acceptance_check_takes_the_npu_lock_like_the_service(tmp_path: Path) -> None:
+    """CONTRACT §8: "On the NPU, every generation and the model compile hold an exclusive flock on
+    the lock file ... Other services sharing the NPU should take the same lock". The acceptance
+    check compiles the model twice and generates on the NPU without it: its row "NPU lock file"
+    only opens the file. Run while the service (or a chat model) works on the NPU (README
+    "Reporting a problem" asks for it while npud runs), both use the device at once, and each one's
+    busy-counter delta includes the other's work, so either can be "verified" by the other's job."""
+    lock = tmp_path / "npu.lock"
+    holder = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # the service, in the middle of a job
+    try:
+        behaviour = FakeBehaviour()
+        with AdvancingBusyCounter.in_sysfs(tmp_path / "sys") as busy:
+            config = load_config(["--device", "NPU", "--npu-emulation", "--model", "fake-model",
+                                  "--busy-file", str(busy.path), "--cache-dir", str(tmp_path / "cache"),
+                                  "--lock-file", str(lock), "--lock-timeout", "0.2"], {"HOME": str(tmp_path)})
+            report, _ = run(config, FakeLoader(behaviour), ["CPU"], host())
+        assert not behaviour.calls, "the acceptance check generated while another process held the NPU lock"
+    finally:
+        os.close(holder)
+    table = rows(report)
+    assert table["model load"][0] == "FAIL" and "held by another process" in table["model load"][1]
+    assert "another program is using the NPU" in table["model load"][1]
+
+
+def locked_elsewhere(path: Path) -> bool:
+    """Whether some open file description holds the flock on ``path`` (probed from a new one)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_the_acceptance_check_holds_the_npu_lock_while_it_compiles_and_generates(tmp_path: Path) -> None:
+    lock = tmp_path / "npu.lock"
+    seen: list[tuple[str, bool]] = []
+
+    class Probing(FakeLoader):
+        def load(self, config: Config) -> Engine:
+            seen.append(("load", locked_elsewhere(lock)))
+            engine = super().load(config)
+            generate = engine.generate
+
+            def probed(*args: Any) -> Generation:
+                seen.append(("generate", locked_elsewhere(lock)))
+                return generate(*args)
+
+            engine.generate = probed  # type: ignore[method-assign]
+            return engine
+
+    with AdvancingBusyCounter.in_sysfs(tmp_path / "sys") as busy:
+        config = load_config(["--device", "NPU", "--npu-emulation", "--model", "fake-model",
+                              "--busy-file", str(busy.path), "--cache-dir", str(tmp_path / "cache"),
+                              "--lock-file", str(lock)], {"HOME": str(tmp_path)})
+        report, _ = run(config, Probing(FakeBehaviour()), ["CPU"], host())
+    assert seen == [("load", True), ("load", True), ("generate", True)], report.table()
+    assert not locked_elsewhere(lock)  # and let go afterwards
 
 
 def test_device_without_access_is_explained(tmp_path: Path) -> None:
