@@ -376,11 +376,7 @@ def environment_report(config: Config, nodes: Sequence[AccelNode], sysfs: NpuDis
     """What a problem report needs besides the table: versions, kernel, nodes, groups, counter."""
     counter = Path(config.busy_file) if config.busy_file else sysfs.counter
     return {
-        "npud_version": __version__,
-        "openvino_version": _version_of("openvino"),
-        "genai_version": _version_of("openvino_genai"),
-        "python": platform.python_version(),
-        "kernel": host.kernel_release,
+        **host_report(host),
         "dev_accel": [asdict(node) for node in nodes],
         "groups": {"user": host.groups.user, "process": sorted(host.groups.process),
                    "configured": sorted(host.groups.configured)},
@@ -388,6 +384,29 @@ def environment_report(config: Config, nodes: Sequence[AccelNode], sysfs: NpuDis
                   "intel_vpu_device": str(sysfs.device) if sysfs.device else None},
         "busy_counter": {"path": str(counter) if counter else None,
                          "present": bool(counter and counter.exists()), "readable": None},
+    }
+
+
+def config_error_detail(exc: ConfigError, env_path: Path | None, from_file: Mapping[str, str]) -> str:
+    """The bad value's origin: the environment file (by path), the shell's environment, a flag."""
+    source = exc.source
+    if source is None or source.startswith("-"):
+        where = "on the command line" if source else "in the settings"
+    elif source in from_file:
+        where = f"in {env_path}"
+    else:
+        where = "in the environment"
+    return f"{exc} ({where}; the service would refuse to start with it too)"
+
+
+def host_report(host: Host) -> dict[str, Any]:
+    """The versions and the kernel, which a report needs even when nothing else could run."""
+    return {
+        "npud_version": __version__,
+        "openvino_version": _version_of("openvino"),
+        "genai_version": _version_of("openvino_genai"),
+        "python": platform.python_version(),
+        "kernel": host.kernel_release,
     }
 
 
@@ -442,8 +461,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(rest, os.environ)
     except ConfigError as exc:
-        sys.stderr.write(f"npud.smoke: {exc}\n")
-        return 2
+        # A value the service could not start with either: a failed row like any other, with
+        # the table and the JSON (argparse's usage errors, an unknown option, still exit 2).
+        report = Report()
+        report.add("configuration", False, config_error_detail(exc, env_path, values))
+        if "error" in env_info:
+            report.add("environment file", False, env_info["error"])
+        emit(report, {"ok": False, "report": {**host_report(Host.current()), "env_file": env_info}})
+        return 1
     try:
         devices = available_devices()
     except Exception as exc:

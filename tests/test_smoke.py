@@ -17,10 +17,10 @@ import pytest
 from npuclient.protocol import MAX_INPUT_CHARS
 
 from npud.accel import Groups
-from npud.config import Config, load_config
+from npud.config import Config, ConfigError, load_config
 from npud.engine import Engine, Generation, OpenVinoLoader
 from npud.jobs import JOBS
-from npud.smoke import OVER_BUDGET_UNIT, Host, Report, run
+from npud.smoke import OVER_BUDGET_UNIT, Host, Report, config_error_detail, run
 from npud.testing.fake import FakeBehaviour, FakeLoader
 from npud.testing.sysfs import AdvancingBusyCounter, make_npu_sysfs
 
@@ -215,6 +215,41 @@ def test_the_acceptance_check_holds_the_npu_lock_while_it_compiles_and_generates
         report, _ = run(config, Probing(FakeBehaviour()), ["CPU"], host())
     assert seen == [("load", True), ("load", True), ("generate", True)], report.table()
     assert not locked_elsewhere(lock)  # and let go afterwards
+
+
+def test_a_bad_value_in_the_env_file_still_gives_the_table_and_the_json(tmp_path: Path) -> None:
+    """README: the acceptance check "prints a table on stderr and one JSON object on stdout, also
+    when a step fails or raises" (issue 15: "A failure anywhere still prints the table and the
+    JSON"). A value npud cannot parse in ~/.config/npud/npud.env (here a space in a number) ends it
+    with one stderr line, exit 2, no table, no JSON, and the line does not name the file."""
+    env_file = tmp_path / "npud.env"
+    env_file.write_text("OV_GENAI_NPU_MAX_PROMPT_LEN=1 024\n")
+    proc = subprocess.run([sys.executable, "-m", "npud.smoke", "--env-file", str(env_file), "--device", "CPU",
+                           "--model", str(tmp_path / "no-model"), "--cache-dir", str(tmp_path / "cache")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.stdout.strip(), f"no JSON on stdout (exit {proc.returncode}): {proc.stderr!r}"
+    out = json.loads(proc.stdout)
+    assert out["ok"] is False and proc.returncode == 1
+    assert out["checks"] == [{"check": "configuration", "status": "FAIL", "detail": (
+        "OV_GENAI_NPU_MAX_PROMPT_LEN: invalid literal for int() with base 10: '1 024' "
+        f"(in {env_file}; the service would refuse to start with it too)")}]
+    assert out["report"]["npud_version"] and out["report"]["env_file"]["path"] == str(env_file)
+    assert "FAIL  configuration  OV_GENAI_NPU_MAX_PROMPT_LEN" in proc.stderr and str(env_file) in proc.stderr
+
+
+def test_a_config_error_names_where_the_value_came_from(tmp_path: Path) -> None:
+    env_file = tmp_path / "npud.env"
+    cases = [
+        (["--max-prompt-len", "x"], {}, "on the command line"),
+        ([], {"OV_GENAI_NPU_QUEUE_DEPTH": "0"}, "in the environment"),
+        ([], {"OV_GENAI_NPU_QUEUE_DEPTH": "0", "from_file": "1"}, f"in {env_file}"),
+    ]
+    for argv, environ, where in cases:
+        from_file = {k: v for k, v in environ.items() if k.startswith("OV_")} if "from_file" in environ else {}
+        with pytest.raises(ConfigError) as info:
+            load_config(argv, {"HOME": str(tmp_path), **{k: v for k, v in environ.items() if k.startswith("OV_")}})
+        assert config_error_detail(info.value, env_file, from_file).endswith(
+            f"({where}; the service would refuse to start with it too)")
 
 
 def test_device_without_access_is_explained(tmp_path: Path) -> None:
