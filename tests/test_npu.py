@@ -450,3 +450,17 @@ def test_synthetic_busy_counter_from_the_command_line(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     assert not path.exists()
+
+
+def test_the_synthetic_counter_is_never_served_from_a_directory_everyone_can_write(tmp_path: Path) -> None:
+    """README used /tmp/npu_busy_time_us: another user could make that name first (a FIFO of
+    theirs), kill the helper with a traceback and choose every value npud then reads."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp
+    proc = subprocess.run([sys.executable, "-m", "npud.testing.sysfs", str(shared / "npu_busy_time_us")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "is writable by every user" in proc.stderr and "XDG_RUNTIME_DIR" in proc.stderr
+    assert not (shared / "npu_busy_time_us").exists()
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "/tmp/npu_busy_time_us" not in readme
