@@ -27,7 +27,13 @@ if [ -z "$npud" ]; then
         echo "install-system-units.sh: '$python -m venv' failed; on Debian/Ubuntu: sudo apt install python3-venv" >&2
         exit 1
     fi
-    "$prefix/bin/python" -m pip --disable-pip-version-check -q install "$repo/npuclient" "$repo"
+    # Built from a copy: pip run as root in the owner's checkout leaves root-owned build/ and
+    # *.egg-info there, and the owner's next contrib/bootstrap.sh fails on them.
+    src="$(mktemp -d)"
+    trap 'rm -rf "$src"' EXIT
+    tar -C "$repo" --exclude=./.git --exclude=./.venv --exclude='*.egg-info' --exclude=build -cf - . \
+        | tar -C "$src" -xf -
+    "$prefix/bin/python" -m pip --disable-pip-version-check -q install "$src/npuclient" "$src"
     npud="/opt/npud/bin/npud"
 fi
 case "$npud" in

@@ -165,6 +165,47 @@ def test_system_installer_writes_verifiable_units(tmp_path: Path) -> None:
     assert checked.returncode == 0 and checked.stderr == "", checked.stderr
 
 
+FAKE_VENV_PYTHON = """#!/bin/sh
+# Stands in for python3 -m venv, and for the venv's python -m pip install: it records what pip
+# was asked to build and, like a setuptools build in place, leaves build/ and *.egg-info there.
+if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
+    mkdir -p "$3/bin" && cp "$0" "$3/bin/python" && exit 0
+fi
+if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then
+    shift 2
+    for arg in "$@"; do
+        case "$arg" in
+            /*) echo "$arg" >> "$PIP_LOG"; mkdir -p "$arg/build" "$arg/npud.egg-info"; test -f "$arg/pyproject.toml" || exit 3 ;;
+        esac
+    done
+    exit 0
+fi
+exit 2
+"""
+
+
+def test_system_installer_builds_from_a_copy_and_leaves_the_checkout_alone(tmp_path: Path) -> None:
+    """`sudo contrib/install-system-units.sh` ran pip in the owner's checkout as root: root-owned
+    build/ and *.egg-info stayed there and broke the owner's next contrib/bootstrap.sh."""
+    checkout = tmp_path / "checkout"
+    for part in ("contrib", "systemd", "npud", "npuclient"):
+        shutil.copytree(REPO / part, checkout / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, checkout / name)
+    before = sorted(str(p.relative_to(checkout)) for p in checkout.rglob("*"))
+    fake = tmp_path / "python3"
+    fake.write_text(FAKE_VENV_PYTHON)
+    fake.chmod(0o755)
+    log = tmp_path / "pip.log"
+    proc = subprocess.run([str(checkout / "contrib" / "install-system-units.sh"), "--root", str(tmp_path / "root")],
+                          capture_output=True, text=True, env={**os.environ, "PYTHON": str(fake), "PIP_LOG": str(log)})
+    assert proc.returncode == 0, proc.stderr
+    built = log.read_text().split()
+    assert len(built) == 2 and built[0].endswith("/npuclient") and Path(built[0]).parent == Path(built[1])
+    assert not Path(built[1]).is_relative_to(checkout) and not Path(built[1]).exists()  # a copy, removed
+    assert sorted(str(p.relative_to(checkout)) for p in checkout.rglob("*")) == before
+
+
 def test_system_installer_refuses_an_npud_under_home(tmp_path: Path) -> None:
     proc = subprocess.run([str(REPO / "contrib" / "install-system-units.sh"), "--npud", "/home/me/npud/.venv/bin/npud",
                            "--root", str(tmp_path)], capture_output=True, text=True)
