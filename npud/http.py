@@ -417,6 +417,7 @@ class HttpShim:
         it is systemd's, whatever ``--host``/``--port`` say, and Host headers must name it."""
         self._dispatcher = dispatcher
         self._max_body = config.max_line_bytes
+        self._emulated = config.npu_emulation
         self._max_connections = config.max_connections
         # The socket's partial-line deadline bounds each request head, each body and each reply
         # write: the same "a started message must move" rule on both transports.
@@ -748,7 +749,7 @@ class HttpShim:
         snap = self._dispatcher.worker.snapshot()
         jobs = {"served": snap.jobs_served, "failed": snap.jobs_failed, "cancelled": snap.jobs_cancelled}
         return self._dispatcher.metrics.exposition(snap.queue_depth, self._dispatcher.worker.capacity, snap.running,
-                                                   snap.load_time_ms, snap.status, jobs)
+                                                   snap.load_time_ms, snap.status, jobs, self._emulated)
 
     def _authorized(self, request: h11.Request) -> bool:
         """Exactly one ``Authorization: Bearer <token>`` with the token. The scheme name is
