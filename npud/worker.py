@@ -14,9 +14,11 @@ import collections
 import contextlib
 import logging
 import math
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -84,14 +86,39 @@ TRANSIENT_LOAD_FAILURES = (
 )
 
 
-def is_transient_load_failure(exc: BaseException) -> bool:
-    """Whether a failed load may succeed if tried again later (see TRANSIENT_LOAD_FAILURES)."""
+# An absolute path in a message (up to white space or a quote): a model folder named "EBUSY" or
+# "device lost" must not make a permanent failure look transient.
+_ABSOLUTE_PATH = re.compile(r"""/[^\s'"]*""")
+
+
+def is_transient_load_failure(exc: BaseException, paths: Sequence[str] = ()) -> bool:
+    """Whether a failed load may succeed if tried again later (see TRANSIENT_LOAD_FAILURES).
+
+    The markers are looked for in what OpenVINO or the system said, never in a path: ``paths``
+    (the model, the cache; they may hold spaces) are taken out of the message first, then
+    anything else that looks like an absolute path.
+    """
     if isinstance(exc, LockTimeout):
         return True  # another process holds the NPU; it lets go eventually
     if isinstance(exc, ModelLoadError):
-        text = str(exc).lower()
+        text = str(exc)
+        for path in sorted({p for p in paths if p}, key=len, reverse=True):
+            text = text.replace(path, " ")
+        text = _ABSOLUTE_PATH.sub(" ", text).lower()
         return any(marker.lower() in text for marker in TRANSIENT_LOAD_FAILURES)
     return False
+
+
+def load_paths(config: Config) -> tuple[str, ...]:
+    """The paths a load failure may quote: the model as given and resolved, the cache root
+    (converted models live below it)."""
+    paths = [config.model, config.cache_dir]
+    for path in (config.model, config.cache_dir):
+        try:
+            paths.append(str(Path(path).resolve()))
+        except (OSError, RuntimeError):
+            pass
+    return tuple(paths)
 
 
 def load_retry_delay(first_s: float, retry: int) -> float:
@@ -473,7 +500,7 @@ class Worker:
                 return True
             message, exc = failure
             delay = None
-            if is_transient_load_failure(exc) and retries < self._config.load_retries:
+            if is_transient_load_failure(exc, load_paths(self._config)) and retries < self._config.load_retries:
                 retries += 1
                 delay = load_retry_delay(self._config.load_retry_delay_s, retries)
             with self._cond:
