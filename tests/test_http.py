@@ -254,6 +254,9 @@ def test_token_file_must_be_private(tmp_path: Path) -> None:
     token_file.write_text("short")
     with pytest.raises(StartupError, match="at least 16"):
         open_listeners(make_config(tmp_path, http=True, token_file=str(token_file)))
+    token_file.write_text("x" * 4097)  # bounded like the busy counter: a wrong file is not read whole
+    with pytest.raises(StartupError, match="more than 4096 bytes: not a token"):
+        open_listeners(make_config(tmp_path, http=True, token_file=str(token_file)))
 
 
 def test_a_token_path_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path) -> None:
