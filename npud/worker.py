@@ -690,6 +690,10 @@ class Worker:
             with self._npu_lock.hold(cancel=stop_waiting, timeout_s=min(self._npu_lock.timeout_s, remaining)), \
                     (self._busy.lock if self._busy is not None else contextlib.nullcontext()):
                 before = self._read_busy()
+                if self._busy is not None and before is None:
+                    # Nothing this job does could be verified: do not use the device for it (and
+                    # do not wait on the counter a second time).
+                    self._verify_busy(None, None)
                 generation = engine.generate(prompt, settings, should_stop)
                 after = self._read_busy()
         except LockWaitCancelled:

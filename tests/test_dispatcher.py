@@ -432,8 +432,10 @@ def test_a_busy_file_that_stops_holding_text_fails_the_job_as_unreadable(tmp_pat
     async def body(d: Dispatcher, w: Worker) -> None:
         busy_path = Path(config.sysfs_root) / "class" / "accel" / "accel0" / "device" / "npu_busy_time_us"
         busy_path.write_bytes(b"\xff\xfe12\n")
+        calls = len(behaviour.calls)
         error = (await call(d, "generate", title()))["error"]
         assert error["code"] == -32002 and error["data"]["reason"] == "unreadable"
+        assert len(behaviour.calls) == calls  # unverifiable from the start: the device is not used
         busy_path.write_text("20000\n")
         assert (await call(d, "health"))["result"]["status"] == "ready"
 
