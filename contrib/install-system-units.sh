@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install npud as a system service for the users of this machine (README "Serving other users"):
-# the npud account (sysusers.d), the units in /etc/systemd/system, /etc/npud/npud.env.
+# the npud account (sysusers.d), the shared NPU lock /run/npu.lock (tmpfiles.d), the units in
+# /etc/systemd/system, /etc/npud/npud.env.
 # usage: sudo contrib/install-system-units.sh [--npud PATH] [--root DIR]
 #   --npud PATH  use this npud (outside /home and /root: the unit's ProtectHome= hides them);
 #                default: create the virtual environment /opt/npud and install npud into it
@@ -26,7 +27,13 @@ if [ -z "$npud" ]; then
         echo "install-system-units.sh: '$python -m venv' failed; on Debian/Ubuntu: sudo apt install python3-venv" >&2
         exit 1
     fi
-    "$prefix/bin/python" -m pip --disable-pip-version-check -q install "$repo/npuclient" "$repo"
+    # Built from a copy: pip run as root in the owner's checkout leaves root-owned build/ and
+    # *.egg-info there, and the owner's next contrib/bootstrap.sh fails on them.
+    src="$(mktemp -d)"
+    trap 'rm -rf "$src"' EXIT
+    tar -C "$repo" --exclude=./.git --exclude=./.venv --exclude='*.egg-info' --exclude=build -cf - . \
+        | tar -C "$src" -xf -
+    "$prefix/bin/python" -m pip --disable-pip-version-check -q install "$src/npuclient" "$src"
     npud="/opt/npud/bin/npud"
 fi
 case "$npud" in
@@ -38,15 +45,17 @@ case "$npud" in
     *) echo "install-system-units.sh: --npud needs an absolute path" >&2; exit 1 ;;
 esac
 units="$root/etc/systemd/system"
-mkdir -p "$units" "$root/etc/sysusers.d" "$root/etc/npud"
+mkdir -p "$units" "$root/etc/sysusers.d" "$root/etc/tmpfiles.d" "$root/etc/npud"
 sed "s|^ExecStart=/usr/bin/env npud|ExecStart=$npud|" "$repo/systemd/system/npud.service" > "$units/npud.service"
 cp "$repo/systemd/system/npud.socket" "$repo/systemd/system/npud-http.socket" "$units/"
 cp "$repo/systemd/system/npud.sysusers.conf" "$root/etc/sysusers.d/npud.conf"
+cp "$repo/systemd/system/npud.tmpfiles.conf" "$root/etc/tmpfiles.d/npud.conf"
 if [ ! -e "$root/etc/npud/npud.env" ]; then
     install -m 0644 "$repo/contrib/npud-system.env.example" "$root/etc/npud/npud.env"
 fi
 if [ -z "$root" ]; then
     systemd-sysusers /etc/sysusers.d/npud.conf
+    systemd-tmpfiles --create /etc/tmpfiles.d/npud.conf   # /run/npu.lock now; at every boot from now on
     # systemd creates these at the first start; the model copy and npud.smoke need them before.
     install -d -o npud -g npud /var/lib/npud /var/lib/npud/models /var/cache/npud
     systemctl daemon-reload
@@ -54,14 +63,18 @@ fi
 cat <<MSG
 Installed the system units into $units (ExecStart=$npud).
 Settings: $root/etc/npud/npud.env    Account: npud (in render); clients' group: npud-users
+NPU lock: /run/npu.lock (root:render 0660, $root/etc/tmpfiles.d/npud.conf): other programs that use
+the NPU take the same flock (--lock-file /run/npu.lock).
 
 Put the model where the unit looks (or set OV_GENAI_NPU_MODEL in /etc/npud/npud.env):
   sudo cp -r ~/.local/share/npud/models/Qwen2.5-1.5B-Instruct-int4-ov /var/lib/npud/models/
   sudo chown -R npud:npud /var/lib/npud/models
 Check it as the service will run it (and warm the compile cache):
-  sudo -u npud $(dirname "$npud")/python -m npud.smoke --env-file /etc/npud/npud.env
+  sudo -u npud $(dirname "$npud")/npud-smoke --env-file /etc/npud/npud.env
 Start (not together with the user units):
-  sudo systemctl enable --now npud.socket npud-http.socket
+  sudo systemctl enable --now npud.socket
+HTTP is off (OV_GENAI_NPU_NO_HTTP=1: it has no peer check); README "Serving other users" says
+how to turn it on with a token.
 Let a user in: sudo usermod -aG npud-users alice, and in /etc/npud/npud.env
   OV_GENAI_NPU_ALLOW_GID=\$(getent group npud-users | cut -d: -f3)
 MSG

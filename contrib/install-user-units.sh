@@ -25,7 +25,7 @@ if [ ! -e "$config_home/npud/npud.env" ]; then
 fi
 cat <<MSG
 Installed into $units (ExecStart=$npud).
-Settings: $config_home/npud/npud.env (python -m npud.smoke reads the same file)
+Settings: $config_home/npud/npud.env (the acceptance check, contrib/smoke_llm_npu.sh, reads the same file)
 
 Socket-activated (recommended):
   systemctl --user daemon-reload

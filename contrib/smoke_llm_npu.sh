@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The acceptance check for NPU owners: python -m npud.smoke with npud's flags and environment.
+# The acceptance check for NPU owners (npud.smoke) with npud's flags and environment.
 # e.g.  contrib/smoke_llm_npu.sh --model ~/.local/share/npud/models/Qwen2.5-1.5B-Instruct-int4-ov
 # Runs in the environment contrib/bootstrap.sh made (.venv, or $NPUD_VENV); never in another Python,
 # which would not have npud and its pinned OpenVINO.

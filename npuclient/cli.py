@@ -16,7 +16,7 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import msgspec
@@ -165,14 +165,42 @@ def read_input(value: str, stdin: TextIO) -> str:
     return stdin.read() if value == "-" else value
 
 
-def wait_until_ready(client: Client, timeout: float, stderr: TextIO) -> None:
+def retry_scheduled(health: HealthResult) -> bool:
+    """The load failed, and npud will try again by itself (a transient failure: the NPU lock held
+    by another service after a reboot, a device that was busy or lost)."""
+    return health.status == "error" and health.retry_in_s is not msgspec.UNSET
+
+
+def failed_load(health: HealthResult, waited: float | None = None) -> NotReady:
+    attempts = "" if health.load_attempts is msgspec.UNSET else f" (attempt {health.load_attempts})"
+    error = "" if health.error is msgspec.UNSET else f": {health.error}"
+    if waited is None:
+        return NotReady(f"model failed to load{attempts}{error}", {"status": "error"})
+    return NotReady(f"model failed to load{attempts}{error}; npud retries in {health.retry_in_s:g}s, "
+                    f"after --timeout {waited:g}s", {"status": "error", "retry_in_s": health.retry_in_s})
+
+
+def progress(health: HealthResult | None) -> str:
+    if health is None:
+        return "waiting for npud"
+    if retry_scheduled(health):
+        attempts = "" if health.load_attempts is msgspec.UNSET else f" (attempt {health.load_attempts})"
+        return f"npud: model failed to load{attempts}, retrying in {health.retry_in_s:g}s"
+    return f"npud: loading {health.model} on {health.device}"
+
+
+def wait_until_ready(client: Client, timeout: float, stderr: TextIO,
+                     clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
     """Poll health until ready; show a progress line on a terminal, stay quiet otherwise.
 
-    Gives up after ``timeout`` with DaemonUnavailable (exit 3) if no daemon ever answered, and
-    with CallTimeout (exit 1) if one answered but its model was still loading. An untrusted
-    server is refused at once: it will not turn into npud by waiting.
+    A failed load with a retry scheduled (health ``error`` with ``retry_in_s``) is waited out like
+    a load: npud tries again by itself. Gives up after ``timeout`` with DaemonUnavailable (exit 3)
+    if no daemon ever answered, with NotReady (exit 5) if the load had failed and its retry had not
+    come yet, and with CallTimeout (exit 1) if the model was still loading; at once with NotReady
+    for a load that failed for good. An untrusted server is refused at once: it will not turn
+    into npud by waiting.
     """
-    started = time.monotonic()
+    started = clock()
     show = stderr.isatty()
     unreachable: DaemonUnavailable | None = None
     reached = False
@@ -184,24 +212,25 @@ def wait_until_ready(client: Client, timeout: float, stderr: TextIO) -> None:
             raise
         except DaemonUnavailable as exc:
             health, unreachable = None, exc
-        elapsed = time.monotonic() - started
+        elapsed = clock() - started
         if health is not None and health.status == "ready":
             if show:
                 stderr.write("\r\033[K")
             return
-        if health is not None and health.status == "error":
-            raise NotReady(f"model failed to load: {health.error}", {"status": "error"})
+        if health is not None and health.status == "error" and not retry_scheduled(health):
+            raise failed_load(health)
         if elapsed >= timeout:
             if show:
                 stderr.write("\r\033[K")
             if not reached:
                 raise DaemonUnavailable(f"npud did not answer within {timeout:g}s: {unreachable}")
+            if health is not None and retry_scheduled(health):
+                raise failed_load(health, timeout)
             raise CallTimeout(f"npud not ready after {timeout:.0f}s")
         if show:
-            state = "waiting for npud" if health is None else f"npud: loading {health.model} on {health.device}"
-            stderr.write(f"\r\033[K{state}… {elapsed:.0f}s")
+            stderr.write(f"\r\033[K{progress(health)}… {elapsed:.0f}s")
             stderr.flush()
-        time.sleep(WAIT_POLL_S)
+        sleep(WAIT_POLL_S)
 
 
 def human(result: Any) -> str:

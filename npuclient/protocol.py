@@ -143,8 +143,9 @@ class JobResult(Struct, omit_defaults=True):
     #: ``true`` when the daemon runs with ``--npu-emulation`` (the NPU pipeline computing on the
     #: CPU): the result did not come from NPU hardware. Absent otherwise.
     emulated: Union[bool, UnsetType] = UNSET
-    #: ``false`` on the NPU when npud runs with ``--no-busy-check``: nothing proves that the job
-    #: ran on the NPU. Absent otherwise (on the NPU a result always carries its proof, the delta).
+    #: ``false`` on the NPU when npud runs with ``--no-busy-check`` or ``--npu-emulation``: nothing
+    #: proves that the job ran on NPU hardware (emulated, the delta comes from a synthetic counter).
+    #: Absent otherwise (on real NPU hardware a result always carries its proof, the delta).
     verified: Union[bool, UnsetType] = UNSET
 
 

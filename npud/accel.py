@@ -120,15 +120,48 @@ def restart_user_manager_hint(uid: int) -> str:
     ).format(uid=uid)
 
 
+#: The group the NPU's node should belong to (Intel's rule, and systemd's own since 254).
+NPU_GROUP = "render"
+#: Intel's udev rule for the NPU's node, from linux-npu-driver's installation procedure (its
+#: release notes) and Intel's NPU setup guides, in the file they name.
+UDEV_RULE = 'SUBSYSTEM=="accel", KERNEL=="accel*", GROUP="render", MODE="0660"'
+UDEV_RULE_FILE = "/etc/udev/rules.d/10-intel-vpu.rules"
+
+
+def udev_rule_hint(node: AccelNode) -> str:
+    """How to give the node to the render group for good (a chmod lasts until the next boot)."""
+    return (
+        f"No udev rule gives it to a group: systemd 254 and newer ship one (50-udev-default.rules: "
+        f'SUBSYSTEM=="accel", GROUP="render"), older systems need Intel\'s: put the line '
+        f"'{UDEV_RULE}' into {UDEV_RULE_FILE} (sudo tee), then run 'sudo udevadm control "
+        f"--reload-rules && sudo udevadm trigger --subsystem-match=accel'; 'ls -l {node.path}' must then "
+        f"say crw-rw---- root {NPU_GROUP}")
+
+
 def access_problem(nodes: Sequence[AccelNode], groups: Groups) -> str | None:
-    """Why this process cannot use any NPU node, and what to do; None if it can (or none exist)."""
+    """Why this process cannot use any NPU node, and what to do; None if it can (or none exist).
+
+    Never "join the root group": a node of group root (or one whose mode gives its group nothing)
+    is a missing udev rule, and membership of root would be useless for a 0600 node and a gift of
+    root-owned files for everything else.
+    """
     if not nodes or any(node.usable for node in nodes):
         return None
     node = nodes[0]
     where = f"{node.describe()} is there but this process (user {groups.user}) cannot open it read/write"
+    group_rw = node.mode[4:6] == "rw"
+    if node.group == "root" or not group_rw:
+        whose = ("it belongs to the root group" if node.group == "root"
+                 else f"its mode gives the '{node.group}' group no read/write")
+        join = ("" if NPU_GROUP in groups.process else
+                f"; your user must also be in '{NPU_GROUP}'"
+                + (f": {restart_user_manager_hint(groups.uid)}" if NPU_GROUP in groups.configured else
+                   f" (sudo usermod -aG {NPU_GROUP} {groups.user}, then {restart_user_manager_hint(groups.uid)})"))
+        return f"{where}: {whose}, so no group membership helps. {udev_rule_hint(node)}{join}."
     if node.group in groups.process:
-        return (f"{where}, although it is in the '{node.group}' group: the node's mode does not give "
-                f"the group read/write. Fix the udev rule or run 'sudo chmod g+rw {node.path}'.")
+        return (f"{where}, although it is in the '{node.group}' group and the mode gives the group "
+                "read/write: something else denies it (a device filter such as a unit's DevicePolicy= "
+                "or PrivateDevices=, an ACL, a security module).")
     if node.group in groups.configured:
         return (f"{where}: your user is in the '{node.group}' group, but this process was started "
                 f"before you were added, so it runs without that group. To give it to npud's "

@@ -15,6 +15,11 @@ tagged "v6.11+"). Ubuntu 24.04's stock 6.8 kernel therefore has the device but n
 
 from __future__ import annotations
 
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +29,15 @@ NPU_DRIVER = "intel_vpu"
 COUNTER_KERNEL = "6.11"
 #: How to get such a kernel on the distribution this project documents first.
 UBUNTU_HWE_KERNEL = "sudo apt install --install-recommends linux-generic-hwe-24.04"
+#: A counter is a few digits and a newline; a sysfs attribute is at most a page. More than this is
+#: not a counter (a wrong path such as /dev/zero, a growing log file), and is never read further.
+MAX_ATTRIBUTE_BYTES = 64
+#: How long one read may wait for data. sysfs answers at once; only a FIFO (the synthetic counter
+#: of npud.testing.sysfs) can make a reader wait, and one without a writer would wait for ever.
+READ_TIMEOUT_S = 5.0
+#: health reads the live sysfs facts at most this often (the counter is device-wide and cheap, but
+#: any local HTTP client can call health in a loop; the kernel's ABI notes ask not to poll it fast).
+LIVE_READ_INTERVAL_S = 1.0
 
 
 class BusyCounterError(Exception):
@@ -113,29 +127,129 @@ def missing_counter_message(device: Path, kernel_release: str) -> str:
     )
 
 
-class BusyCounter:
-    """Reads one ``npu_busy_time_us`` file."""
+def read_attribute(path: Path, timeout_s: float) -> str:
+    """The text of a small sysfs-style file, bounded in size and in time.
 
-    def __init__(self, path: Path) -> None:
+    Opened non-blocking, so a FIFO without a writer cannot block ``open``; then at most
+    ``timeout_s`` for data to arrive (a FIFO's writer may still be on its way: the synthetic
+    counter of the tests writes only once a reader has opened it) and one read of at most
+    MAX_ATTRIBUTE_BYTES + 1 bytes. Raises BusyCounterError saying what is wrong.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BusyCounterError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if not poller.poll(max(0, round(timeout_s * 1000))):
+            raise BusyCounterError(f"cannot read {path}: nothing to read within {timeout_s:g} s "
+                                   "(a FIFO nobody writes?)")
+        data = os.read(fd, MAX_ATTRIBUTE_BYTES + 1)
+    except BlockingIOError:
+        raise BusyCounterError(f"cannot read {path}: nothing to read") from None
+    except OSError as exc:
+        raise BusyCounterError(f"cannot read {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_ATTRIBUTE_BYTES:
+        raise BusyCounterError(f"{path} holds more than {MAX_ATTRIBUTE_BYTES} bytes: not a counter")
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise BusyCounterError(f"{path} does not hold text: not a counter") from None
+
+
+class BusyCounter:
+    """Reads one ``npu_busy_time_us`` file.
+
+    Reads are bounded (:func:`read_attribute`) and taken in turn: ``lock`` is held by each read,
+    and by the worker across a generation's before and after reads, so that nothing else in this
+    process (health's refresh) reads in between. For the real counter that changes nothing; a
+    synthetic FIFO counter that advances at every read then still grows by one step per job.
+    """
+
+    def __init__(self, path: Path, read_timeout_s: float | None = None) -> None:
         self.path = path
+        self.read_timeout_s = READ_TIMEOUT_S if read_timeout_s is None else read_timeout_s
+        self.lock = threading.RLock()
 
     def read(self) -> int:
-        try:
-            text = self.path.read_text()
-        except OSError as exc:
-            raise BusyCounterError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        with self.lock:
+            text = read_attribute(self.path, self.read_timeout_s)
         try:
             return int(text.strip())
         except ValueError:
             raise BusyCounterError(f"{self.path} does not hold an integer") from None
 
 
-def read_int(path: Path) -> int | None:
+def read_int(path: Path, timeout_s: float | None = None) -> int | None:
     """A sysfs integer attribute, or None when absent or unreadable (e.g. older kernels)."""
     try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
+        return int(read_attribute(path, READ_TIMEOUT_S if timeout_s is None else timeout_s).strip())
+    except (BusyCounterError, ValueError):
         return None
+
+
+@dataclass(frozen=True)
+class LiveReading:
+    """What health shows of the NPU's sysfs directory: the counter and the frequencies."""
+
+    busy_us: int | None
+    current_frequency_mhz: int | None
+    max_frequency_mhz: int | None
+
+
+def _start_thread(target: Callable[[], None]) -> None:
+    threading.Thread(target=target, name="npud-sysfs", daemon=True).start()
+
+
+class LiveSysfs:
+    """health's live sysfs readings, read off the event loop and at most once per interval.
+
+    ``latest()`` never reads: it returns the last reading at once and, when that is older than
+    ``interval_s`` and no refresh is running, starts one on a thread. So health answers
+    immediately whatever the files do (a FIFO without a writer, a slow read), and a client calling
+    health in a loop causes at most one read per interval. The first reading is taken at startup.
+    """
+
+    def __init__(self, counter: BusyCounter, interval_s: float = LIVE_READ_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic,
+                 spawn: Callable[[Callable[[], None]], None] = _start_thread) -> None:
+        self._counter = counter
+        self._interval_s = interval_s
+        self._clock = clock
+        self._spawn = spawn
+        self._lock = threading.Lock()
+        self._refreshing = False
+        #: The reading taken at startup (health's busy time is counted from it).
+        self.first = self._latest = self._read()
+        self._read_at = clock()
+
+    def _read(self) -> LiveReading:
+        device_dir = self._counter.path.parent
+        try:
+            busy: int | None = self._counter.read()
+        except BusyCounterError:
+            busy = None
+        timeout = self._counter.read_timeout_s
+        return LiveReading(busy, read_int(device_dir / "npu_current_frequency_mhz", timeout),
+                           read_int(device_dir / "npu_max_frequency_mhz", timeout))
+
+    def latest(self) -> LiveReading:
+        with self._lock:
+            latest = self._latest
+            start = not self._refreshing and self._clock() - self._read_at >= self._interval_s
+            if start:
+                self._refreshing = True
+        if start:
+            self._spawn(self._refresh)
+        return latest
+
+    def _refresh(self) -> None:
+        reading = self._read()  # every read error is a None in the reading, never an exception
+        with self._lock:
+            self._latest, self._read_at, self._refreshing = reading, self._clock(), False
 
 
 def verify_delta(before: int | None, after: int | None) -> tuple[int | None, str | None]:

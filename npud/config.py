@@ -27,7 +27,14 @@ SCHED_POLICIES: tuple[SchedPolicy, ...] = get_args(SchedPolicy)
 
 
 class ConfigError(Exception):
-    """A flag or environment value that cannot be used; the message says which and why."""
+    """A flag or environment value that cannot be used; the message says which and why.
+
+    ``source`` is the flag or environment variable the bad value came from, when it is one.
+    """
+
+    def __init__(self, message: str, source: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -361,7 +368,7 @@ def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Confi
                 values[opt.field] = opt.parse(environ[env_name])
         except ValueError as exc:
             source = opt.flag if flag_value is not None else env_name
-            raise ConfigError(f"{source}: {exc}") from None
+            raise ConfigError(f"{source}: {exc}", source) from None
     if values["log_level"] not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"--log-level: unknown level {values['log_level']!r}")
     if values["npu_emulation"] and values["device"] != "NPU":

@@ -119,6 +119,14 @@ def check_npu_lock(config: Config) -> None:
         raise StartupError(str(exc)) from None
 
 
+NO_HTTP_BUT_PASSED = (
+    "systemd passed an HTTP socket (npud-http.socket, fd name 'http') but --no-http "
+    "(OV_GENAI_NPU_NO_HTTP=1) says not to serve HTTP. systemd keeps listening on it anyway, so HTTP "
+    "clients would hang, neither answered nor refused. Disable the socket: 'systemctl --user disable "
+    "--now npud-http.socket' (system units: 'sudo systemctl disable --now npud-http.socket'), or serve "
+    "HTTP: OV_GENAI_NPU_NO_HTTP=0 (for the system units with a token: README 'Serving other users').")
+
+
 @dataclass
 class Listeners:
     """The sockets a daemon serves, bound here or handed over by systemd."""
@@ -145,8 +153,12 @@ def open_listeners(config: Config, activated: ActivatedSockets | None = None) ->
 
     Sockets passed by systemd are used as they are; the rest are bound here, the Unix socket
     first: "another daemon is already listening" is the useful message when a second npud starts,
-    not the HTTP port clash that follows from it.
+    not the HTTP port clash that follows from it. An HTTP socket passed while --no-http says not
+    to serve one is refused: systemd keeps listening on it whatever npud does, so its clients
+    would be neither answered nor refused, and with idle exit each of them would start npud again.
     """
+    if activated is not None and activated.http is not None and not config.http:
+        raise StartupError(NO_HTTP_BUT_PASSED)
     token = read_token_file(config.token_file) if config.http and config.token_file else None
     if activated is not None:
         rpc_sock, owned = activated.rpc, None
@@ -160,9 +172,6 @@ def open_listeners(config: Config, activated: ActivatedSockets | None = None) ->
             if activated is None:
                 rpc_sock.close()
             raise
-    elif not config.http and http_sock is not None:
-        http_sock.close()  # passed by systemd but disabled here: do not serve it
-        http_sock = None
     return Listeners(rpc_sock, http_sock, token, owned, activated is not None)
 
 

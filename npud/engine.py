@@ -171,6 +171,28 @@ def check_model_spec(spec: str) -> None:
         raise StartupError(f"--model {spec}: no such file or folder")
 
 
+def npu_model_problem(config: Config) -> str | None:
+    """Why the configured model can never run on the NPU pipeline, or None.
+
+    A GGUF (and the built-in smollm2-135m, which is one) is converted by npud into an IR that the
+    NPU pipeline of OpenVINO GenAI 2026.4 refuses to compile ("Broadcast incorrect target shape",
+    measured on the emulated NPU, which runs that pipeline's own code): refused at startup, before
+    a conversion and a load that can only fail, with what to use instead.
+    """
+    if not config.is_npu:
+        return None
+    builtin = config.model == BUILTIN_SMOLLM2
+    if not builtin and Path(config.model).suffix.lower() != ".gguf":
+        return None
+    what = f"the built-in {BUILTIN_SMOLLM2} (a GGUF)" if builtin else f"{config.model} (a GGUF file)"
+    emulated = " (also emulated: it is the same pipeline)" if config.npu_emulation else ""
+    return (f"--model {what} cannot run on the NPU{emulated}: GGUF models, and the OpenVINO IR npud "
+            "converts from them, do not compile for the NPU with OpenVINO GenAI 2026.4 (its NPU "
+            "pipeline fails with \"Broadcast incorrect target shape\"). Use an OpenVINO IR folder "
+            "exported by optimum-intel (optimum-cli export openvino --task text-generation-with-past; "
+            "README 'The model'), or run this model with --device CPU.")
+
+
 # The GGUF conversion runs as ``python -m npud.convert GGUF TARGET`` (see that module).
 CONVERT_MODULE = "npud.convert"
 # ``-m`` puts the working directory first on sys.path: a daemon started from /tmp would import
@@ -667,6 +689,9 @@ class OpenVinoLoader:
 
     def preflight(self, config: Config) -> None:
         check_model_spec(config.model)
+        problem = npu_model_problem(config)
+        if problem is not None:
+            raise StartupError(problem)
         if config.npu_emulation:
             # Asked for by name: OpenVINO does not list NPU without the hardware, so instead of the
             # device list, the plugin that will run the pipeline must answer.

@@ -79,6 +79,8 @@ KEEPALIVE_IDLE_S = 30.0
 # Connections over --max-connections are answered 503 while at most this many are being refused;
 # beyond that they are reset at once, so a flood cannot hold descriptors in the refusal path.
 MAX_REFUSING = 32
+# A token is a line of some tens of characters; a larger file is a wrong path, never read whole.
+MAX_TOKEN_FILE_BYTES = 4096
 # After the shutdown deadline, connections are aborted; their handlers end within this much.
 ABORT_GRACE_S = 1.0
 READ_CHUNK = 65536
@@ -174,9 +176,12 @@ def read_token_file(path: str) -> bytes:
         if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise StartupError(f"token file {path} must be owned by this user with mode 0600 or stricter")
         try:
-            token = handle.read().strip()
+            token = handle.read(MAX_TOKEN_FILE_BYTES + 1)
         except OSError as exc:
             raise StartupError(f"token file {path}: {exc.strerror}") from None
+    if len(token) > MAX_TOKEN_FILE_BYTES:
+        raise StartupError(f"token file {path} holds more than {MAX_TOKEN_FILE_BYTES} bytes: not a token")
+    token = token.strip()
     if len(token) < 16:
         raise StartupError(f"token file {path}: the token must be at least 16 characters")
     return token
@@ -417,6 +422,7 @@ class HttpShim:
         it is systemd's, whatever ``--host``/``--port`` say, and Host headers must name it."""
         self._dispatcher = dispatcher
         self._max_body = config.max_line_bytes
+        self._emulated = config.npu_emulation
         self._max_connections = config.max_connections
         # The socket's partial-line deadline bounds each request head, each body and each reply
         # write: the same "a started message must move" rule on both transports.
@@ -748,7 +754,7 @@ class HttpShim:
         snap = self._dispatcher.worker.snapshot()
         jobs = {"served": snap.jobs_served, "failed": snap.jobs_failed, "cancelled": snap.jobs_cancelled}
         return self._dispatcher.metrics.exposition(snap.queue_depth, self._dispatcher.worker.capacity, snap.running,
-                                                   snap.load_time_ms, snap.status, jobs)
+                                                   snap.load_time_ms, snap.status, jobs, self._emulated)
 
     def _authorized(self, request: h11.Request) -> bool:
         """Exactly one ``Authorization: Bearer <token>`` with the token. The scheme name is

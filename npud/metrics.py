@@ -116,14 +116,19 @@ class Metrics:
         )
 
     def exposition(self, queue_depth: int, queue_capacity: int, running: bool, load_time_ms: float | None,
-                   status: str, jobs: dict[str, int] | None = None) -> str:
+                   status: str, jobs: dict[str, int] | None = None, emulated: bool = False) -> str:
         """Prometheus text format 0.0.4. ``jobs``: the worker's job counts by outcome (served,
-        failed, cancelled), the numbers health and the systemd STATUS line show."""
+        failed, cancelled), the numbers health and the systemd STATUS line show. ``emulated``:
+        --npu-emulation, so that NPU busy time from a synthetic counter is never read as real."""
         out: list[str] = []
 
         def family(name: str, kind: str, help_text: str) -> None:
             out.append(f"# HELP {name} {help_text}")
             out.append(f"# TYPE {name} {kind}")
+
+        family("npud_emulated", "gauge", "1 with --npu-emulation: the NPU pipeline computes on the CPU and "
+                                         "the NPU busy time comes from a synthetic counter, not NPU hardware.")
+        out.append(f"npud_emulated {int(emulated)}")
 
         family("npud_requests_total", "counter", "Requests by method and outcome (ok or error name).")
         for (method, outcome), n in sorted(self.requests.items()):

@@ -44,15 +44,31 @@ _OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NOT_REGULAR = "NPU lock file {path} is not a regular file; npud leaves it alone. Use --lock-file with a regular file."
 
 
+# Why a lock file may be opened read-only: a lock root created for several users may not be
+# writable by us (EACCES, EPERM), or the file system is mounted read-only for us (EROFS: a system
+# unit's ProtectSystem=strict makes /run read-only). flock works on a read-only descriptor.
+_READ_ONLY_FALLBACK = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+_CREATE_IT = ("it cannot be created here (read-only or not writable for this user): a lock shared "
+              "between users is created by root, e.g. /etc/tmpfiles.d/npu.conf holding "
+              "'f /run/npu.lock 0660 root render -', then 'sudo systemd-tmpfiles --create'")
+
+
 def open_lock_file(path: str) -> int:
     """Open (creating it, mode 0600) the lock file, or raise LockFileRefused saying why not."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LockFileRefused(f"cannot create the folder of the NPU lock file {path}: {exc.strerror}") from None
     try:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | _OPEN_FLAGS, 0o600)
-        except PermissionError:
-            # A lock root created for several users may be read-only to us: flock works on it.
-            fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
+        except OSError as exc:
+            if exc.errno not in _READ_ONLY_FALLBACK:
+                raise
+            try:
+                fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
+            except FileNotFoundError:
+                raise LockFileRefused(f"the NPU lock file {path} does not exist and {_CREATE_IT}") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise LockFileRefused(f"NPU lock file {path} is a symbolic link; npud does not follow it "

@@ -54,7 +54,7 @@ from npuclient.protocol import (
 )
 
 from . import __version__
-from .busy import BusyCounter, read_int
+from .busy import BusyCounter, LiveSysfs
 from .config import Config
 from .engine import model_id_for, uses_prompt_lookup
 from .jobs import JOBS, JobSpec
@@ -223,9 +223,9 @@ class Dispatcher:
         self._config = config
         self.worker = worker
         self.metrics = metrics or Metrics()
-        self._busy = busy
         self._busy_file = str(busy.path) if busy is not None else None
-        self._busy_at_start = read_int(busy.path) if busy is not None else None
+        #: health's live sysfs readings: taken off the event loop, at most once a second.
+        self._sysfs = LiveSysfs(busy) if busy is not None else None
         self._started_at = time.monotonic()
         #: Known from the configuration before the model loads (the loader applies the same rule).
         self._prompt_lookup = uses_prompt_lookup(config)
@@ -432,18 +432,19 @@ class Dispatcher:
         return True if self._config.npu_emulation else UNSET
 
     def _device_info(self, info: DeviceInfo | None) -> DeviceInfo | None:
-        """Static facts from the load, plus the live sysfs ones (cheap reads, never on the job path)."""
-        if info is None or self._busy is None:
+        """Static facts from the load, plus the live sysfs ones: the latest reading, taken on a
+        thread at most once a second (never here: a read must not stall the event loop)."""
+        if info is None or self._sysfs is None:
             return info
-        device_dir = self._busy.path.parent
-        now = read_int(self._busy.path)
-        since_start = now - self._busy_at_start if now is not None and self._busy_at_start is not None else None
+        now, start = self._sysfs.latest(), self._sysfs.first
+        since_start = (now.busy_us - start.busy_us
+                       if now.busy_us is not None and start.busy_us is not None else None)
         return msgspec.structs.replace(
             info,
             busy_file=self._busy_file,
             busy_time_since_start_us=since_start,
-            current_frequency_mhz=read_int(device_dir / "npu_current_frequency_mhz"),
-            max_frequency_mhz=read_int(device_dir / "npu_max_frequency_mhz"),
+            current_frequency_mhz=now.current_frequency_mhz,
+            max_frequency_mhz=now.max_frequency_mhz,
         )
 
     async def _generate(self, request: Request, ctx: CallContext) -> JobResult:

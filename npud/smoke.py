@@ -1,4 +1,4 @@
-"""``python -m npud.smoke``: the acceptance check for NPU owners (no daemon needed).
+"""``npud-smoke`` (``python -m npud.smoke``): the acceptance check for NPU owners (no daemon needed).
 
 It checks, and warms the compile cache for, the configuration the service will run: it reads the
 service's environment file first (``--env-file``, default ``~/.config/npud/npud.env``, the one the
@@ -26,12 +26,14 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from npuclient.errors import InvalidParams
+from npuclient.protocol import MAX_INPUT_CHARS
 
 from . import __version__
 from .accel import AccelNode, Groups, access_problem, current_groups, inspect_nodes, npu_unavailable_message
@@ -48,15 +50,20 @@ from .engine import (
     StartupError,
     available_devices,
     decode_compiler_version,
+    npu_model_problem,
     read_device_properties,
 )
 from .envfile import EnvFileError, read_env_file
 from .jobs import JOBS
+from .npulock import LockFileRefused, LockTimeout, NpuLock
 from .worker import check_prompt_budget
 
 SAMPLE = ("Our team spent the sprint replacing the flaky integration tests of the billing service with "
           "contract tests, which cut the CI time from 40 to 12 minutes.")
-OVER_BUDGET = "Long text for the prompt budget check. " * 400
+#: The over-budget input: digits between spaces, about a token per character with the models'
+#: tokenizers (digits are split one by one), so the longest input npud accepts (MAX_INPUT_CHARS)
+#: reaches as many tokens as any text can. Built from the configured budget, never a fixed size.
+OVER_BUDGET_UNIT = "0 1 2 3 4 5 6 7 8 9 "
 #: The user units read this file (``EnvironmentFile=-%E/npud/npud.env``); system units read
 #: ``SYSTEM_ENV_FILE``.
 ENV_FILE_NAME = Path("npud") / "npud.env"
@@ -165,8 +172,28 @@ def check_lock_file(config: Config) -> tuple[bool, str]:
 
 def load_timed(loader: EngineLoader, config: Config) -> tuple[Engine, float]:
     start = time.perf_counter()
-    engine = loader.load(config)
+    with npu_lock(config):  # a compile uses the device too
+        engine = loader.load(config)
     return engine, (time.perf_counter() - start) * 1000
+
+
+@contextmanager
+def npu_lock(config: Config) -> Iterator[None]:
+    """On the NPU, the service's own lock (CONTRACT §8), with its --lock-timeout, around every use
+    of the device: run while the service or a chat model works, the check would otherwise share
+    the NPU with them, and each one's busy delta would include the other's work."""
+    if not config.is_npu:
+        yield
+        return
+    with NpuLock(config.lock_file, config.lock_timeout_s).hold():
+        yield
+
+
+def lock_problem(exc: LockTimeout | LockFileRefused) -> str:
+    if isinstance(exc, LockTimeout):
+        return (f"{exc}: another program is using the NPU (the npud service, a chat model). Run the "
+                "check when it is idle, stop it, or raise --lock-timeout")
+    return str(exc)
 
 
 def run(config: Config, loader: EngineLoader, devices: Sequence[str], host: Host) -> tuple[Report, dict[str, Any]]:
@@ -197,7 +224,11 @@ def _run_checks(report: Report, out: dict[str, Any], config: Config, loader: Eng
     else:
         for name in ("device node /dev/accel", "permissions", "intel_vpu driver (sysfs)"):
             report.add(name, None, EMULATED if emulated else "not the NPU")
+    model_problem = npu_model_problem(config)  # a GGUF on the NPU: the service refuses to start
     if emulated:
+        if model_problem is not None:
+            report.add("model load", False, model_problem)
+            return
         if not report.add("NPU plugin (emulated on the CPU)", *_emulation_preflight(loader, config)):
             return
     else:
@@ -214,14 +245,23 @@ def _run_checks(report: Report, out: dict[str, Any], config: Config, loader: Eng
         report.add("NPU lock file", *check_lock_file(config))
     else:
         report.add("NPU lock file", None, "not the NPU")
-    # True only once the busy counter proved the title job ran on the NPU (None off the NPU).
+    # True only once the busy counter proved the title job ran on NPU hardware (None off the NPU;
+    # never when emulated).
     out["verified"] = False if npu else None
     out["report"]["busy_counter"]["readable"] = counter is not None
+    if model_problem is not None:
+        report.add("model load", False, model_problem)
+        _record_device_facts(out, config, host)
+        return
     try:
         _, first_ms = load_timed(loader, config)  # compiles (or finds a blob from an earlier run)
         engine, second_ms = load_timed(loader, config)  # must find this run's blob
     except (ModelLoadError, StartupError) as exc:
         report.add("model load", False, str(exc))
+        _record_device_facts(out, config, host)
+        return
+    except (LockTimeout, LockFileRefused) as exc:
+        report.add("model load", False, lock_problem(exc))
         _record_device_facts(out, config, host)
         return
     info = engine.device_info
@@ -251,15 +291,20 @@ def _run_title_job(report: Report, out: dict[str, Any], config: Config, engine: 
         report.add("title job", False, f"the sample prompt is {prompt_tokens} tokens, over --max-prompt-len "
                                        f"{config.max_prompt_tokens}")
         return
-    before = _read(counter)
-    gen_start = time.perf_counter()
     try:
-        generation = engine.generate(prompt, DecodeSettings.for_job(spec, spec.default_max_new_tokens), lambda: False)
+        with npu_lock(config):  # like the worker: the counter is read inside the lock too
+            before = _read(counter)
+            gen_start = time.perf_counter()
+            generation = engine.generate(prompt, DecodeSettings.for_job(spec, spec.default_max_new_tokens),
+                                         lambda: False)
+            generate_ms = (time.perf_counter() - gen_start) * 1000
+            after = _read(counter)
+    except (LockTimeout, LockFileRefused) as exc:
+        report.add("title job", False, lock_problem(exc))
+        return
     except Exception as exc:
         report.add("title job", False, f"generation raised {type(exc).__name__}: {exc}")
         return
-    generate_ms = (time.perf_counter() - gen_start) * 1000
-    after = _read(counter)
     text = spec.postprocess(generation.text, SAMPLE).text
     report.add("title job", bool(text), f"{generation.generated_tokens} tokens in {generate_ms:.0f} ms: {text!r}")
     if not npu:
@@ -271,22 +316,39 @@ def _run_title_job(report: Report, out: dict[str, Any], config: Config, engine: 
         report.add("NPU busy delta > 0", None, f"not verified: {why}")
     else:
         delta, reason = verify_delta(before, after)
-        report.add("NPU busy delta > 0", reason is None, f"{delta} µs" + (f" ({reason})" if reason else ""))
-        out["verified"] = reason is None
-    _, over = engine.render_prompt(spec.messages(OVER_BUDGET))
-    try:
-        check_prompt_budget(over, config.max_prompt_tokens)
-        refused = False
-    except InvalidParams:
-        refused = True
-    report.add("prompt limit enforced before the device", refused,
-               f"{over} tokens vs MAX_PROMPT_LEN {config.max_prompt_tokens}")
+        # Emulated, the counter is a synthetic one: the row checks npud's own verification path,
+        # and nothing is verified to have run on an NPU.
+        synthetic = (", from a synthetic counter: proves nothing about an NPU"
+                     if config.npu_emulation and reason is None else "")
+        report.add("NPU busy delta > 0", reason is None, f"{delta} µs" + (f" ({reason})" if reason else "") + synthetic)
+        out["verified"] = reason is None and not config.npu_emulation
+    _check_prompt_limit(report, config, engine)
     out.update({
         "text": text,
         "npu_busy_delta_us": delta,
         "tokens": {"prompt": prompt_tokens, "generated": generation.generated_tokens},
     })
     out["timing_ms"]["generate"] = round(generate_ms, 1)
+
+
+def _check_prompt_limit(report: Report, config: Config, engine: Engine) -> None:
+    """A prompt over MAX_PROMPT_LEN is refused by npud before the device. Tested with the longest
+    input npud accepts; when even that stays within the budget (a large MAX_PROMPT_LEN), no input
+    can exceed it: npud's input limit (6000 characters, -32602) refuses longer ones first."""
+    name, limit = "prompt limit enforced before the device", config.max_prompt_tokens
+    text = (OVER_BUDGET_UNIT * (MAX_INPUT_CHARS // len(OVER_BUDGET_UNIT) + 1))[:MAX_INPUT_CHARS]
+    _, over = engine.render_prompt(JOBS["title"].messages(text))
+    if over <= limit:
+        report.add(name, None, f"MAX_PROMPT_LEN {limit} is more than the longest input npud accepts "
+                               f"({MAX_INPUT_CHARS} characters) makes ({over} tokens): its input limit "
+                               "refuses longer inputs first")
+        return
+    try:
+        check_prompt_budget(over, limit)
+        refused = False
+    except InvalidParams:
+        refused = True
+    report.add(name, refused, f"{over} tokens ({len(text)} characters) vs MAX_PROMPT_LEN {limit}")
 
 
 def _read(counter: BusyCounter | None) -> int | None:
@@ -314,11 +376,7 @@ def environment_report(config: Config, nodes: Sequence[AccelNode], sysfs: NpuDis
     """What a problem report needs besides the table: versions, kernel, nodes, groups, counter."""
     counter = Path(config.busy_file) if config.busy_file else sysfs.counter
     return {
-        "npud_version": __version__,
-        "openvino_version": _version_of("openvino"),
-        "genai_version": _version_of("openvino_genai"),
-        "python": platform.python_version(),
-        "kernel": host.kernel_release,
+        **host_report(host),
         "dev_accel": [asdict(node) for node in nodes],
         "groups": {"user": host.groups.user, "process": sorted(host.groups.process),
                    "configured": sorted(host.groups.configured)},
@@ -326,6 +384,29 @@ def environment_report(config: Config, nodes: Sequence[AccelNode], sysfs: NpuDis
                   "intel_vpu_device": str(sysfs.device) if sysfs.device else None},
         "busy_counter": {"path": str(counter) if counter else None,
                          "present": bool(counter and counter.exists()), "readable": None},
+    }
+
+
+def config_error_detail(exc: ConfigError, env_path: Path | None, from_file: Mapping[str, str]) -> str:
+    """The bad value's origin: the environment file (by path), the shell's environment, a flag."""
+    source = exc.source
+    if source is None or source.startswith("-"):
+        where = "on the command line" if source else "in the settings"
+    elif source in from_file:
+        where = f"in {env_path}"
+    else:
+        where = "in the environment"
+    return f"{exc} ({where}; the service would refuse to start with it too)"
+
+
+def host_report(host: Host) -> dict[str, Any]:
+    """The versions and the kernel, which a report needs even when nothing else could run."""
+    return {
+        "npud_version": __version__,
+        "openvino_version": _version_of("openvino"),
+        "genai_version": _version_of("openvino_genai"),
+        "python": platform.python_version(),
+        "kernel": host.kernel_release,
     }
 
 
@@ -350,7 +431,7 @@ def parse_smoke_args(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[P
 
 
 USAGE = """\
-usage: python -m npud.smoke [--env-file PATH|none] [npud options]
+usage: npud-smoke [--env-file PATH|none] [npud options]   (also contrib/smoke_llm_npu.sh)
 
 The NPU acceptance check. Reads the service's environment file first (default
 ~/.config/npud/npud.env, the one the user units read; /etc/npud/npud.env for the system
@@ -380,8 +461,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(rest, os.environ)
     except ConfigError as exc:
-        sys.stderr.write(f"npud.smoke: {exc}\n")
-        return 2
+        # A value the service could not start with either: a failed row like any other, with
+        # the table and the JSON (argparse's usage errors, an unknown option, still exit 2).
+        report = Report()
+        report.add("configuration", False, config_error_detail(exc, env_path, values))
+        if "error" in env_info:
+            report.add("environment file", False, env_info["error"])
+        emit(report, {"ok": False, "report": {**host_report(Host.current()), "env_file": env_info}})
+        return 1
     try:
         devices = available_devices()
     except Exception as exc:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -83,14 +86,39 @@ TRANSIENT_LOAD_FAILURES = (
 )
 
 
-def is_transient_load_failure(exc: BaseException) -> bool:
-    """Whether a failed load may succeed if tried again later (see TRANSIENT_LOAD_FAILURES)."""
+# An absolute path in a message (up to white space or a quote): a model folder named "EBUSY" or
+# "device lost" must not make a permanent failure look transient.
+_ABSOLUTE_PATH = re.compile(r"""/[^\s'"]*""")
+
+
+def is_transient_load_failure(exc: BaseException, paths: Sequence[str] = ()) -> bool:
+    """Whether a failed load may succeed if tried again later (see TRANSIENT_LOAD_FAILURES).
+
+    The markers are looked for in what OpenVINO or the system said, never in a path: ``paths``
+    (the model, the cache; they may hold spaces) are taken out of the message first, then
+    anything else that looks like an absolute path.
+    """
     if isinstance(exc, LockTimeout):
         return True  # another process holds the NPU; it lets go eventually
     if isinstance(exc, ModelLoadError):
-        text = str(exc).lower()
+        text = str(exc)
+        for path in sorted({p for p in paths if p}, key=len, reverse=True):
+            text = text.replace(path, " ")
+        text = _ABSOLUTE_PATH.sub(" ", text).lower()
         return any(marker.lower() in text for marker in TRANSIENT_LOAD_FAILURES)
     return False
+
+
+def load_paths(config: Config) -> tuple[str, ...]:
+    """The paths a load failure may quote: the model as given and resolved, the cache root
+    (converted models live below it)."""
+    paths = [config.model, config.cache_dir]
+    for path in (config.model, config.cache_dir):
+        try:
+            paths.append(str(Path(path).resolve()))
+        except (OSError, RuntimeError):
+            pass
+    return tuple(paths)
 
 
 def load_retry_delay(first_s: float, retry: int) -> float:
@@ -472,7 +500,7 @@ class Worker:
                 return True
             message, exc = failure
             delay = None
-            if is_transient_load_failure(exc) and retries < self._config.load_retries:
+            if is_transient_load_failure(exc, load_paths(self._config)) and retries < self._config.load_retries:
                 retries += 1
                 delay = load_retry_delay(self._config.load_retry_delay_s, retries)
             with self._cond:
@@ -606,8 +634,10 @@ class Worker:
             npu_busy_delta_us=busy_delta,
             candidates=output.candidates if output.candidates is not None else UNSET,
             emulated=True if self._config.npu_emulation else UNSET,
-            # On the NPU without the busy counter (--no-busy-check) nothing proves where it ran.
-            verified=False if self._config.is_npu and self._busy is None else UNSET,
+            # On the NPU without the busy counter (--no-busy-check) nothing proves where it ran;
+            # emulated, a synthetic counter grows whatever ran: its delta proves nothing either.
+            verified=(False if self._config.is_npu and (self._busy is None or self._config.npu_emulation)
+                      else UNSET),
         )
 
     def _max_new_tokens(self, spec: JobSpec, requested: int | None, prompt_tokens: int) -> int:
@@ -655,8 +685,15 @@ class Worker:
 
         remaining = deadline - clock()
         try:
-            with self._npu_lock.hold(cancel=stop_waiting, timeout_s=min(self._npu_lock.timeout_s, remaining)):
+            # The counter's lock too: no other read of it in this process (health's refresh)
+            # falls between this job's two readings.
+            with self._npu_lock.hold(cancel=stop_waiting, timeout_s=min(self._npu_lock.timeout_s, remaining)), \
+                    (self._busy.lock if self._busy is not None else contextlib.nullcontext()):
                 before = self._read_busy()
+                if self._busy is not None and before is None:
+                    # Nothing this job does could be verified: do not use the device for it (and
+                    # do not wait on the counter a second time).
+                    self._verify_busy(None, None)
                 generation = engine.generate(prompt, settings, should_stop)
                 after = self._read_busy()
         except LockWaitCancelled:

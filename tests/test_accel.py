@@ -45,7 +45,42 @@ def test_user_in_the_group_but_the_service_started_before() -> None:
 
 def test_in_the_group_but_the_mode_denies_it() -> None:
     node = AccelNode(path="/dev/accel/accel0", mode="crw-------", owner="root", group="render", usable=False)
-    assert "the node's mode does not give the group read/write" in (access_problem([node], groups({"render"}, set())) or "")
+    problem = access_problem([node], groups({"render"}, {"render"})) or ""
+    assert "its mode gives the 'render' group no read/write, so no group membership helps" in problem
+    assert "10-intel-vpu.rules" in problem and "usermod" not in problem
+
+
+def test_a_root_only_node_is_not_fixed_by_joining_the_root_group() -> None:
+    """Without a udev rule for accel (systemd before 254 has none; Intel's installation procedure
+    for linux-npu-driver adds SUBSYSTEM=="accel", KERNEL=="accel*", GROUP="render", MODE="0660" in
+    /etc/udev/rules.d/10-intel-vpu.rules) the kernel's node is crw------- root root, and npud told
+    the owner to `sudo usermod -aG root USER`: useless for mode 0600 and harmful (membership of
+    root). The message names the rule, its file and how to apply it, and the render group."""
+    node = AccelNode(path="/dev/accel/accel0", mode="crw-------", owner="root", group="root", usable=False)
+    me = Groups(user="me", uid=1000, process=frozenset({"me"}), configured=frozenset({"me"}))
+    problem = access_problem([node], me) or ""
+    assert problem == (
+        "/dev/accel/accel0 crw------- root:root is there but this process (user me) cannot open it "
+        "read/write: it belongs to the root group, so no group membership helps. No udev rule gives it "
+        "to a group: systemd 254 and newer ship one (50-udev-default.rules: SUBSYSTEM==\"accel\", "
+        "GROUP=\"render\"), older systems need Intel's: put the line 'SUBSYSTEM==\"accel\", "
+        "KERNEL==\"accel*\", GROUP=\"render\", MODE=\"0660\"' into /etc/udev/rules.d/10-intel-vpu.rules "
+        "(sudo tee), then run 'sudo udevadm control --reload-rules && sudo udevadm trigger "
+        "--subsystem-match=accel'; 'ls -l /dev/accel/accel0' must then say crw-rw---- root render; your "
+        "user must also be in 'render' (sudo usermod -aG render me, then reboot, or restart your user "
+        "manager with 'sudo systemctl restart user@1000.service' (that stops every user service of "
+        "yours, and a desktop session that runs under it: save your work first). Logging out and in is "
+        "not enough: it does not restart the user manager, and with lingering on it only stops at "
+        "shutdown. Check what your user services get with 'systemd-run --user --pipe --wait id -nG').")
+    assert "-aG root" not in problem
+    # A root-group node with a group mode (0660) is the same missing rule, never "join root".
+    shared_root = AccelNode(path="/dev/accel/accel0", mode="crw-rw----", owner="root", group="root", usable=False)
+    assert "-aG root" not in (access_problem([shared_root], me) or "")
+
+
+def test_in_the_group_with_a_group_mode_and_still_denied() -> None:
+    problem = access_problem([RENDER], groups({"render"}, {"render"})) or ""
+    assert "something else denies it (a device filter such as a unit's DevicePolicy=" in problem
 
 
 def test_a_usable_node_or_no_node_is_no_access_problem() -> None:
@@ -114,7 +149,9 @@ def test_startup_says_the_device_is_there_but_not_accessible(tmp_path: Path) -> 
         out = proc.stdout
         assert out.startswith("device NPU is not available (OpenVINO sees: CPU): the NPU is present but not "
                               f"accessible: {dev}/accel0 -rw------- root:root is there but this process "
-                              "(user nobody) cannot open it read/write: your user is not in the 'root' group.")
+                              "(user nobody) cannot open it read/write: it belongs to the root group, so no "
+                              "group membership helps. No udev rule gives it to a group")
+        assert "10-intel-vpu.rules" in out and "-aG root" not in out
     proc = npud_without_npu(tmp_path, dev)
     shutil.rmtree(dev)
     assert proc.returncode == 1

@@ -422,6 +422,26 @@ def test_npu_busy_counter_unreadable_fails_the_job(tmp_path: Path) -> None:
     run_with_dispatcher(config, FakeLoader(behaviour), body)
 
 
+def test_a_busy_file_that_stops_holding_text_fails_the_job_as_unreadable(tmp_path: Path) -> None:
+    """Bytes that are not text (a wrong file swapped in, a binary) are an unreadable counter:
+    -32002 `unreadable`, not a generation failure (-32003, a UnicodeDecodeError)."""
+    behaviour = FakeBehaviour()
+    config = npu_config(tmp_path, behaviour)
+    behaviour.busy_file = None  # the fake must not rewrite the file
+
+    async def body(d: Dispatcher, w: Worker) -> None:
+        busy_path = Path(config.sysfs_root) / "class" / "accel" / "accel0" / "device" / "npu_busy_time_us"
+        busy_path.write_bytes(b"\xff\xfe12\n")
+        calls = len(behaviour.calls)
+        error = (await call(d, "generate", title()))["error"]
+        assert error["code"] == -32002 and error["data"]["reason"] == "unreadable"
+        assert len(behaviour.calls) == calls  # unverifiable from the start: the device is not used
+        busy_path.write_text("20000\n")
+        assert (await call(d, "health"))["result"]["status"] == "ready"
+
+    run_with_dispatcher(config, FakeLoader(behaviour), body)
+
+
 def test_npu_lock_held_elsewhere_fails_with_device_busy(tmp_path: Path) -> None:
     behaviour = FakeBehaviour()
     config = npu_config(tmp_path, behaviour)

@@ -254,6 +254,9 @@ def test_token_file_must_be_private(tmp_path: Path) -> None:
     token_file.write_text("short")
     with pytest.raises(StartupError, match="at least 16"):
         open_listeners(make_config(tmp_path, http=True, token_file=str(token_file)))
+    token_file.write_text("x" * 4097)  # bounded like the busy counter: a wrong file is not read whole
+    with pytest.raises(StartupError, match="more than 4096 bytes: not a token"):
+        open_listeners(make_config(tmp_path, http=True, token_file=str(token_file)))
 
 
 def test_a_token_path_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path) -> None:
@@ -330,6 +333,23 @@ def test_openapi_is_valid_and_matches_what_the_shim_returns(shim: Any) -> None:
         check("/healthz", "get", "200", {"status": "sleeping"})
 
 
+def test_metrics_say_when_the_npu_is_emulated(daemon_factory: Any, tmp_path: Path) -> None:
+    """/metrics showed NPU busy microseconds from a synthetic counter with nothing saying so."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    busy = make_npu_sysfs(tmp_path / "sys")
+    daemon = daemon_factory(FakeLoader(FakeBehaviour(busy_file=busy)), http=True, device="NPU", npu_emulation=True,
+                            sysfs_root=str(tmp_path / "sys"))
+    assert request(daemon.http_port, "POST", "/v1/worker/generate", {"job": "title", "input": "x"}).status == 200
+    raw = http.client.HTTPConnection("127.0.0.1", daemon.http_port, timeout=30)
+    raw.request("GET", "/metrics")
+    text = raw.getresponse().read().decode()
+    raw.close()
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+    assert samples["npud_emulated"] == 1
+    assert "# HELP npud_emulated 1 with --npu-emulation" in text and "synthetic counter" in text
+
+
 def test_metrics_scrape_parses_and_matches_health_stats(daemon_factory: Any, tmp_path: Path) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -360,6 +380,7 @@ def test_metrics_scrape_parses_and_matches_health_stats(daemon_factory: Any, tmp
     assert samples[("npud_job_total_milliseconds_count", (("job", "title"),))] == 3
     assert samples[("npud_job_total_milliseconds_bucket", (("job", "title"), ("le", "+Inf")))] == 3
     assert samples[("npud_queue_capacity", ())] == 8 and samples[("npud_model_ready", ())] == 1
+    assert samples[("npud_emulated", ())] == 0
     assert families["npud_job_queue_milliseconds"].type == "histogram"
     stats = daemon.call("health")["result"]["stats"]
     assert stats["requests"]["generate:ok"] == 4 and stats["npu_busy_us"] == {"title": 2100, "summary": 700}

@@ -21,7 +21,14 @@ from npud.rpc import Dispatcher
 from npud.testing.fake import FakeBehaviour, FakeLoader
 from npud.testing.sysfs import make_npu_sysfs
 from npud.testing.fake_daemon import DEVICE_LOST
-from npud.worker import LOAD_RETRY_MAX_DELAY_S, Worker, WorkerSnapshot, is_transient_load_failure, load_retry_delay
+from npud.worker import (
+    LOAD_RETRY_MAX_DELAY_S,
+    Worker,
+    WorkerSnapshot,
+    is_transient_load_failure,
+    load_paths,
+    load_retry_delay,
+)
 
 from .conftest import RawConnection, make_config, unique_socket
 from .test_dispatcher import call, run_with_dispatcher, title
@@ -182,6 +189,21 @@ def test_classification_and_schedule() -> None:
     assert not is_transient_load_failure(LockWaitCancelled("stopping"))
     assert not is_transient_load_failure(ModelLoadError(CORRUPT_GGUF))
     assert not is_transient_load_failure(ValueError("a loader bug"))
+
+
+@pytest.mark.parametrize("folder", ["EBUSY", "device or resource busy", "ZE_RESULT_ERROR_DEVICE_LOST"])
+def test_a_model_path_that_names_a_transient_error_is_not_one(tmp_path: Path, folder: str) -> None:
+    """The markers were matched anywhere in the message, the model's path included: a folder named
+    like a transient error made a missing or broken model be retried ten times over 25 minutes."""
+    model = tmp_path / "models" / folder
+    config = make_config(tmp_path, model=str(model))
+    permanent = ModelLoadError(f"RuntimeError: Exception from src/inference/src/cpp/core.cpp:109:\n"
+                               f"Check 'util::file_exists(path)' failed: {model}/openvino_model.xml does not exist")
+    assert not is_transient_load_failure(permanent, load_paths(config))
+    # Quoted inside another path (a converted model under the cache), and a real one still counts.
+    converted = ModelLoadError(f"RuntimeError: cannot open {tmp_path}/cache/models/{folder}-1a2b3c/openvino_model.bin")
+    assert not is_transient_load_failure(converted, load_paths(config))
+    assert is_transient_load_failure(ModelLoadError(f"{DEVICE_LOST} while loading {model}"), load_paths(config))
     assert [load_retry_delay(5, n) for n in range(1, 9)] == [5, 10, 20, 40, 80, 160, 300, 300]
     assert LOAD_RETRY_MAX_DELAY_S == 300
 

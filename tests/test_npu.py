@@ -148,6 +148,7 @@ def test_invalid_hint_is_refused_by_the_npu_plugin(tmp_path: Path) -> None:
 def test_title_job_on_the_emulated_npu(npu: Emulated) -> None:
     result = npu.generate("title", SHORT_INPUT)["result"]
     assert result["device"] == "NPU" and result["emulated"] is True
+    assert result["verified"] is False  # the synthetic counter's delta proves nothing about an NPU
     assert result["tokens"]["prompt"] == npu.prompts.count(JOBS["title"], SHORT_INPUT)
     # Read right before and right after the generation: one step of the synthetic counter.
     assert result["npu_busy_delta_us"] == npu.counter.step
@@ -350,6 +351,35 @@ def test_preflight_asks_the_npu_plugin_not_the_device_list(tmp_path: Path) -> No
         OpenVinoLoader(devices=lambda: ["CPU"]).preflight(make_config(tmp_path, model=config.model, device="NPU"))
 
 
+@pytest.mark.parametrize("emulated", [True, False])
+def test_a_gguf_model_on_the_npu_is_refused_at_startup(tmp_path: Path, emulated: bool) -> None:
+    """README: "GGUF files (and IR converted from them, like the built-in smollm2-135m) do not
+    compile for the NPU with OpenVINO GenAI 2026.4: use them on the CPU"; EngineLoader.preflight:
+    "Raise StartupError for a configuration that can never work". npud nevertheless starts, spends
+    the conversion, and health ends in `error` with OpenVINO's "Broadcast incorrect target shape.
+    Expecting either 1 or 1024. Got 0" (no word of GGUF or --device CPU), while the process stays
+    up, so systemd shows the unit as running."""
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    for model in ("smollm2-135m", str(gguf)):
+        config = make_config(tmp_path, model=model, device="NPU", npu_emulation=emulated)
+        loader = OpenVinoLoader(devices=lambda: ["CPU", "NPU"], npu_plugin=lambda: None)
+        with pytest.raises(StartupError, match="GGUF"):
+            loader.preflight(config)
+
+
+def test_npud_with_a_gguf_on_the_npu_exits_at_startup_saying_why(tmp_path: Path) -> None:
+    """The whole start: status 1 with the message, no conversion into the cache."""
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    proc = subprocess.run([sys.executable, "-m", "npud", "--device", "NPU", "--model", str(gguf), "--no-http",
+                           "--cache-dir", str(tmp_path / "cache"), "--lock-file", str(tmp_path / "npu.lock")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "cannot run on the NPU: GGUF models" in proc.stderr and "--device CPU" in proc.stderr
+    assert not (tmp_path / "cache" / "models").exists()
+
+
 def test_real_npu_plugin_answers_without_hardware() -> None:
     assert engine.npu_plugin_problem() is None
 
@@ -420,3 +450,17 @@ def test_synthetic_busy_counter_from_the_command_line(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     assert not path.exists()
+
+
+def test_the_synthetic_counter_is_never_served_from_a_directory_everyone_can_write(tmp_path: Path) -> None:
+    """README used /tmp/npu_busy_time_us: another user could make that name first (a FIFO of
+    theirs), kill the helper with a traceback and choose every value npud then reads."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp
+    proc = subprocess.run([sys.executable, "-m", "npud.testing.sysfs", str(shared / "npu_busy_time_us")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "is writable by every user" in proc.stderr and "XDG_RUNTIME_DIR" in proc.stderr
+    assert not (shared / "npu_busy_time_us").exists()
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "/tmp/npu_busy_time_us" not in readme

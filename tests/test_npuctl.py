@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -13,11 +14,14 @@ import msgspec
 import pytest
 
 from npuclient import Client
-from npuclient.cli import EXIT_INVALID_INPUT
+from npuclient.cli import EXIT_INVALID_INPUT, wait_until_ready
+from npuclient.errors import NotReady
+from npuclient.protocol import HealthResult
 from npud.testing.fake import FakeBehaviour, FakeLoader
 from npud.testing.sysfs import make_npu_sysfs
 
 from .conftest import unique_socket
+from .test_systemd import FAKE_DAEMON, NotifyListener, daemon_env
 
 
 def npuctl(socket_name: str, *args: str, stdin: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -217,3 +221,83 @@ def test_unusable_numbers_are_usage_errors_not_tracebacks(args: list[str]) -> No
     proc = npuctl(unique_socket(), *args)  # nobody listens there: the refusal comes first
     assert proc.returncode == EXIT_INVALID_INPUT, proc.stderr
     assert "Traceback" not in proc.stderr and "error: argument --" in proc.stderr
+
+
+def test_npuctl_wait_waits_for_a_scheduled_load_retry(tmp_path: Path) -> None:
+    """README: "`--wait` waits for `health` to say `ready` first"; "A failed load is retried when
+    the failure is transient ... Meanwhile `health` says `error` with `retry_in_s`". After a
+    reboot the first load can fail transiently (the NPU lock held by another service at login);
+    `npuctl --wait` (README step 7) then gives up at once with exit 5 "model failed to load",
+    although npud retries seconds later and would answer."""
+    listener = NotifyListener()
+    name = unique_socket()
+    env = daemon_env(tmp_path, NOTIFY_SOCKET=listener.name, NPUD_FAKE_LOAD_FAILURES="1")
+    proc = subprocess.Popen([*FAKE_DAEMON, "--socket", name, "--no-http", "--load-retry-delay", "3"],
+                            env=env, stderr=subprocess.DEVNULL)
+    try:
+        listener.wait_for("STATUS=model failed to load (attempt 1), retrying in ")
+        npuctl = subprocess.run([str(Path(sys.executable).parent / "npuctl"), "--socket", name, "--wait",
+                                 "--timeout", "60", "generate", "--job", "title", "--input", "x"],
+                                capture_output=True, text=True, timeout=90)
+        assert npuctl.returncode == 0, (npuctl.returncode, npuctl.stderr)
+        assert npuctl.stdout.strip() == "Fake Title About The Input"
+    finally:
+        listener.close()
+        proc.terminate()
+        proc.wait(30)
+
+
+def health_result(status: str, **fields: Any) -> HealthResult:
+    base = {"status": status, "model": "m", "device": "NPU", "version": "0", "uptime_s": 1.0,
+            "queue": {"depth": 0, "capacity": 8, "running": False},
+            "busy_counter": {"enabled": True, "path": None}, "jobs_served": 0, "jobs_failed": 0,
+            "load_time_ms": None, "device_info": None,
+            "stats": {k: {} for k in ("requests", "rejections", "tokens_in", "tokens_out", "npu_busy_us", "latency_ms")}}
+    return msgspec.convert({**base, **fields}, HealthResult)
+
+
+class ScriptedHealth:
+    """A client whose health answers follow a script (the last one repeats), on a fake clock
+    that advances by each sleep: the waiting logic without a daemon and without real time."""
+
+    def __init__(self, *answers: HealthResult) -> None:
+        self.answers = list(answers)
+        self.now = 0.0
+
+    def health(self, timeout: float) -> HealthResult:
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+RETRYING = health_result("error", error="NPU lock /run/npu.lock held by another process for 60.0s",
+                         load_attempts=1, retry_in_s=4.8)
+
+
+def test_wait_waits_out_a_scheduled_retry_and_says_so_on_a_terminal() -> None:
+    client = ScriptedHealth(RETRYING, RETRYING, health_result("loading", load_attempts=2), health_result("ready"))
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    shown = Terminal()
+    wait_until_ready(client, 60, shown, clock=lambda: client.now, sleep=client.sleep)  # type: ignore[arg-type]
+    assert not client.answers[1:]  # it got to "ready"
+    assert "npud: model failed to load (attempt 1), retrying in 4.8s" in shown.getvalue()
+    assert "npud: loading m on NPU" in shown.getvalue()
+
+
+def test_wait_gives_up_on_a_retry_that_comes_after_the_timeout_and_at_once_on_a_final_failure() -> None:
+    client = ScriptedHealth(RETRYING)
+    with pytest.raises(NotReady) as info:
+        wait_until_ready(client, 2, io.StringIO(), clock=lambda: client.now, sleep=client.sleep)  # type: ignore[arg-type]
+    assert str(info.value.message) == (
+        "model failed to load (attempt 1): NPU lock /run/npu.lock held by another process for 60.0s; "
+        "npud retries in 4.8s, after --timeout 2s")
+    assert client.now >= 2
+    final = ScriptedHealth(health_result("error", error="no such model", load_attempts=1))
+    with pytest.raises(NotReady, match="model failed to load \\(attempt 1\\): no such model$"):
+        wait_until_ready(final, 60, io.StringIO(), clock=lambda: final.now, sleep=final.sleep)  # type: ignore[arg-type]
+    assert final.now == 0  # no waiting for a load that will not be retried

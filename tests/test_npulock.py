@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
+import textwrap
 import os
 import shutil
 import subprocess
@@ -17,6 +19,8 @@ import pytest
 
 from npud.config import default_lock_file, load_config
 from npud.daemon import EXIT_STARTUP_FAILED, check_npu_lock, run
+from npud.engine import StartupError
+from npud import npulock
 from npud.npulock import LockFileRefused, LockTimeout, LockWaitCancelled, NpuLock
 from npud.testing.fake import FakeBehaviour, FakeLoader
 from npud.testing.sysfs import make_npu_sysfs
@@ -156,3 +160,77 @@ def test_cpu_needs_no_lock_file(tmp_path: Path) -> None:
     """Off the NPU there is no lock, so no default is needed: nothing changes for CPU users."""
     config = make_config(tmp_path, lock_file="")
     check_npu_lock(config)  # no error
+
+
+# ---------------------------------------------------------------- a shared lock on a read-only mount
+
+
+LOCK_ON_READ_ONLY_MOUNT = textwrap.dedent("""
+    import os, subprocess, sys
+    from npud.npulock import NpuLock
+    directory = sys.argv[1]
+    subprocess.run(["mount", "--bind", directory, directory], check=True)
+    subprocess.run(["mount", "-o", "remount,bind,ro", directory], check=True)
+    with NpuLock(os.path.join(directory, "npu.lock"), 1.0).hold():
+        print("locked")
+""")
+
+
+def test_a_lock_file_on_a_read_only_mount_is_used_as_the_readme_says(tmp_path: Path) -> None:
+    """README: "a lock shared between users must be made by root, for example with
+    /etc/tmpfiles.d/npu.conf holding `f /run/npu.lock 0660 root render` and `--lock-file
+    /run/npu.lock` for every program that uses the NPU". The system unit (the one "for serving
+    other users") has ProtectSystem=strict, which mounts /run read-only for npud (systemd.exec(5):
+    "the entire file system hierarchy is mounted read-only, except for the API file system
+    subtrees /dev/, /proc/ and /sys/"). flock works on a read-only descriptor, and npud already
+    falls back to O_RDONLY on EACCES, but not on EROFS: the service exits at startup with
+    "cannot open the NPU lock file /run/npu.lock: Read-only file system", while the acceptance
+    check (`sudo -u npud ... npud.smoke`, not sandboxed) passes that row."""
+    if os.getuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a private read-only mount")
+    shared = tmp_path / "run"
+    shared.mkdir()
+    (shared / "npu.lock").touch()
+    os.chmod(shared / "npu.lock", 0o660)  # as systemd-tmpfiles makes it: root-owned, group render
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("no mount namespaces here")
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c",
+                           LOCK_ON_READ_ONLY_MOUNT, str(shared)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "locked", proc.stderr[-600:]
+
+
+def refuse_writing(monkeypatch: pytest.MonkeyPatch, errno_code: int) -> None:
+    """os.open as on a read-only mount (EROFS) or a file not writable for us: any open for
+    writing fails with ``errno_code``; read-only opens work."""
+    real_open = os.open
+
+    def fake_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & (os.O_RDWR | os.O_WRONLY | os.O_CREAT):
+            raise OSError(errno_code, os.strerror(errno_code), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(npulock.os, "open", fake_open)
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+def test_a_lock_file_that_cannot_be_opened_for_writing_is_locked_read_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """The same without root: EROFS (a system unit's ProtectSystem=strict) falls back to a
+    read-only descriptor like EACCES does, and flock on it still excludes other processes."""
+    path = tmp_path / "npu.lock"
+    path.touch()
+    refuse_writing(monkeypatch, code)
+    with NpuLock(str(path), timeout_s=1).hold():
+        monkeypatch.undo()
+        with pytest.raises(LockTimeout):
+            with NpuLock(str(path), timeout_s=0.05).hold():
+                pass
+
+
+def test_a_missing_lock_file_that_cannot_be_created_says_how_to_make_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    refuse_writing(monkeypatch, errno.EROFS)
+    with pytest.raises(StartupError, match=r"does not exist and it cannot be created here .*"
+                                              r"'f /run/npu.lock 0660 root render -'.*systemd-tmpfiles --create"):
+        check_npu_lock(make_config(tmp_path, device="NPU", lock_file=str(tmp_path / "npu.lock")))

@@ -4,6 +4,7 @@ driver, no access, a kernel without the busy counter, --no-busy-check)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -13,10 +14,13 @@ from typing import Any
 
 import pytest
 
+from npuclient.protocol import MAX_INPUT_CHARS
+
 from npud.accel import Groups
-from npud.config import Config, load_config
-from npud.engine import OpenVinoLoader
-from npud.smoke import Host, Report, run
+from npud.config import Config, ConfigError, load_config
+from npud.engine import Engine, Generation, OpenVinoLoader
+from npud.jobs import JOBS
+from npud.smoke import OVER_BUDGET_UNIT, Host, Report, config_error_detail, run
 from npud.testing.fake import FakeBehaviour, FakeLoader
 from npud.testing.sysfs import AdvancingBusyCounter, make_npu_sysfs
 
@@ -87,6 +91,167 @@ def test_no_busy_check_is_honoured_and_marked_unverified(tmp_path: Path) -> None
     assert out["verified"] is False and out["busy_check"] is False and out["npu_busy_delta_us"] is None
 
 
+@pytest.mark.parametrize("emulated", [False, True], ids=["npu", "emulated"])
+def test_a_gguf_on_the_npu_fails_the_load_row_saying_why(tmp_path: Path, emulated: bool) -> None:
+    """The acceptance check says what the service says at startup, before a conversion and load."""
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    config, _ = npu_machine(tmp_path, gguf, extra=("--npu-emulation",) if emulated else ())
+    behaviour = FakeBehaviour()
+    report, _ = run(config, FakeLoader(behaviour), ["CPU", "NPU"], host())
+    state, detail = rows(report)["model load"]
+    assert state == "FAIL" and "GGUF models, and the OpenVINO IR npud converts from them, do not compile" in detail
+    assert "NPU plugin (emulated on the CPU)" not in rows(report) and not behaviour.calls
+
+
+def test_the_acceptance_check_never_calls_an_emulated_job_verified(tmp_path: Path) -> None:
+    """README: the acceptance JSON has "`verified` (true only when the counter proved the job ran
+    on the NPU ...)". Emulated, nothing ran on an NPU: a synthetic counter (the README's own
+    recipe) grows at every read whatever ran. The JSON still says "verified": true, next to
+    "emulated": true, and `npu_busy_delta_us` > 0, the very pair CONTRACT.md §7 calls the proof."""
+    with AdvancingBusyCounter.in_sysfs(tmp_path / "sys") as busy:
+        config = load_config(["--device", "NPU", "--npu-emulation", "--model", "fake-model",
+                              "--busy-file", str(busy.path), "--cache-dir", str(tmp_path / "cache"),
+                              "--lock-file", str(tmp_path / "npu.lock")], {"HOME": str(tmp_path)})
+        _, out = run(config, FakeLoader(FakeBehaviour()), ["CPU"], host())
+    assert out["emulated"] is True and out["npu_busy_delta_us"] == busy.step
+    assert out["verified"] is not True
+
+
+def test_a_larger_max_prompt_len_is_not_reported_as_a_bug(tmp_path: Path) -> None:
+    """README table: "prompt limit enforced before the device | a prompt over MAX_PROMPT_LEN is
+    refused by npud itself | never expected: report a bug". The row renders a fixed 15600-character
+    text (npud refuses any input over 6000 characters before counting tokens) and FAILs, exit 1,
+    whenever --max-prompt-len is above that text's token count: about 3,400 tokens with Qwen2.5's
+    tokenizer (estimate), 10,733 with tests/models/tiny-qwen2-h64 (reproduced on the emulated NPU with
+    --max-prompt-len 11000). A larger budget is a valid setting, not an npud bug."""
+    config = load_config(["--device", "CPU", "--model", "fake-model", "--max-prompt-len", "100000",
+                          "--cache-dir", str(tmp_path / "cache")], {"HOME": str(tmp_path)})
+    report, _ = run(config, FakeLoader(FakeBehaviour()), ["CPU"], host())
+    state, detail = {name: (s, d) for name, s, d in report.checks}["prompt limit enforced before the device"]
+    assert state != "FAIL", detail
+
+
+def test_the_prompt_limit_row_is_built_from_the_budget_at_both_sides_of_the_input_limit(tmp_path: Path) -> None:
+    """The row's input is the longest npud accepts (6000 characters): one token under what it
+    makes, the row checks the refusal; at it, no input can exceed the budget, and the row says so
+    (SKIP), naming the input limit that guards instead."""
+    engine = FakeLoader(FakeBehaviour()).load(make_cpu_config(tmp_path, 1024))
+    text = (OVER_BUDGET_UNIT * 1000)[:MAX_INPUT_CHARS]
+    _, longest = engine.render_prompt(JOBS["title"].messages(text))
+    for budget, expected in ((longest - 1, "PASS"), (longest, "SKIP")):
+        report, _ = run(make_cpu_config(tmp_path, budget), FakeLoader(FakeBehaviour()), ["CPU"], host())
+        state, detail = rows(report)["prompt limit enforced before the device"]
+        assert state == expected, detail
+        if expected == "PASS":
+            assert detail == f"{longest} tokens ({MAX_INPUT_CHARS} characters) vs MAX_PROMPT_LEN {budget}"
+        else:
+            assert f"more than the longest input npud accepts ({MAX_INPUT_CHARS} characters) makes" in detail
+
+
+def make_cpu_config(tmp_path: Path, budget: int) -> Config:
+    return load_config(["--device", "CPU", "--model", "fake-model", "--max-prompt-len", str(budget),
+                        "--cache-dir", str(tmp_path / "cache")], {"HOME": str(tmp_path)})
+
+
+def test_the_acceptance_check_takes_the_npu_lock_like_the_service(tmp_path: Path) -> None:
+    """CONTRACT §8: "On the NPU, every generation and the model compile hold an exclusive flock on
+    the lock file ... Other services sharing the NPU should take the same lock". The acceptance
+    check compiles the model twice and generates on the NPU without it: its row "NPU lock file"
+    only opens the file. Run while the service (or a chat model) works on the NPU (README
+    "Reporting a problem" asks for it while npud runs), both use the device at once, and each one's
+    busy-counter delta includes the other's work, so either can be "verified" by the other's job."""
+    lock = tmp_path / "npu.lock"
+    holder = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # the service, in the middle of a job
+    try:
+        behaviour = FakeBehaviour()
+        with AdvancingBusyCounter.in_sysfs(tmp_path / "sys") as busy:
+            config = load_config(["--device", "NPU", "--npu-emulation", "--model", "fake-model",
+                                  "--busy-file", str(busy.path), "--cache-dir", str(tmp_path / "cache"),
+                                  "--lock-file", str(lock), "--lock-timeout", "0.2"], {"HOME": str(tmp_path)})
+            report, _ = run(config, FakeLoader(behaviour), ["CPU"], host())
+        assert not behaviour.calls, "the acceptance check generated while another process held the NPU lock"
+    finally:
+        os.close(holder)
+    table = rows(report)
+    assert table["model load"][0] == "FAIL" and "held by another process" in table["model load"][1]
+    assert "another program is using the NPU" in table["model load"][1]
+
+
+def locked_elsewhere(path: Path) -> bool:
+    """Whether some open file description holds the flock on ``path`` (probed from a new one)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_the_acceptance_check_holds_the_npu_lock_while_it_compiles_and_generates(tmp_path: Path) -> None:
+    lock = tmp_path / "npu.lock"
+    seen: list[tuple[str, bool]] = []
+
+    class Probing(FakeLoader):
+        def load(self, config: Config) -> Engine:
+            seen.append(("load", locked_elsewhere(lock)))
+            engine = super().load(config)
+            generate = engine.generate
+
+            def probed(*args: Any) -> Generation:
+                seen.append(("generate", locked_elsewhere(lock)))
+                return generate(*args)
+
+            engine.generate = probed  # type: ignore[method-assign]
+            return engine
+
+    with AdvancingBusyCounter.in_sysfs(tmp_path / "sys") as busy:
+        config = load_config(["--device", "NPU", "--npu-emulation", "--model", "fake-model",
+                              "--busy-file", str(busy.path), "--cache-dir", str(tmp_path / "cache"),
+                              "--lock-file", str(lock)], {"HOME": str(tmp_path)})
+        report, _ = run(config, Probing(FakeBehaviour()), ["CPU"], host())
+    assert seen == [("load", True), ("load", True), ("generate", True)], report.table()
+    assert not locked_elsewhere(lock)  # and let go afterwards
+
+
+def test_a_bad_value_in_the_env_file_still_gives_the_table_and_the_json(tmp_path: Path) -> None:
+    """README: the acceptance check "prints a table on stderr and one JSON object on stdout, also
+    when a step fails or raises" (issue 15: "A failure anywhere still prints the table and the
+    JSON"). A value npud cannot parse in ~/.config/npud/npud.env (here a space in a number) ends it
+    with one stderr line, exit 2, no table, no JSON, and the line does not name the file."""
+    env_file = tmp_path / "npud.env"
+    env_file.write_text("OV_GENAI_NPU_MAX_PROMPT_LEN=1 024\n")
+    proc = subprocess.run([sys.executable, "-m", "npud.smoke", "--env-file", str(env_file), "--device", "CPU",
+                           "--model", str(tmp_path / "no-model"), "--cache-dir", str(tmp_path / "cache")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.stdout.strip(), f"no JSON on stdout (exit {proc.returncode}): {proc.stderr!r}"
+    out = json.loads(proc.stdout)
+    assert out["ok"] is False and proc.returncode == 1
+    assert out["checks"] == [{"check": "configuration", "status": "FAIL", "detail": (
+        "OV_GENAI_NPU_MAX_PROMPT_LEN: invalid literal for int() with base 10: '1 024' "
+        f"(in {env_file}; the service would refuse to start with it too)")}]
+    assert out["report"]["npud_version"] and out["report"]["env_file"]["path"] == str(env_file)
+    assert "FAIL  configuration  OV_GENAI_NPU_MAX_PROMPT_LEN" in proc.stderr and str(env_file) in proc.stderr
+
+
+def test_a_config_error_names_where_the_value_came_from(tmp_path: Path) -> None:
+    env_file = tmp_path / "npud.env"
+    cases = [
+        (["--max-prompt-len", "x"], {}, "on the command line"),
+        ([], {"OV_GENAI_NPU_QUEUE_DEPTH": "0"}, "in the environment"),
+        ([], {"OV_GENAI_NPU_QUEUE_DEPTH": "0", "from_file": "1"}, f"in {env_file}"),
+    ]
+    for argv, environ, where in cases:
+        from_file = {k: v for k, v in environ.items() if k.startswith("OV_")} if "from_file" in environ else {}
+        with pytest.raises(ConfigError) as info:
+            load_config(argv, {"HOME": str(tmp_path), **{k: v for k, v in environ.items() if k.startswith("OV_")}})
+        assert config_error_detail(info.value, env_file, from_file).endswith(
+            f"({where}; the service would refuse to start with it too)")
+
+
 def test_device_without_access_is_explained(tmp_path: Path) -> None:
     config, _ = npu_machine(tmp_path, "fake-model")
     report, out = run(config, FakeLoader(), ["CPU"], host(OUTSIDER, usable=False))
@@ -94,7 +259,10 @@ def test_device_without_access_is_explained(tmp_path: Path) -> None:
     node = f"{tmp_path}/dev/accel/accel0"
     assert table["device node /dev/accel"][0] == "PASS" and table["device node /dev/accel"][1].startswith(node)
     state, detail = table["permissions"]
-    assert state == "FAIL" and "cannot open it read/write: your user is not in the" in detail
+    # Made by this test's user: group root when the suite runs as root, never advice to join it.
+    why = ("it belongs to the root group, so no group membership helps" if table["device node /dev/accel"][1]
+           .endswith("root:root") else "your user is not in the")
+    assert state == "FAIL" and f"cannot open it read/write: {why}" in detail and "-aG root" not in detail
     assert "sudo systemctl restart user@1000.service" in detail
     state, detail = table["OpenVINO lists NPU"]
     assert state == "FAIL" and detail.startswith("device NPU is not available (OpenVINO sees: CPU): the NPU is "
@@ -191,6 +359,7 @@ def test_smoke_passes_on_the_emulated_npu_and_says_so(tmp_path: Path, npu_cache:
     out = json.loads(proc.stdout)
     assert out["ok"] is True and out["emulated"] is True and out["device"] == "NPU"
     assert out["npu_busy_delta_us"] == busy.step and out["compile_cache"]["hit"] is True
+    assert out["verified"] is False  # a synthetic counter proves nothing about an NPU
     assert out["driver_version"] is None and out["compiler_version"] is None
     status = {c["check"]: c["status"] for c in out["checks"]}
     assert status == {

@@ -399,6 +399,44 @@ def test_idle_exit_and_reactivation_lose_no_request(tmp_path: Path) -> None:
         activator.stop()
 
 
+def test_an_http_socket_passed_with_no_http_is_refused(tmp_path: Path) -> None:
+    """NO_HTTP=1 under socket activation: npud closed the passed HTTP socket, systemd kept
+    listening on it, so an HTTP client was neither answered nor refused, and with idle exit its
+    pending connection started npud again every idle period. Now npud refuses to start, naming the
+    socket unit and both ways out."""
+    rpc = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    rpc.bind(abstract(unique_socket()))
+    rpc.listen(4)
+    http = socket.create_server(("127.0.0.1", 0))
+    env = daemon_env(tmp_path, OV_GENAI_NPU_NO_HTTP="1")
+    activator = Activator([("rpc", rpc), ("http", http)], ["-m", "npud.testing.fake_daemon"], env=env)
+    try:
+        proc = activator.run_once(timeout=60)
+    finally:
+        activator.stop()
+    assert proc.returncode == 1
+    assert "systemd passed an HTTP socket (npud-http.socket" in proc.stderr
+    assert "disable --now npud-http.socket" in proc.stderr and "OV_GENAI_NPU_NO_HTTP=0" in proc.stderr
+
+
+def test_without_the_http_socket_no_http_starts(tmp_path: Path) -> None:
+    """The other side: with npud-http.socket not enabled only the RPC socket is passed, and
+    NO_HTTP=1 serves it."""
+    name = unique_socket()
+    rpc = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    rpc.bind(abstract(name))
+    rpc.listen(4)
+    activator = Activator([("rpc", rpc)], ["-m", "npud.testing.fake_daemon"],
+                          env=daemon_env(tmp_path, OV_GENAI_NPU_NO_HTTP="1"))
+    activator.start()
+    try:
+        with RawConnection.open(name) as conn:
+            assert conn.call("health")["result"]["version"]
+    finally:
+        activator.stop()
+    assert activator.exit_codes == [0]
+
+
 def test_status_follows_the_load_and_extends_the_timeout(tmp_path: Path, notify: NotifyListener) -> None:
     """While the model loads (an NPU compile can take minutes): STATUS says so and
     EXTEND_TIMEOUT_USEC keeps systemd waiting; then STATUS follows the queue."""

@@ -20,6 +20,7 @@ from npud.envfile import read_env_file
 from .conftest import REPO, RawConnection, unique_socket
 from .test_systemd import FAKE_DAEMON, NotifyListener, daemon_env
 
+README = (REPO / "README.md").read_text()
 USER_UNITS = sorted((REPO / "systemd").glob("*.s*"))
 SYSTEM_DIR = REPO / "systemd" / "system"
 SYSTEM_UNITS = sorted(SYSTEM_DIR.glob("*.s*[te]"))  # .service, .socket
@@ -122,6 +123,28 @@ def test_sysusers_snippet_creates_the_account_in_render(tmp_path: Path) -> None:
     assert re.search(r"^render:x:\d+:npud$", group, re.M) and re.search(r"^npud-users:x:\d+:$", group, re.M)
 
 
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None or shutil.which("systemd-tmpfiles") is None,
+                    reason="systemd-sysusers or systemd-tmpfiles is not installed")
+def test_the_system_unit_uses_the_shared_lock_its_tmpfiles_snippet_makes(tmp_path: Path) -> None:
+    """The system unit's lock was /var/lib/npud/npu.lock, created 0600 under UMask=0077: no other
+    program could open it to take the same flock. It is now /run/npu.lock, made by root at boot
+    (group render, 0660: whoever may use the NPU may lock it); inside the unit /run is read-only
+    (ProtectSystem=strict), so npud opens it read-only (tests/test_npulock.py, on a real read-only
+    mount)."""
+    unit_env = dict(value.split("=", 1) for value in directives(SYSTEM_DIR / "npud.service")["Environment"])
+    assert unit_env["OV_GENAI_NPU_LOCK_FILE"] == "/run/npu.lock"
+    assert directives(SYSTEM_DIR / "npud.service")["ProtectSystem"] == ["strict"]
+    (tmp_path / "etc").mkdir()
+    for tool, snippet in (("systemd-sysusers", "npud.sysusers.conf"), ("systemd-tmpfiles", "npud.tmpfiles.conf")):
+        proc = subprocess.run([tool, f"--root={tmp_path}", *(["--create"] if tool == "systemd-tmpfiles" else []),
+                               str(SYSTEM_DIR / snippet)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    lock = os.lstat(tmp_path / "run" / "npu.lock")
+    render_gid = int(re.findall(r"^render:x:(\d+):", (tmp_path / "etc" / "group").read_text(), re.M)[0])
+    assert stat.S_ISREG(lock.st_mode) and stat.S_IMODE(lock.st_mode) == 0o660
+    assert (lock.st_uid, lock.st_gid) == (0, render_gid)
+
+
 @pytest.mark.skipif(not HAVE_ANALYZE, reason="systemd-analyze is not installed")
 def test_system_installer_writes_verifiable_units(tmp_path: Path) -> None:
     npud = Path(sys.executable).parent / "npud"
@@ -136,9 +159,51 @@ def test_system_installer_writes_verifiable_units(tmp_path: Path) -> None:
     assert f"ExecStart={npud}\n" in (units / "npud.service").read_text()
     assert (root / "etc" / "sysusers.d" / "npud.conf").read_text() == (SYSTEM_DIR / "npud.sysusers.conf").read_text()
     assert (root / "etc" / "npud" / "npud.env").exists()
-    assert "sudo systemctl enable --now npud.socket npud-http.socket" in proc.stdout
+    assert (root / "etc" / "tmpfiles.d" / "npud.conf").read_text() == (SYSTEM_DIR / "npud.tmpfiles.conf").read_text()
+    assert "sudo systemctl enable --now npud.socket\n" in proc.stdout and "npud-http.socket" not in proc.stdout
     checked = verify(sorted(units.iterdir()), user=False, cwd=units, tmp_path=tmp_path)
     assert checked.returncode == 0 and checked.stderr == "", checked.stderr
+
+
+FAKE_VENV_PYTHON = """#!/bin/sh
+# Stands in for python3 -m venv, and for the venv's python -m pip install: it records what pip
+# was asked to build and, like a setuptools build in place, leaves build/ and *.egg-info there.
+if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
+    mkdir -p "$3/bin" && cp "$0" "$3/bin/python" && exit 0
+fi
+if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then
+    shift 2
+    for arg in "$@"; do
+        case "$arg" in
+            /*) echo "$arg" >> "$PIP_LOG"; mkdir -p "$arg/build" "$arg/npud.egg-info"; test -f "$arg/pyproject.toml" || exit 3 ;;
+        esac
+    done
+    exit 0
+fi
+exit 2
+"""
+
+
+def test_system_installer_builds_from_a_copy_and_leaves_the_checkout_alone(tmp_path: Path) -> None:
+    """`sudo contrib/install-system-units.sh` ran pip in the owner's checkout as root: root-owned
+    build/ and *.egg-info stayed there and broke the owner's next contrib/bootstrap.sh."""
+    checkout = tmp_path / "checkout"
+    for part in ("contrib", "systemd", "npud", "npuclient"):
+        shutil.copytree(REPO / part, checkout / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, checkout / name)
+    before = sorted(str(p.relative_to(checkout)) for p in checkout.rglob("*"))
+    fake = tmp_path / "python3"
+    fake.write_text(FAKE_VENV_PYTHON)
+    fake.chmod(0o755)
+    log = tmp_path / "pip.log"
+    proc = subprocess.run([str(checkout / "contrib" / "install-system-units.sh"), "--root", str(tmp_path / "root")],
+                          capture_output=True, text=True, env={**os.environ, "PYTHON": str(fake), "PIP_LOG": str(log)})
+    assert proc.returncode == 0, proc.stderr
+    built = log.read_text().split()
+    assert len(built) == 2 and built[0].endswith("/npuclient") and Path(built[0]).parent == Path(built[1])
+    assert not Path(built[1]).is_relative_to(checkout) and not Path(built[1]).exists()  # a copy, removed
+    assert sorted(str(p.relative_to(checkout)) for p in checkout.rglob("*")) == before
 
 
 def test_system_installer_refuses_an_npud_under_home(tmp_path: Path) -> None:
@@ -146,6 +211,71 @@ def test_system_installer_refuses_an_npud_under_home(tmp_path: Path) -> None:
                            "--root", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 1 and "(ProtectHome=yes)" in proc.stderr
     assert not (tmp_path / "etc").exists()
+
+
+# ---------------------------------------------------------------- the HTTP socket: separate, and off for the system
+
+
+def unit_values(path: Path, key: str) -> list[str]:
+    return [v for value in directives(path).get(key, []) for v in value.split()]
+
+
+@pytest.mark.parametrize("service", [SYSTEM_DIR / "npud.service", REPO / "systemd" / "npud.service"],
+                         ids=["system", "user"])
+def test_the_service_does_not_pull_in_the_http_socket(service: Path) -> None:
+    """Not enabling npud-http.socket must keep it off. `Wants=` starts a unit whenever the service
+    starts, and `Sockets=` adds `Wants=` and `After=` (systemd's load-fragment.c,
+    config_parse_service_sockets): with either, systemd listened on 18820 whatever was enabled.
+    The socket unit still reaches the service by its `Service=` (it triggers it and its descriptor
+    is passed on when it is enabled)."""
+    pulled_in = [key for key in ("Wants", "Requires", "BindsTo", "Upholds", "Sockets")
+                 if "npud-http.socket" in unit_values(service, key)]
+    assert not pulled_in, f"{service} starts npud-http.socket through {pulled_in}"
+    assert unit_values(service, "Requires") == ["npud.socket"]
+    http_socket = service.parent / "npud-http.socket"
+    assert unit_values(http_socket, "Service") == ["npud.service"]
+
+
+def test_the_system_defaults_do_not_open_the_http_shim_to_every_local_user() -> None:
+    """README "Serving other users": who may connect is the npud account, root and what
+    /etc/npud/npud.env allows. The HTTP shim has no peer identity, yet the README's command block
+    and the installer enabled npud-http.socket, the unit pulled it in and enabled it (`Also=`), and
+    neither the unit nor /etc/npud/npud.env set a token or NO_HTTP: every local user ran jobs
+    through 127.0.0.1:18820. Now the system set has no HTTP unless the admin adds a token."""
+    service = SYSTEM_DIR / "npud.service"
+    assert unit_values(service, "Also") == ["npud.socket"]
+    unit_env = dict(value.split("=", 1) for value in directives(service)["Environment"])
+    example, _ = read_env_file(REPO / "contrib" / "npud-system.env.example")
+    assert unit_env["OV_GENAI_NPU_NO_HTTP"] == example["OV_GENAI_NPU_NO_HTTP"] == "1"
+    section = README[README.index("### Serving other users"):]
+    section = section[: section.index("\n## ", 1)]
+    block = re.findall(r"```sh\n(.*?)```", section, re.S)[0]
+    assert "sudo systemctl enable --now npud.socket\n" in block and "npud-http" not in block
+    enables_http = re.search(r"systemctl enable --now [^\n`]*npud-http\.socket", section)
+    assert enables_http is not None and "OV_GENAI_NPU_TOKEN_FILE" in section[: enables_http.start()]
+
+
+def test_install_user_units_uses_the_environment_the_acceptance_check_ran_in(tmp_path: Path) -> None:
+    """contrib/smoke_llm_npu.sh (README step 4) runs in "the environment contrib/bootstrap.sh made
+    (.venv, or $NPUD_VENV)"; contrib/install-user-units.sh (step 5) took `command -v npud` first and
+    ignored $NPUD_VENV: another npud on PATH became ExecStart, and with $NPUD_VENV and no .venv in
+    the checkout (a CI clone) it exited 1 "npud not found"."""
+    checkout = tmp_path / "clone"  # a checkout without .venv, like CI's fresh clone
+    for part in ("contrib", "systemd"):
+        shutil.copytree(REPO / part, checkout / part)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "npud").write_text("#!/bin/sh\necho an older npud\n")
+    (other / "npud").chmod(0o755)
+    home = tmp_path / "home"
+    home.mkdir()
+    bin_dir = Path(sys.executable).parent
+    env = {"HOME": str(home), "NPUD_VENV": str(bin_dir.parent), "PATH": f"{other}:/usr/bin:/bin"}
+    proc = subprocess.run([str(checkout / "contrib" / "install-user-units.sh")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    unit = (home / ".config" / "systemd" / "user" / "npud.service").read_text()
+    assert f"ExecStart={bin_dir / 'npud'}\n" in unit, re.findall(r"ExecStart=.*", unit)
 
 
 # ---------------------------------------------------------------- the watchdog during a long load

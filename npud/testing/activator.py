@@ -55,6 +55,16 @@ class Activator:
             env=self.env, pass_fds=fds, stderr=subprocess.DEVNULL,
         )
 
+    def run_once(self, timeout: float) -> subprocess.CompletedProcess[str]:
+        """Start the daemon once with the sockets, without waiting for a client, and wait for it
+        to exit (for a daemon expected to refuse to start); its stderr is returned."""
+        fds = [sock.fileno() for _, sock in self.sockets]
+        self.starts += 1
+        return subprocess.run(
+            [sys.executable, "-c", _EXEC_WITH_FDS, ",".join(map(str, fds)), *self.command],
+            env=self.env, pass_fds=fds, capture_output=True, text=True, timeout=timeout,
+        )
+
     def _run(self) -> None:
         poller = select.poll()
         for _, sock in self.sockets:
@@ -71,7 +81,8 @@ class Activator:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(10)
+        if self._thread.is_alive():
+            self._thread.join(10)
         if self.process is not None:
             self.process.terminate()
             self.exit_codes.append(self.process.wait(30))

@@ -10,6 +10,7 @@ import ctypes
 import os
 import select
 import signal
+import stat
 import struct
 import sys
 import threading
@@ -126,7 +127,10 @@ class AdvancingBusyCounter:
                 if not self._gate.is_set():
                     self.held.set()
                     self._gate.wait()
-                os.write(fd, f"{self._value}\n".encode())
+                try:
+                    os.write(fd, f"{self._value}\n".encode())
+                except BrokenPipeError:
+                    continue  # the reader gave up waiting (a bounded read): serve the next one
                 self._value += self.step
                 self.reads += 1
             finally:
@@ -148,10 +152,29 @@ class AdvancingBusyCounter:
                     return
 
 
+def shared_directory_problem(path: Path) -> str | None:
+    """Why PATH must not be served: a directory others can write (/tmp). Another user could
+    create the name first (a FIFO of theirs: they choose the counter's values, or hang npud) or
+    remove it; the README's examples use $XDG_RUNTIME_DIR, which only its user can write."""
+    try:
+        mode = path.parent.stat().st_mode
+    except OSError as exc:
+        return f"{path.parent}: {exc.strerror}"
+    if mode & stat.S_IWOTH:
+        return (f"{path.parent} is writable by every user: another user could create {path.name} there "
+                "first and choose what npud reads. Use a private directory, e.g. "
+                "$XDG_RUNTIME_DIR/npu_busy_time_us")
+    return None
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         sys.stderr.write("usage: python -m npud.testing.sysfs PATH  (serves a synthetic npu_busy_time_us "
                          "that grows at every read, until SIGINT/SIGTERM)\n")
+        return 2
+    problem = shared_directory_problem(Path(argv[0]).absolute())
+    if problem is not None:
+        sys.stderr.write(f"npud.testing.sysfs: {problem}\n")
         return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
