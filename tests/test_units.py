@@ -206,6 +206,61 @@ def test_system_installer_builds_from_a_copy_and_leaves_the_checkout_alone(tmp_p
     assert sorted(str(p.relative_to(checkout)) for p in checkout.rglob("*")) == before
 
 
+# /etc/npud/npud.env as the installer wrote it before the shared lock and the HTTP default changed
+# (contrib/npud-system.env.example at 5414dae): the installer keeps an existing file.
+EARLIER_SYSTEM_ENV = """\
+OV_GENAI_NPU_MODEL=/var/lib/npud/models/Qwen2.5-1.5B-Instruct-int4-ov
+OV_GENAI_NPU_CACHE=/var/cache/npud
+OV_GENAI_NPU_LOCK_FILE=/var/lib/npud/npu.lock
+ZE_INTEL_NPU_CACHE_DIR=/var/cache/npud/ze_intel_npu_cache
+#OV_GENAI_NPU_TOKEN_FILE=/etc/npud/token
+#OV_GENAI_NPU_NO_HTTP=1
+"""
+
+
+def install_over_an_earlier_system_install(tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """An install made as the README said before: `sudo systemctl enable --now npud.socket
+    npud-http.socket` (the symlinks systemctl enable leaves) and the env file of that time."""
+    root = tmp_path / "root"
+    wants = root / "etc" / "systemd" / "system" / "sockets.target.wants"
+    wants.mkdir(parents=True)
+    for unit in ("npud.socket", "npud-http.socket"):
+        (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
+    (root / "etc" / "npud").mkdir()
+    (root / "etc" / "npud" / "npud.env").write_text(EARLIER_SYSTEM_ENV)
+    npud = Path(sys.executable).parent / "npud"
+    if str(npud).startswith(("/home/", "/root/")):
+        pytest.skip("the installer refuses an npud under /home or /root")
+    proc = subprocess.run([str(REPO / "contrib" / "install-system-units.sh"), "--npud", str(npud), "--root", str(root)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "etc" / "npud" / "npud.env").read_text() == EARLIER_SYSTEM_ENV  # kept, as designed
+    return proc
+
+
+def test_system_installer_over_an_enabled_http_socket_says_npud_will_not_start(tmp_path: Path) -> None:
+    """Verify review 2 (finding B): the new system unit sets OV_GENAI_NPU_NO_HTTP=1 and npud now
+    refuses to start when systemd passes it an HTTP socket. Every earlier system install enabled
+    npud-http.socket (README: `sudo systemctl enable --now npud.socket npud-http.socket`, and the
+    unit's Also=), and the installer keeps its env file, which does not say NO_HTTP=0. Re-running
+    the installer therefore leaves a service that fails at every start, for the Unix socket's
+    users too, and the installer says nothing: it must name the enabled socket and the way out."""
+    proc = install_over_an_earlier_system_install(tmp_path)
+    said = proc.stdout + proc.stderr
+    assert "disable --now npud-http.socket" in said, said
+
+
+def test_system_installer_over_an_earlier_env_file_says_the_lock_is_not_the_shared_one(tmp_path: Path) -> None:
+    """Verify review 2 (finding B, second half): the installer announces "NPU lock: /run/npu.lock
+    ... other programs that use the NPU take the same flock", but the kept env file says
+    OV_GENAI_NPU_LOCK_FILE=/var/lib/npud/npu.lock, which wins over the unit's Environment=: the
+    service keeps a private lock that no other program shares. The installer must not claim the
+    shared lock without saying that the env file overrides it."""
+    proc = install_over_an_earlier_system_install(tmp_path)
+    said = proc.stdout + proc.stderr
+    assert "/var/lib/npud/npu.lock" in said, said
+
+
 def test_system_installer_refuses_an_npud_under_home(tmp_path: Path) -> None:
     proc = subprocess.run([str(REPO / "contrib" / "install-system-units.sh"), "--npud", "/home/me/npud/.venv/bin/npud",
                            "--root", str(tmp_path)], capture_output=True, text=True)
