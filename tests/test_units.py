@@ -333,6 +333,28 @@ def test_install_user_units_uses_the_environment_the_acceptance_check_ran_in(tmp
     assert f"ExecStart={bin_dir / 'npud'}\n" in unit, re.findall(r"ExecStart=.*", unit)
 
 
+def test_install_user_units_over_an_enabled_http_socket_with_no_http_says_npud_will_not_start(tmp_path: Path) -> None:
+    """Verify review 2 (finding B, user units): the README used to say `systemctl --user enable
+    --now npud.socket npud-http.socket` and "--no-http to turn the shim off"; a user who did both
+    had an RPC-only npud (and hanging HTTP clients). npud now refuses to start while systemd
+    passes it an HTTP socket and NO_HTTP=1, so after re-running the installer (which keeps
+    npud.env and the enable links) no npud starts at all, for the socket's clients too. The
+    installer sees both and must say how to get out (disable the socket, or NO_HTTP=0)."""
+    home = tmp_path / "home"
+    wants = home / ".config" / "systemd" / "user" / "sockets.target.wants"
+    wants.mkdir(parents=True)
+    for unit in ("npud.socket", "npud-http.socket"):
+        (wants / unit).symlink_to(home / ".config" / "systemd" / "user" / unit)
+    (home / ".config" / "npud").mkdir()
+    (home / ".config" / "npud" / "npud.env").write_text("OV_GENAI_NPU_NO_HTTP=1\n")
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.run([str(REPO / "contrib" / "install-user-units.sh"), str(bin_dir / "npud")],
+                          env={"HOME": str(home), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    said = proc.stdout + proc.stderr
+    assert "disable --now npud-http.socket" in said, said
+
+
 # ---------------------------------------------------------------- the watchdog during a long load
 
 
