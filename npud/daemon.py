@@ -112,7 +112,7 @@ def check_npu_lock(config: Config) -> None:
             "no place for the NPU lock file: neither $XDG_RUNTIME_DIR nor $RUNTIME_DIRECTORY is set "
             "(sudo, cron, a system service). Pass --lock-file (OV_GENAI_NPU_LOCK_FILE) in a directory only "
             "trusted users can write, the same path for every process that shares the NPU, e.g. "
-            "/run/npud/npu.lock (RuntimeDirectory=npud); never /tmp.")
+            "/run/npu.lock made by root with systemd-tmpfiles (README 'Configuration'); never /tmp.")
     try:
         os.close(open_lock_file(config.lock_file))
     except LockFileRefused as exc:
