@@ -60,6 +60,31 @@ if [ -z "$root" ]; then
     install -d -o npud -g npud /var/lib/npud /var/lib/npud/models /var/cache/npud
     systemctl daemon-reload
 fi
+# The value an env file gives KEY (its last assignment, quotes removed), empty if none.
+env_value() {
+    [ -r "$1" ] || return 0
+    sed -n "s/^[[:space:]]*$2=//p" "$1" | tail -n 1 | sed "s/^[\"']//; s/[\"']\$//"
+}
+is_true() { case "${1,,}" in 1|true|yes|on) return 0 ;; *) return 1 ;; esac; }
+env_file="$root/etc/npud/npud.env"
+# An earlier install (or a kept env file) can contradict what this one announces: say so, loudly.
+no_http="$(env_value "$env_file" OV_GENAI_NPU_NO_HTTP)"
+if { [ -L "$units/sockets.target.wants/npud-http.socket" ] || [ -e "$units/sockets.target.wants/npud-http.socket" ]; } && is_true "${no_http:-1}"; then
+    cat >&2 <<MSG
+WARNING: npud-http.socket is enabled (an earlier install) but HTTP is off for the system units
+(OV_GENAI_NPU_NO_HTTP=${no_http:-1}): npud refuses to start while systemd passes it that socket, for the
+Unix socket's clients too. Run: sudo systemctl disable --now npud-http.socket
+(or offer HTTP with a token: README "Serving other users").
+MSG
+fi
+lock="$(env_value "$env_file" OV_GENAI_NPU_LOCK_FILE)"
+if [ -n "$lock" ] && [ "$lock" != /run/npu.lock ]; then
+    cat >&2 <<MSG
+WARNING: $env_file (kept from an earlier install) sets OV_GENAI_NPU_LOCK_FILE=$lock, which
+overrides the unit's shared /run/npu.lock: no other program takes that lock. Remove the line (or
+set it to /run/npu.lock) to share the NPU lock.
+MSG
+fi
 cat <<MSG
 Installed the system units into $units (ExecStart=$npud).
 Settings: $root/etc/npud/npud.env    Account: npud (in render); clients' group: npud-users
