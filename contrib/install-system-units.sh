@@ -49,13 +49,13 @@ mkdir -p "$units" "$root/etc/sysusers.d" "$root/etc/tmpfiles.d" "$root/etc/npud"
 sed "s|^ExecStart=/usr/bin/env npud|ExecStart=$npud|" "$repo/systemd/system/npud.service" > "$units/npud.service"
 cp "$repo/systemd/system/npud.socket" "$repo/systemd/system/npud-http.socket" "$units/"
 cp "$repo/systemd/system/npud.sysusers.conf" "$root/etc/sysusers.d/npud.conf"
-cp "$repo/systemd/system/npud.tmpfiles.conf" "$root/etc/tmpfiles.d/npud.conf"
+cp "$repo/systemd/system/npud.tmpfiles.conf" "$root/etc/tmpfiles.d/npu.conf"
 if [ ! -e "$root/etc/npud/npud.env" ]; then
     install -m 0644 "$repo/contrib/npud-system.env.example" "$root/etc/npud/npud.env"
 fi
 if [ -z "$root" ]; then
     systemd-sysusers /etc/sysusers.d/npud.conf
-    systemd-tmpfiles --create /etc/tmpfiles.d/npud.conf   # /run/npu.lock now; at every boot from now on
+    systemd-tmpfiles --create /etc/tmpfiles.d/npu.conf   # /run/npu.lock now; at every boot from now on
     # systemd creates these at the first start; the model copy and npud.smoke need them before.
     install -d -o npud -g npud /var/lib/npud /var/lib/npud/models /var/cache/npud
     systemctl daemon-reload
@@ -88,7 +88,7 @@ fi
 cat <<MSG
 Installed the system units into $units (ExecStart=$npud).
 Settings: $root/etc/npud/npud.env    Account: npud (in render); clients' group: npud-users
-NPU lock: /run/npu.lock (root:render 0660, $root/etc/tmpfiles.d/npud.conf): other programs that use
+NPU lock: /run/npu.lock (root:render 0660, $root/etc/tmpfiles.d/npu.conf): other programs that use
 the NPU take the same flock (--lock-file /run/npu.lock).
 
 Put the model where the unit looks (or set OV_GENAI_NPU_MODEL in /etc/npud/npud.env):

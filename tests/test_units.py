@@ -159,7 +159,7 @@ def test_system_installer_writes_verifiable_units(tmp_path: Path) -> None:
     assert f"ExecStart={npud}\n" in (units / "npud.service").read_text()
     assert (root / "etc" / "sysusers.d" / "npud.conf").read_text() == (SYSTEM_DIR / "npud.sysusers.conf").read_text()
     assert (root / "etc" / "npud" / "npud.env").exists()
-    assert (root / "etc" / "tmpfiles.d" / "npud.conf").read_text() == (SYSTEM_DIR / "npud.tmpfiles.conf").read_text()
+    assert (root / "etc" / "tmpfiles.d" / "npu.conf").read_text() == (SYSTEM_DIR / "npud.tmpfiles.conf").read_text()
     assert "sudo systemctl enable --now npud.socket\n" in proc.stdout and "npud-http.socket" not in proc.stdout
     checked = verify(sorted(units.iterdir()), user=False, cwd=units, tmp_path=tmp_path)
     assert checked.returncode == 0 and checked.stderr == "", checked.stderr
