@@ -49,21 +49,46 @@ mkdir -p "$units" "$root/etc/sysusers.d" "$root/etc/tmpfiles.d" "$root/etc/npud"
 sed "s|^ExecStart=/usr/bin/env npud|ExecStart=$npud|" "$repo/systemd/system/npud.service" > "$units/npud.service"
 cp "$repo/systemd/system/npud.socket" "$repo/systemd/system/npud-http.socket" "$units/"
 cp "$repo/systemd/system/npud.sysusers.conf" "$root/etc/sysusers.d/npud.conf"
-cp "$repo/systemd/system/npud.tmpfiles.conf" "$root/etc/tmpfiles.d/npud.conf"
+cp "$repo/systemd/system/npud.tmpfiles.conf" "$root/etc/tmpfiles.d/npu.conf"
 if [ ! -e "$root/etc/npud/npud.env" ]; then
     install -m 0644 "$repo/contrib/npud-system.env.example" "$root/etc/npud/npud.env"
 fi
 if [ -z "$root" ]; then
     systemd-sysusers /etc/sysusers.d/npud.conf
-    systemd-tmpfiles --create /etc/tmpfiles.d/npud.conf   # /run/npu.lock now; at every boot from now on
+    systemd-tmpfiles --create /etc/tmpfiles.d/npu.conf   # /run/npu.lock now; at every boot from now on
     # systemd creates these at the first start; the model copy and npud.smoke need them before.
     install -d -o npud -g npud /var/lib/npud /var/lib/npud/models /var/cache/npud
     systemctl daemon-reload
 fi
+# The value an env file gives KEY (its last assignment, quotes removed), empty if none.
+env_value() {
+    [ -r "$1" ] || return 0
+    sed -n "s/^[[:space:]]*$2=//p" "$1" | tail -n 1 | sed "s/^[\"']//; s/[\"']\$//"
+}
+is_true() { case "${1,,}" in 1|true|yes|on) return 0 ;; *) return 1 ;; esac; }
+env_file="$root/etc/npud/npud.env"
+# An earlier install (or a kept env file) can contradict what this one announces: say so, loudly.
+no_http="$(env_value "$env_file" OV_GENAI_NPU_NO_HTTP)"
+if { [ -L "$units/sockets.target.wants/npud-http.socket" ] || [ -e "$units/sockets.target.wants/npud-http.socket" ]; } && is_true "${no_http:-1}"; then
+    cat >&2 <<MSG
+WARNING: npud-http.socket is enabled (an earlier install) but HTTP is off for the system units
+(OV_GENAI_NPU_NO_HTTP=${no_http:-1}): npud refuses to start while systemd passes it that socket, for the
+Unix socket's clients too. Run: sudo systemctl disable --now npud-http.socket
+(or offer HTTP with a token: README "Serving other users").
+MSG
+fi
+lock="$(env_value "$env_file" OV_GENAI_NPU_LOCK_FILE)"
+if [ -n "$lock" ] && [ "$lock" != /run/npu.lock ]; then
+    cat >&2 <<MSG
+WARNING: $env_file (kept from an earlier install) sets OV_GENAI_NPU_LOCK_FILE=$lock, which
+overrides the unit's shared /run/npu.lock: no other program takes that lock. Remove the line (or
+set it to /run/npu.lock) to share the NPU lock.
+MSG
+fi
 cat <<MSG
 Installed the system units into $units (ExecStart=$npud).
 Settings: $root/etc/npud/npud.env    Account: npud (in render); clients' group: npud-users
-NPU lock: /run/npu.lock (root:render 0660, $root/etc/tmpfiles.d/npud.conf): other programs that use
+NPU lock: /run/npu.lock (root:render 0660, $root/etc/tmpfiles.d/npu.conf): other programs that use
 the NPU take the same flock (--lock-file /run/npu.lock).
 
 Put the model where the unit looks (or set OV_GENAI_NPU_MODEL in /etc/npud/npud.env):

@@ -242,7 +242,11 @@ def human(result: Any) -> str:
         device = f"{result.device} (emulated on the CPU)" if result.emulated is True else result.device
         line = f"{result.status}: {result.model} on {device}, queue {result.queue.depth}/{result.queue.capacity}, "
         line += f"{result.jobs_served} served, {result.jobs_failed} failed, {result.jobs_cancelled} cancelled"
-        return line + (f"\nerror: {result.error}" if result.error is not msgspec.UNSET else "")
+        if result.error is not msgspec.UNSET:
+            line += f"\nerror: {result.error}"
+        if retry_scheduled(result):
+            line += f"\nretrying the load in {result.retry_in_s:g}s"
+        return line
     if isinstance(result, ModelsResult):
         rows = []
         for model in result.models:

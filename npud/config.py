@@ -379,4 +379,10 @@ def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Confi
         # The NPU computes on the NPU; its CPU-side threads are not this setting.
         raise ConfigError(f"--worker-threads sets the CPU plugin's inference threads and needs --device CPU "
                           f"(got --device {values['device']}{' with --npu-emulation' if values['npu_emulation'] else ''})")
+    if (values["allow_uids"] or values["allow_gids"]) and values["http"] and not values["token_file"]:
+        # TCP has no peer credentials: an open shim would serve every local user the allow-list
+        # leaves out (and, in the system unit, bypass the npud-users group).
+        raise ConfigError("--allow-uid/--allow-gid admit only the users you name to the socket, but the HTTP "
+                          "shim cannot tell users apart and would serve every local user: add --token-file "
+                          "(OV_GENAI_NPU_TOKEN_FILE) or turn HTTP off with --no-http (OV_GENAI_NPU_NO_HTTP=1)")
     return Config(**values)

@@ -112,7 +112,7 @@ def check_npu_lock(config: Config) -> None:
             "no place for the NPU lock file: neither $XDG_RUNTIME_DIR nor $RUNTIME_DIRECTORY is set "
             "(sudo, cron, a system service). Pass --lock-file (OV_GENAI_NPU_LOCK_FILE) in a directory only "
             "trusted users can write, the same path for every process that shares the NPU, e.g. "
-            "/run/npud/npu.lock (RuntimeDirectory=npud); never /tmp.")
+            "/run/npu.lock made by root with systemd-tmpfiles (README 'Configuration'); never /tmp.")
     try:
         os.close(open_lock_file(config.lock_file))
     except LockFileRefused as exc:
@@ -151,7 +151,8 @@ class Listeners:
 def open_listeners(config: Config, activated: ActivatedSockets | None = None) -> Listeners:
     """The Unix socket and, unless disabled, the loopback HTTP shim.
 
-    Sockets passed by systemd are used as they are; the rest are bound here, the Unix socket
+    Sockets passed by systemd are used as they are and nothing else is bound (no HTTP socket passed:
+    no HTTP shim). Without systemd both are bound here, the Unix socket
     first: "another daemon is already listening" is the useful message when a second npud starts,
     not the HTTP port clash that follows from it. An HTTP socket passed while --no-http says not
     to serve one is refused: systemd keeps listening on it whatever npud does, so its clients
@@ -164,8 +165,11 @@ def open_listeners(config: Config, activated: ActivatedSockets | None = None) ->
         rpc_sock, owned = activated.rpc, None
     else:
         rpc_sock, owned = bind_unix_socket(config.socket)
+    # Under socket activation the HTTP listener is the one systemd passes, or none: not enabling
+    # npud-http.socket is how the units turn the shim off (binding it here would open a port the
+    # owner believes closed, to every local user).
     http_sock = activated.http if activated is not None else None
-    if config.http and http_sock is None:
+    if config.http and activated is None:
         try:
             http_sock = bind_http_socket(config.host, config.port)
         except StartupError:

@@ -241,9 +241,8 @@ def _run_checks(report: Report, out: dict[str, Any], config: Config, loader: Eng
     counter = check_busy_counter(report, config, sysfs, host.kernel_release) if npu else None
     if not npu:
         report.add("busy counter readable", None, "not the NPU")
-    if npu:
-        report.add("NPU lock file", *check_lock_file(config))
-    else:
+    lock_usable = report.add("NPU lock file", *check_lock_file(config)) if npu else None
+    if not npu:
         report.add("NPU lock file", None, "not the NPU")
     # True only once the busy counter proved the title job ran on NPU hardware (None off the NPU;
     # never when emulated).
@@ -251,6 +250,11 @@ def _run_checks(report: Report, out: dict[str, Any], config: Config, loader: Eng
     out["report"]["busy_counter"]["readable"] = counter is not None
     if model_problem is not None:
         report.add("model load", False, model_problem)
+        _record_device_facts(out, config, host)
+        return
+    if lock_usable is False:
+        # Loading takes that lock: trying would only report the same cause again, worse worded.
+        report.add("model load", None, "not run: it needs the NPU lock file (the row above)")
         _record_device_facts(out, config, host)
         return
     try:

@@ -36,6 +36,7 @@ def test_environment_then_flags() -> None:
         "OV_GENAI_NPU_QUEUE_DEPTH": "3",
         "OV_GENAI_NPU_ALLOW_UID": "1001, 1002",
         "OV_GENAI_NPU_NO_BUSY_CHECK": "1",
+        "OV_GENAI_NPU_NO_HTTP": "1",
         "OV_GENAI_NPU_MAX_PROMPT_LEN": "512",
     }
     config = load_config([], env)
@@ -130,3 +131,15 @@ def test_npu_emulation_is_explicit_and_only_for_the_npu() -> None:
 def test_npu_emulation_is_in_help() -> None:
     out = " ".join(subprocess.run(npud_command("--help"), capture_output=True, text=True, check=True).stdout.split())
     assert "--npu-emulation" in out and "OV_GENAI_NPU_EMULATION" in out and "NPUW_DEVICES=CPU" in out
+
+
+@pytest.mark.parametrize("allow", [["--allow-uid", "1001"], ["--allow-gid", "50"]])
+def test_an_allow_list_with_an_open_http_shim_is_refused(allow: list[str]) -> None:
+    """The shim has no peer identity: with an allow-list and HTTP on without a token, every local
+    user the list leaves out could still run jobs over HTTP (verify review 2: the system unit with
+    NO_HTTP=0 and no token bypassed ALLOW_GID)."""
+    with pytest.raises(ConfigError, match="--token-file .* --no-http") as refused:
+        load_config(allow, {"HOME": "/h"})
+    assert "every local user" in str(refused.value)
+    assert load_config([*allow, "--no-http"], {"HOME": "/h"}).http is False
+    assert load_config([*allow, "--token-file", "/h/token"], {"HOME": "/h"}).token_file == "/h/token"

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from npuclient import Client
-from npuclient.cli import EXIT_INVALID_INPUT, wait_until_ready
+from npuclient.cli import EXIT_INVALID_INPUT, human, wait_until_ready
 from npuclient.errors import NotReady
 from npuclient.protocol import HealthResult
 from npud.testing.fake import FakeBehaviour, FakeLoader
@@ -301,3 +301,13 @@ def test_wait_gives_up_on_a_retry_that_comes_after_the_timeout_and_at_once_on_a_
     with pytest.raises(NotReady, match="model failed to load \\(attempt 1\\): no such model$"):
         wait_until_ready(final, 60, io.StringIO(), clock=lambda: final.now, sleep=final.sleep)  # type: ignore[arg-type]
     assert final.now == 0  # no waiting for a load that will not be retried
+
+
+def test_health_shows_a_scheduled_load_retry() -> None:
+    """`npuctl health` during a scheduled retry: the error and when the next attempt comes, not a
+    bare 'error' that reads like a final failure (verify review 2, note)."""
+    shown = human(RETRYING)
+    assert shown.startswith("error: m on NPU")
+    assert "error: NPU lock /run/npu.lock held by another process for 60.0s" in shown
+    assert "retrying the load in 4.8s" in shown
+    assert "retrying" not in human(health_result("error", error="no such model"))

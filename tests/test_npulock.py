@@ -234,3 +234,14 @@ def test_a_missing_lock_file_that_cannot_be_created_says_how_to_make_it(
     with pytest.raises(StartupError, match=r"does not exist and it cannot be created here .*"
                                               r"'f /run/npu.lock 0660 root render -'.*systemd-tmpfiles --create"):
         check_npu_lock(make_config(tmp_path, device="NPU", lock_file=str(tmp_path / "npu.lock")))
+
+
+def test_without_a_runtime_directory_the_example_lock_is_the_shared_one(tmp_path: Path) -> None:
+    """Verify review 2 (finding F): the shared NPU lock is now /run/npu.lock, made by root through
+    tmpfiles.d (README "Configuration", the system units). The startup error for a missing lock
+    file still gave /run/npud/npu.lock (RuntimeDirectory=npud) as its example: a directory of one
+    service, so a lock no other program shares, against "the same path for every process"."""
+    config = make_config(tmp_path, lock_file="", device="NPU")
+    with pytest.raises(StartupError) as caught:
+        check_npu_lock(config)
+    assert "/run/npu.lock" in str(caught.value) and "/run/npud/" not in str(caught.value)

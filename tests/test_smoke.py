@@ -395,3 +395,21 @@ def test_a_missing_lock_file_fails_its_row_as_the_service_would_fail_to_start(tm
     report, _ = run(config, FakeLoader(FakeBehaviour()), ["CPU", "NPU"], host())
     state, detail = rows(report)["NPU lock file"]
     assert state == "FAIL" and "Pass --lock-file (OV_GENAI_NPU_LOCK_FILE)" in detail and report.failed
+
+
+def test_without_a_lock_file_the_load_row_does_not_blame_an_empty_path(tmp_path: Path) -> None:
+    """Verify review 2 (finding E): since the acceptance check takes the NPU lock (attack 2,
+    finding 7), running it without a runtime directory (`sudo contrib/smoke_llm_npu.sh`, cron)
+    fails the "NPU lock file" row, as it should, and then goes on to "model load", which fails with
+    "cannot open the NPU lock file : No such file or directory": a lock on the empty path. The
+    load row must not report a second, wrong cause (it names the missing --lock-file, or is not
+    run)."""
+    config = load_config(["--device", "NPU", "--npu-emulation", "--model", "fake-model", "--no-busy-check",
+                          "--cache-dir", str(tmp_path / "cache")], {"HOME": str(tmp_path)})
+    assert not config.lock_file
+    report, _ = run(config, FakeLoader(FakeBehaviour()), ["CPU"], host())
+    table = rows(report)
+    assert table["NPU lock file"][0] == "FAIL"
+    state, detail = table["model load"]
+    assert "lock file :" not in detail, detail
+    assert state == "SKIP" or "--lock-file" in detail, (state, detail)

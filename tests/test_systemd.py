@@ -437,6 +437,30 @@ def test_without_the_http_socket_no_http_starts(tmp_path: Path) -> None:
     assert activator.exit_codes == [0]
 
 
+def test_not_enabling_the_http_socket_keeps_the_shim_off(tmp_path: Path) -> None:
+    """Verify review 2 (finding A): README "Running under systemd" says "npud.service requires
+    npud.socket only, so not enabling npud-http.socket keeps the shim off" (and "Who may connect"
+    tells users to turn the shim off that way). Socket-activated with only the RPC socket and the
+    default settings, npud bound the HTTP port itself: the shim, which has no peer check, served
+    every local user while its owner believed it off. Under socket activation the HTTP listener is
+    the one systemd passes, or none."""
+    name = unique_socket()
+    rpc = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    rpc.bind(abstract(name))
+    rpc.listen(4)
+    port = free_port()
+    activator = Activator([("rpc", rpc)], ["-m", "npud.testing.fake_daemon"],
+                          env=daemon_env(tmp_path, OV_GENAI_NPU_PORT=str(port)))
+    activator.start()
+    try:
+        with RawConnection.open(name) as conn:
+            assert conn.call("health")["result"]["version"]  # serving: every listener is open by now
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=10).close()
+    finally:
+        activator.stop()
+
+
 def test_status_follows_the_load_and_extends_the_timeout(tmp_path: Path, notify: NotifyListener) -> None:
     """While the model loads (an NPU compile can take minutes): STATUS says so and
     EXTEND_TIMEOUT_USEC keeps systemd waiting; then STATUS follows the queue."""

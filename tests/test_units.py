@@ -159,7 +159,7 @@ def test_system_installer_writes_verifiable_units(tmp_path: Path) -> None:
     assert f"ExecStart={npud}\n" in (units / "npud.service").read_text()
     assert (root / "etc" / "sysusers.d" / "npud.conf").read_text() == (SYSTEM_DIR / "npud.sysusers.conf").read_text()
     assert (root / "etc" / "npud" / "npud.env").exists()
-    assert (root / "etc" / "tmpfiles.d" / "npud.conf").read_text() == (SYSTEM_DIR / "npud.tmpfiles.conf").read_text()
+    assert (root / "etc" / "tmpfiles.d" / "npu.conf").read_text() == (SYSTEM_DIR / "npud.tmpfiles.conf").read_text()
     assert "sudo systemctl enable --now npud.socket\n" in proc.stdout and "npud-http.socket" not in proc.stdout
     checked = verify(sorted(units.iterdir()), user=False, cwd=units, tmp_path=tmp_path)
     assert checked.returncode == 0 and checked.stderr == "", checked.stderr
@@ -204,6 +204,61 @@ def test_system_installer_builds_from_a_copy_and_leaves_the_checkout_alone(tmp_p
     assert len(built) == 2 and built[0].endswith("/npuclient") and Path(built[0]).parent == Path(built[1])
     assert not Path(built[1]).is_relative_to(checkout) and not Path(built[1]).exists()  # a copy, removed
     assert sorted(str(p.relative_to(checkout)) for p in checkout.rglob("*")) == before
+
+
+# /etc/npud/npud.env as the installer wrote it before the shared lock and the HTTP default changed
+# (contrib/npud-system.env.example at 5414dae): the installer keeps an existing file.
+EARLIER_SYSTEM_ENV = """\
+OV_GENAI_NPU_MODEL=/var/lib/npud/models/Qwen2.5-1.5B-Instruct-int4-ov
+OV_GENAI_NPU_CACHE=/var/cache/npud
+OV_GENAI_NPU_LOCK_FILE=/var/lib/npud/npu.lock
+ZE_INTEL_NPU_CACHE_DIR=/var/cache/npud/ze_intel_npu_cache
+#OV_GENAI_NPU_TOKEN_FILE=/etc/npud/token
+#OV_GENAI_NPU_NO_HTTP=1
+"""
+
+
+def install_over_an_earlier_system_install(tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """An install made as the README said before: `sudo systemctl enable --now npud.socket
+    npud-http.socket` (the symlinks systemctl enable leaves) and the env file of that time."""
+    root = tmp_path / "root"
+    wants = root / "etc" / "systemd" / "system" / "sockets.target.wants"
+    wants.mkdir(parents=True)
+    for unit in ("npud.socket", "npud-http.socket"):
+        (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
+    (root / "etc" / "npud").mkdir()
+    (root / "etc" / "npud" / "npud.env").write_text(EARLIER_SYSTEM_ENV)
+    npud = Path(sys.executable).parent / "npud"
+    if str(npud).startswith(("/home/", "/root/")):
+        pytest.skip("the installer refuses an npud under /home or /root")
+    proc = subprocess.run([str(REPO / "contrib" / "install-system-units.sh"), "--npud", str(npud), "--root", str(root)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "etc" / "npud" / "npud.env").read_text() == EARLIER_SYSTEM_ENV  # kept, as designed
+    return proc
+
+
+def test_system_installer_over_an_enabled_http_socket_says_npud_will_not_start(tmp_path: Path) -> None:
+    """Verify review 2 (finding B): the new system unit sets OV_GENAI_NPU_NO_HTTP=1 and npud now
+    refuses to start when systemd passes it an HTTP socket. Every earlier system install enabled
+    npud-http.socket (README: `sudo systemctl enable --now npud.socket npud-http.socket`, and the
+    unit's Also=), and the installer keeps its env file, which does not say NO_HTTP=0. Re-running
+    the installer therefore leaves a service that fails at every start, for the Unix socket's
+    users too, and the installer says nothing: it must name the enabled socket and the way out."""
+    proc = install_over_an_earlier_system_install(tmp_path)
+    said = proc.stdout + proc.stderr
+    assert "disable --now npud-http.socket" in said, said
+
+
+def test_system_installer_over_an_earlier_env_file_says_the_lock_is_not_the_shared_one(tmp_path: Path) -> None:
+    """Verify review 2 (finding B, second half): the installer announces "NPU lock: /run/npu.lock
+    ... other programs that use the NPU take the same flock", but the kept env file says
+    OV_GENAI_NPU_LOCK_FILE=/var/lib/npud/npu.lock, which wins over the unit's Environment=: the
+    service keeps a private lock that no other program shares. The installer must not claim the
+    shared lock without saying that the env file overrides it."""
+    proc = install_over_an_earlier_system_install(tmp_path)
+    said = proc.stdout + proc.stderr
+    assert "/var/lib/npud/npu.lock" in said, said
 
 
 def test_system_installer_refuses_an_npud_under_home(tmp_path: Path) -> None:
@@ -276,6 +331,28 @@ def test_install_user_units_uses_the_environment_the_acceptance_check_ran_in(tmp
     assert proc.returncode == 0, proc.stderr
     unit = (home / ".config" / "systemd" / "user" / "npud.service").read_text()
     assert f"ExecStart={bin_dir / 'npud'}\n" in unit, re.findall(r"ExecStart=.*", unit)
+
+
+def test_install_user_units_over_an_enabled_http_socket_with_no_http_says_npud_will_not_start(tmp_path: Path) -> None:
+    """Verify review 2 (finding B, user units): the README used to say `systemctl --user enable
+    --now npud.socket npud-http.socket` and "--no-http to turn the shim off"; a user who did both
+    had an RPC-only npud (and hanging HTTP clients). npud now refuses to start while systemd
+    passes it an HTTP socket and NO_HTTP=1, so after re-running the installer (which keeps
+    npud.env and the enable links) no npud starts at all, for the socket's clients too. The
+    installer sees both and must say how to get out (disable the socket, or NO_HTTP=0)."""
+    home = tmp_path / "home"
+    wants = home / ".config" / "systemd" / "user" / "sockets.target.wants"
+    wants.mkdir(parents=True)
+    for unit in ("npud.socket", "npud-http.socket"):
+        (wants / unit).symlink_to(home / ".config" / "systemd" / "user" / unit)
+    (home / ".config" / "npud").mkdir()
+    (home / ".config" / "npud" / "npud.env").write_text("OV_GENAI_NPU_NO_HTTP=1\n")
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.run([str(REPO / "contrib" / "install-user-units.sh"), str(bin_dir / "npud")],
+                          env={"HOME": str(home), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    said = proc.stdout + proc.stderr
+    assert "disable --now npud-http.socket" in said, said
 
 
 # ---------------------------------------------------------------- the watchdog during a long load
