@@ -378,8 +378,13 @@ def test_connections_being_refused_are_counted_and_capped(daemon_factory: Any,
     port = daemon.http_port
     held = [Raw(port, timeout=60) for _ in range(3)]  # one served, two being refused (silent)
     try:
-        with Raw(port, timeout=60) as extra:  # over both caps: reset at once, nothing read or sent
-            assert extra.closed_quietly()
+        try:
+            with Raw(port, timeout=60) as extra:  # over both caps: reset at once, nothing read or sent
+                assert extra.closed_quietly()
+        except ConnectionResetError:
+            # The shim's reset can reach the client within connect() itself on loopback: the same
+            # outcome, a connection that ends without a byte sent or read.
+            pass
         held[1].send(held[1].request("GET", "/healthz"))  # the refused ones still get their 503
         reply = held[1].response()
         assert reply is not None and reply.status == 503 and reply.json()["error"]["code"] == -32009
