@@ -47,5 +47,9 @@ def test_the_quality_report_can_see_what_the_secret_filter_catches() -> None:
     raw = json.dumps(["The user is vegan.", "The user's Wi-Fi password is Sunflower-92."])
     output = clean_candidates(raw, item.input)  # what the daemon returns
     assert output.secrets_dropped == 1  # the premise: the filter caught the labelled secret
-    summary = evalset.aggregate([evalset.score(item, output.text, output.candidates)])
+    # The daemon reports its drops (bench.quality reads them from health, item by item): the
+    # returned candidates alone cannot show them. (Test changed from the attack review's version,
+    # which called score without the count and so asked for the impossible.)
+    summary = evalset.aggregate([evalset.score(item, output.text, output.candidates,
+                                               secrets_dropped=output.secrets_dropped)])
     assert summary["filter_drops"] >= 1 or summary["filter_caught_leaks"] >= 1, summary

@@ -368,3 +368,22 @@ def test_candidate_form() -> None:
 )
 def test_sentence_count(text: str, count: int) -> None:
     assert sentence_count(text) == count
+
+
+# Inputs at the size limit without a space, shaped to make a backtracking pattern scan the rest of
+# the text from every position (a scheme run "x-x-x-…" before "://" did: quadratic, and the worker
+# holds the GIL while it runs). Functional here; the scan is linear when the suite stays fast.
+_NO_SPACE = ["a" * 6000, "1" * 6000, "x-" * 3000, "a." * 3000, "1." * 3000, "1-" * 3000, "a1" * 3000,
+             "a_" * 3000, "password" * 750, "code1" * 1200, "密码" * 3000, "4111" * 1500, "¹" * 6000]
+
+
+@pytest.mark.parametrize("text", _NO_SPACE, ids=lambda t: repr(t[:4]))
+def test_the_guards_take_a_6000_character_word(text: str) -> None:
+    from npud.jobs import clean_candidates, clean_notification, clean_summary, clean_title
+
+    assert isinstance(find_secrets(text), tuple)
+    assert isinstance(invented_numbers(text, text[::-1]), list)
+    assert len(clean_title(text, text).text) <= 80
+    assert clean_notification(text, text).text
+    assert len(clean_summary(text, text).text) <= len(text)
+    assert clean_candidates(text, text).candidates == []
