@@ -910,7 +910,8 @@ def without_invented_numbers(text: str, source: str) -> str:
 # Where a full stop after a short word does not end the sentence. Titles before a name never end
 # one ("Dr. Rahman"); "e.g." and "i.e." introduce what follows. The other abbreviations end a
 # sentence only when a capital follows ("at 10 a.m. Bring ..." ends, "no. 5" does not), as do a
-# lone digit ("room 5. Bring") and a lower-case letter; a lone capital is an initial ("J. Smith").
+# lone digit ("room 5. Bring"; not a list marker: "Decisions: 1. Offline ...") and a lower-case
+# letter; a lone capital is an initial ("J. Smith").
 _NAME_TITLES = frozenset("dr mr mrs ms prof st mt mme mlle sra srta dra hr fr".split())
 _INTRODUCING = frozenset("e.g i.e eg ie z.b cf vgl".split())
 _ABBREVIATIONS = frozenset("""
@@ -954,6 +955,12 @@ def _ends_sentence(text: str, match: re.Match[str]) -> bool:
         return False  # an initial
     if last.isdigit() and len(last) <= 2 and next_word.lower().rstrip(".,") in _MONTHS:
         return False  # "am 5. Mai"
+    if last.isdigit() and len(last) <= 2 and before is not None:
+        # A list marker, not a number ending a sentence: "Decisions: 1. Offline mode ...", at the
+        # start of the text or after another sentence's end.
+        preceding = text[max(0, before.start(1) - 3):before.start(1)].rstrip()
+        if not preceding or preceding[-1] in ":.!?;":
+            return False
     if last in _ABBREVIATIONS or len(last) == 1:
         return capital_next
     return True

@@ -364,7 +364,10 @@ def test_candidate_form() -> None:
 @pytest.mark.parametrize(
     ("text", "count"),
     [("", 0), ("One sentence", 1), ("Meet Dr. Smith at 10 a.m. tomorrow.", 1), ("J. R. R. Tolkien wrote it.", 1),
-     ("See e.g. the docs. Then call.", 2), ("Build failed! See logs? Yes.", 3), ("Version 2.4.1 is out.", 1)],
+     ("See e.g. the docs. Then call.", 2), ("Build failed! See logs? Yes.", 3), ("Version 2.4.1 is out.", 1),
+     ("Standup moved to 10 am. Bring your laptop.", 2), ("Moved to room 5. Bring it.", 2),
+     ("Room no. 5 is free.", 1), ("Decisions: 1. Offline mode waits. 2. Dark theme ships.", 2),
+     ("Termin am 5. Mai um 10 Uhr.", 1), ("站会改到明天上午10点。请带笔记本电脑。", 2), ("Moved!Bring it.", 2)],
 )
 def test_sentence_count(text: str, count: int) -> None:
     assert sentence_count(text) == count
