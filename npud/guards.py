@@ -493,13 +493,13 @@ def cards_across(statements: Sequence[str]) -> set[int]:
                     pieces = head[start:] + tail[:end]
                     if sum(map(len, pieces)) > 19:
                         break
-                    if _is_card(pieces) or (_is_card(["".join(pieces)]) and _pieces_of_four(head[start:], tail[:end])):
+                    if _is_card(pieces) or (_is_card(["".join(pieces)]) and _pieces_of_four(head[start:])):
                         found |= {i, j}
     return found
 
 
-def _pieces_of_four(head: Sequence[str], tail: Sequence[str]) -> bool:
-    """Two halves written without inner separators ("45391488" and "03436467"): the first a
+def _pieces_of_four(head: Sequence[str]) -> bool:
+    """Two halves written without inner separators ("45391488" and "03436467"): the first is a
     multiple of four digits, as a card is read out."""
     return len("".join(head)) % 4 == 0
 
@@ -620,7 +620,7 @@ _NUMBER_WORDS: Final = {
     "vierzig": 40, "fünfzig": 50, "hundert": 100, "tausend": 1000, "mittag": 12, "erste": 1, "ersten": 1,
     # es
     "cero": 0, "uno": 1, "una": 1, "dos": 2, "tres": 3, "cuatro": 4, "cinco": 5, "seis": 6, "siete": 7,
-    "ocho": 8, "nueve": 9, "diez": 10, "once_es": 11, "doce": 12, "quince": 15, "veinte": 20, "treinta": 30,
+    "ocho": 8, "nueve": 9, "diez": 10, "doce": 12, "quince": 15, "veinte": 20, "treinta": 30,
     "cuarenta": 40, "cincuenta": 50, "cien": 100, "ciento": 100, "mil": 1000, "mediodía": 12, "primero": 1,
     "primera": 1,
 }
@@ -803,7 +803,7 @@ def _word_numbers(text: str) -> list[_Number]:
 
     for match in _WORD.finditer(text):
         key = match.group().lower()
-        if key not in _NUMBER_WORDS or key == "once_es":
+        if key not in _NUMBER_WORDS:
             close()
             continue
         if group and not (_NUMBER_JOINER.fullmatch(text, group[-1].end(), match.start())
