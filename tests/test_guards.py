@@ -279,6 +279,19 @@ INVENTED = [
     ("16:00", "at 3 pm", ["16:00"]),
     ("5550142", "555-0142", ["5550142"]),
     ("From 9 to 13, 18 people", "From 9 to 13", ["18"]),
+    # morning and afternoon are different times
+    ("Meeting at 9:30 pm", "Meeting at 9:30 am.", ["9:30"]),
+    ("Meeting at 9:30 am", "Meeting at 9:30 pm.", ["9:30"]),
+    ("Dinner at 7 pm", "Breakfast at 7 am.", ["7"]),
+    ("Dinner at 7 pm", "Dinner at 7.", ["7"]),  # the input does not say which
+    ("Meet at 7 pm", "Meet at seven am", ["7"]),
+    ("Dinner at 7 pm", "Dinner at 19:00.", []),
+    ("Meeting at 9:30", "Meeting at 9:30 pm.", []),
+    ("Meet at seven pm", "Meet at 7 pm", []),
+    # number words that are rarely the number
+    ("Down for 2 hours", "Down for a second time.", ["2"]),
+    ("Deploy 0 services", "Deploy returned null.", ["0"]),
+    ("Room 2, second floor", "Room 2, second floor", []),
 ]
 
 

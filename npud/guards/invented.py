@@ -59,7 +59,9 @@ _SUFFIX = re.compile(
     r"mins|hr|hrs|d|w|y|x|p|px|mbps|ghz|mhz|kw|kwh|v|mp)$",
     re.IGNORECASE,
 )
-_PM_AFTER = re.compile(r"\s?(?:pm|p\.m\.)", re.IGNORECASE)
+_PM_AFTER = re.compile(r"\s?(?:pm|p\.m\.)(?![^\W_])", re.IGNORECASE)
+_AM_AFTER = re.compile(r"\s?(?:am|a\.m\.)(?![^\W_])", re.IGNORECASE)
+_CLOCK_FORM = re.compile(r"(\d+)(?::\d\d)?")
 # A number cut short is marked as such: "Ref 1234567…" (the title's 80-character cap).
 _ELLIPSIS = ("…", "...")
 
@@ -138,6 +140,8 @@ class _Number:
     runs: tuple[str, ...] = ()
     #: Followed by an ellipsis: a number cut short, which may be the start of one of the input's.
     truncated: bool = False
+    #: "am" or "pm" written after it (or glued to it: "7pm"), else None.
+    meridiem: str | None = None
 
 
 def _numeric_tokens(text: str) -> list[_Number]:
@@ -150,7 +154,8 @@ def _numeric_tokens(text: str) -> list[_Number]:
             continue
         end = match.start() + len(written)
         truncated = text.startswith(_ELLIPSIS, end)
-        pm = bool(_PM_AFTER.match(text, match.end())) or written.lower().endswith("pm")
+        meridiem = _meridiem(text, match.end(), written)
+        pm = meridiem == "pm"
         letters = re.sub(r"[\d.,:' ]", "", written)
         core = written
         if letters:
@@ -165,8 +170,22 @@ def _numeric_tokens(text: str) -> list[_Number]:
                 kind, forms = "identifier", {written.lower()}
         else:
             kind, forms = "number", _forms(core, pm)
-        tokens.append(_Number(written, match.start(), end, kind, frozenset(forms), runs, truncated))
+        tokens.append(_Number(written, match.start(), end, kind, frozenset(forms), runs, truncated, meridiem))
     return tokens
+
+
+def _meridiem(text: str, end: int, written: str = "") -> str | None:
+    if _PM_AFTER.match(text, end) or written.lower().endswith("pm"):
+        return "pm"
+    if _AM_AFTER.match(text, end) or written.lower().endswith("am"):
+        return "am"
+    return None
+
+
+def _afternoon(forms: frozenset[str]) -> frozenset[str]:
+    """The forms of an answer's "pm" number that say the afternoon: "7 pm" is 19 and 19:00 there,
+    never 7 (an input's "7 am" must not support it)."""
+    return frozenset(f for f in forms if (m := _CLOCK_FORM.fullmatch(f)) is None or int(m.group(1)) >= 12)
 
 
 def _word_value(values: Sequence[int]) -> int:
@@ -206,11 +225,12 @@ def _word_numbers(text: str) -> list[_Number]:
         keys = [m.group().lower() for m in group]
         value = _word_value([_NUMBER_WORDS[k] for k in keys])
         forms = {str(value)} | ({f"{value}:00"} if value <= 24 else set())
-        if _PM_AFTER.match(text, group[-1].end()) and value < 12:
+        meridiem = _meridiem(text, group[-1].end())
+        if meridiem == "pm" and value < 12:
             forms |= {str(value + 12), f"{value + 12}:00"}
         kind = "words" if len(keys) > 1 or keys[0] not in _AMBIGUOUS_NUMBER_WORDS else "ambiguous"
         found.append(_Number(text[group[0].start():group[-1].end()], group[0].start(), group[-1].end(), kind,
-                             frozenset(forms)))
+                             frozenset(forms), meridiem=meridiem))
         group.clear()
 
     for match in _WORD.finditer(text):
@@ -226,14 +246,20 @@ def _word_numbers(text: str) -> list[_Number]:
     return found
 
 
-def _source_word_forms(text: str) -> set[str]:
+#: Number words that, alone in an input, are rarely the number: "per cent" (a percentage or a
+#: coin, not 100), "mil" (also a unit), "a second time" (not 2), "returned null" (not 0).
+_NOT_NUMBERS_ALONE: Final = frozenset({"cent", "cents", "mil", "second", "null"})
+
+
+def _source_word_forms(text: str, morning: bool = False) -> set[str]:
     """What the input's number words support: each run's value and each word's own value, except
-    a lone "cent" after "per"/"pour" or a number (a percentage or a coin, not 100) and a lone
-    "mil" (Spanish 1000, but also a unit)."""
+    the words of _NOT_NUMBERS_ALONE when alone. ``morning``: only those not followed by "pm"."""
     supported: set[str] = set()
     for number in _word_numbers(text):
         keys = [w.lower() for w in _WORD.findall(number.written)]
-        if len(keys) == 1 and keys[0] in ("cent", "cents", "mil"):
+        if len(keys) == 1 and keys[0] in _NOT_NUMBERS_ALONE:
+            continue
+        if morning and number.meridiem == "pm":
             continue
         supported |= number.forms
         for key in keys:
@@ -242,12 +268,15 @@ def _source_word_forms(text: str) -> set[str]:
     return supported
 
 
-def number_forms(text: str) -> set[str]:
+def number_forms(text: str, morning: bool = False) -> set[str]:
     """Everything in ``text`` an output number may match: each token's forms, every digit run in it
-    (so "1 555 123 4567" supports "555"), and numbers written as words ("two weeks" supports "2")."""
+    (so "1 555 123 4567" supports "555"), and numbers written as words ("two weeks" supports "2").
+    ``morning``: only what is not marked "pm" (what an answer's "am" number may match)."""
     text = _number_text(text)
-    supported = _source_word_forms(text)
+    supported = _source_word_forms(text, morning)
     for token in _numeric_tokens(text):
+        if morning and token.meridiem == "pm":
+            continue
         supported |= token.forms
         supported |= {_strip_int(run) for run in token.runs}
     return supported
@@ -256,19 +285,27 @@ def number_forms(text: str) -> set[str]:
 def _invented_in(output: str, source: str) -> list[_Number]:
     """The unsupported numbers of ``output``, in order; both texts already normalised."""
     supported = number_forms(source)
+    morning = number_forms(source, morning=True)
     source_tokens = _numeric_tokens(source)
     identifiers = {f for token in source_tokens if token.kind == "identifier" for f in token.forms}
     whole = {token.written.lower() for token in source_tokens} | {run for t in source_tokens for run in t.runs}
     invented = []
     for token in _numeric_tokens(output):
-        pool = identifiers if token.kind == "identifier" else supported
-        if token.forms & pool:
+        pool = identifiers if token.kind == "identifier" else morning if token.meridiem == "am" else supported
+        forms = _afternoon(token.forms) if token.meridiem == "pm" and token.kind == "number" else token.forms
+        if forms & pool:
             continue
         if token.truncated and any(w.startswith(token.written.lower()) for w in whole):
             continue  # "1234567…": the start of one of the input's numbers, marked as cut
         invented.append(token)
-    invented += [n for n in _word_numbers(output) if n.kind == "words" and not n.forms & supported]
+    invented += [n for n in _word_numbers(output) if n.kind == "words" and not _word_supported(n, supported, morning)]
     return sorted(invented, key=lambda n: n.start)
+
+
+def _word_supported(number: _Number, supported: set[str], morning: set[str]) -> bool:
+    if number.meridiem == "pm":
+        return bool(_afternoon(number.forms) & supported)
+    return bool(number.forms & (morning if number.meridiem == "am" else supported))
 
 
 def invented_numbers(output: str, source: str) -> list[str]:
@@ -283,13 +320,16 @@ def invented_numbers(output: str, source: str) -> list[str]:
     ``7``); thousands separators are ignored (``1,000`` = ``1 000`` = ``1000``, and a group of
     three digits after a separator is always thousands: ``1,000`` is never the decimal 1); decimal
     comma = decimal point and trailing zeros are dropped (``5,70`` = ``5.7``); time separators
-    ``:``, ``h`` and ``.`` are one (``9h30`` = ``9.30`` = ``9:30``); ``3pm`` supports ``15:00``;
+    ``:``, ``h`` and ``.`` are one (``9h30`` = ``9.30`` = ``9:30``); ``3pm`` supports ``15:00``
+    (but an answer's ``pm`` time needs the afternoon in the input: ``7 pm`` is not supported by
+    ``7 am`` nor by a bare ``7``; an answer's ``am`` time needs an input number not marked ``pm``);
     ``9:00`` and ``9`` support each other; ordinals and units are stripped (``14th`` = ``14``,
     ``5km`` = ``5``); a number in the output may be any digit run of the input (``555`` from
     ``555-0142``) or a number word of the input (``2`` from ``two``, ``deux``, ``zwei``; "per cent"
-    is no 100); a number the output marks as cut (``1234…``) may be the start of one of the
-    input's. In the output, number words are checked like digits (``fifteen`` needs a 15 in the
-    input), except the ambiguous ones (``one``, ``second``, articles such as ``un``/``ein``).
+    is no 100, a lone "second" no 2, "null" no 0); a number the output marks as cut (``1234…``)
+    may be the start of one of the input's. In the output, number words are checked like digits
+    (``fifteen`` needs a 15 in the input), except the ambiguous ones (``one``, ``second``,
+    articles such as ``un``/``ein``).
     Not normalised (these are reported): a decimal that is a different number (``5.7`` against
     ``5`` and ``7``), arithmetic (``3 days`` from ``Monday to Wednesday``), reformatted long
     numbers (``5550142`` from ``555-0142``). Identifiers with several digit runs among letters
