@@ -101,6 +101,9 @@ SECRETS = [
     ("The user's api key is 9f8e7d6c5b4a39281706f5e4d3c2b1a0", "api_key"),
     ("client_secret = 'Zq8xW3vR9tY6uI1oP4aS7dF2gH'", "api_key"),
     ("aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "api_key"),
+    # a login written as a pair
+    ("The user's login: bob / hunter22", "password"),
+    ("The user's credentials are bob:Tr0ub4dor!", "password"),
     # private keys
     ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA", "private_key"),
     ("-----BEGIN OPENSSH PRIVATE KEY----- b3BlbnNzaC1rZXk", "private_key"),
@@ -128,6 +131,8 @@ def test_the_result_names_kinds_never_the_secret() -> None:
 # ---------------------------------------------------------------- secrets: not found
 
 NOT_SECRETS = [
+    "The user's login: work / personal accounts.",
+    "The user's login times are 9:00 / 17:00.",
     # ordinary statements about passwords and codes
     "The user changed their password yesterday.",
     "The user uses a password manager.",

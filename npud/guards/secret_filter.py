@@ -148,6 +148,14 @@ _PASSWORD_NEAR = re.compile(
 )
 # "PIN 4821", "PIN-Code 0417", "密码 482913": digits right after the word, no copula needed.
 _PIN_DIGITS = re.compile(rf"{_PASSWORD_WORD}\W{{0,3}}\d{{4,8}}(?!\d)", re.IGNORECASE)
+# A login written as a pair: "login: bob / hunter22", "credentials are bob:Tr0ub4dor". The second
+# half must mix letters with digits or symbols ("account: work / personal" is no password).
+_CREDENTIAL_PAIR = re.compile(
+    r"(?<![^\W_])(?:login|logon|credentials?|creds|user(?:name)?\s*/\s*password)(?![^\W_])[\"'`]?"
+    r"(?:\s*[:=]\s*|\s+(?:is|are)\s+)[^\s/:]{1,64}\s*[/:]\s*[\"'`]?"
+    r"(?=\S*[^\W\d_])(?=\S*[\d!#$%&*+?@^~])[^\s\"'`/]{6,}",
+    re.IGNORECASE,
+)
 # scheme://user:password@host
 _URL_CREDENTIALS = re.compile(r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^\s/?#@:]+:[^\s/?#@]+@[\w.-]", re.IGNORECASE)
 
@@ -479,7 +487,8 @@ def _has_password(text: str) -> bool:
         return True
     if any(_DESCRIBING.isdisjoint(m.group("between").lower().split()) for m in _PASSWORD_NEAR.finditer(text)):
         return True
-    return any(rule.search(text) for rule in (_PASSWORD_BARE, _PASSWORD_SET_TO, _PASS_FIELD, _PIN_DIGITS, _URL_CREDENTIALS))
+    rules = (_PASSWORD_BARE, _PASSWORD_SET_TO, _PASS_FIELD, _PIN_DIGITS, _URL_CREDENTIALS, _CREDENTIAL_PAIR)
+    return any(rule.search(text) for rule in rules)
 
 
 def find_secrets(text: str) -> tuple[SecretKind, ...]:
