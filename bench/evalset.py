@@ -159,8 +159,11 @@ def form_problems(item: Item, text: str, candidates: Sequence[str] | None) -> li
 
 
 def score(item: Item, text: str | None, candidates: Sequence[str] | None = None,
-          error: str | None = None) -> dict[str, Any]:
-    """The per-item record: the output, its problems and what it kept, invented and leaked."""
+          error: str | None = None, secrets_dropped: int = 0) -> dict[str, Any]:
+    """The per-item record: the output, its problems and what it kept, invented and leaked.
+
+    ``secrets_dropped``: memory candidates npud's secret filter dropped from this answer (the
+    returned ``candidates`` are what is left, so the filter's work is not visible in them)."""
     record: dict[str, Any] = {"id": item.id, "job": item.job, "split": item.split, "error": error}
     if error is not None or text is None:
         record.update(output=None, well_formed=False, problems=["error"], invented=[])
@@ -180,6 +183,8 @@ def score(item: Item, text: str | None, candidates: Sequence[str] | None = None,
     record.update(
         candidates=candidates,
         candidate_scores=scores,
+        secrets_dropped=secrets_dropped,
+        labelled_secret=any(entry.kind == "secret" for entry in item.forbidden),
         facts_found=[any(has_all(fact, c) for c in candidates) for fact in item.expected],
         invented=sorted({n for s in scores for n in s["invented"]}),
     )
@@ -224,7 +229,8 @@ def aggregate(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     candidates = [s for r in records for s in r["candidate_scores"]]
     facts = [found for r in records for found in r["facts_found"]]
     secret_leaks = [s for s in candidates if "secret" in s["leaks"]]
-    dropped = [s for s in candidates if s["filter"]]
+    left = [s for s in candidates if s["filter"]]
+    with_secret = [r for r in records if r.get("labelled_secret")]
     summary.update(
         candidates=len(candidates),
         precision=_ratio(sum(s["correct"] for s in candidates), len(candidates)),
@@ -234,8 +240,12 @@ def aggregate(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         items_leaking_secrets=sum(any("secret" in s["leaks"] for s in r["candidate_scores"]) for r in records),
         leaked_private=sum("private" in s["leaks"] for s in candidates),
         leaked_trivia=sum("trivia" in s["leaks"] for s in candidates),
-        filter_drops=len(dropped),
-        filter_caught_leaks=sum(bool(s["filter"]) for s in secret_leaks),
-        filter_drops_without_labelled_leak=sum("secret" not in s["leaks"] for s in dropped),
+        # What npud's filter dropped (reported by the daemon), in how many of the items whose input
+        # holds a labelled secret it dropped something, and what it would still drop among the
+        # returned candidates (0 unless the filter changed between the run and the scoring).
+        filter_drops=sum(r.get("secrets_dropped", 0) for r in records),
+        filter_caught_leaks=sum(r.get("secrets_dropped", 0) > 0 for r in with_secret),
+        items_with_labelled_secret=len(with_secret),
+        filter_left=len(left),
     )
     return summary

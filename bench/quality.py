@@ -6,7 +6,8 @@ usage: python -m bench.quality --model M --device D [--split dev|heldout|all] [-
 
 Starts ``npud`` as a child process, sends every item of ``bench/eval/`` through the socket with
 npuclient, and scores the answers with ``bench.evalset`` (leaks are judged against the set's own
-labels, not with npud's secret filter; the filter's verdict is reported next to them). Outputs are
+labels, not with npud's secret filter; what the filter dropped, as the daemon counts it, is
+reported next to them). Outputs are
 written only to the --json file, never printed or logged.
 """
 
@@ -45,7 +46,7 @@ def run_items(items: Sequence[Item], generate: Generate, progress: bool = True) 
     records = []
     for index, item in enumerate(items, 1):
         text, candidates, error, extra = generate(item)
-        record = evalset.score(item, text, candidates, error)
+        record = evalset.score(item, text, candidates, error, secrets_dropped=extra.pop("secrets_dropped", 0))
         record.update(extra)
         records.append(record)
         if progress:
@@ -58,18 +59,29 @@ def run_items(items: Sequence[Item], generate: Generate, progress: bool = True) 
 def daemon_generate(client: Any) -> Generate:
     from npuclient.errors import NpuClientError
 
+    def dropped_so_far() -> int:
+        # The daemon counts dropped statements by kind only (a statement with two kinds counts
+        # twice); items run one at a time, so the growth across one item is that item's drops.
+        stats = client.health().stats
+        return sum(stats.secrets_dropped.values()) if stats else 0
+
     def generate(item: Item) -> tuple[str | None, list[str] | None, str | None, dict[str, Any]]:
+        before = dropped_so_far() if item.job == "memory_candidate" else 0
         started = time.perf_counter()
         try:
             result = client.generate(item.job, item.input, timeout=CALL_TIMEOUT_S)
         except NpuClientError as exc:  # a failed job is a result of the evaluation, not a crash
             return None, None, type(exc).__name__, {"ms": (time.perf_counter() - started) * 1000}
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
         candidates = list(result.candidates) if isinstance(result.candidates, list) else None
-        return result.text, candidates, None, {
-            "ms": round((time.perf_counter() - started) * 1000, 1),
+        extra: dict[str, Any] = {
+            "ms": elapsed_ms,
             "generated_tokens": result.tokens.generated,
             "finish_reason": result.finish_reason,
         }
+        if item.job == "memory_candidate":
+            extra["secrets_dropped"] = dropped_so_far() - before
+        return result.text, candidates, None, extra
 
     return generate
 
@@ -117,12 +129,12 @@ def report(summary: dict[str, dict[str, Any]]) -> str:
                 split, agg["n"], agg["errors"], _pct(agg["well_formed"]), agg["candidates"], _pct(agg["precision"]),
                 _pct(agg["recall"]), f"{agg['leaked_secrets']} ({agg['items_leaking_secrets']} items)",
                 agg["leaked_private"], agg["leaked_trivia"], _pct(agg["invented_rate"]),
-                f"{agg['filter_drops']} ({agg['filter_caught_leaks']}/{agg['leaked_secrets']} leaks)",
+                f"{agg['filter_drops']} ({agg['filter_caught_leaks']}/{agg['items_with_labelled_secret']} items)",
             ])
     if memory_rows:
         parts.append(_table(["memory_candidate", "n", "errors", "well-formed", "candidates", "precision", "recall",
                              "leaked secrets", "leaked private", "leaked trivia", "invented numbers",
-                             "filter would drop (catches)"], memory_rows))
+                             "filter dropped (in items with a secret)"], memory_rows))
     return "\n\n".join(parts)
 
 

@@ -130,22 +130,33 @@ def _strip_decoration(text: str) -> str:
 
 
 def _cap_at_word(text: str, limit: int) -> str:
+    """``text`` within ``limit`` characters, cut at a space. A word too long to keep whole (a link)
+    is cut inside and marked with "…", so that a number cut short reads as cut, not as a
+    different number (guards.invented_numbers accepts "4821…" as the start of the input's "48213")."""
     if len(text) <= limit:
         return text
     cut = text[:limit]
     space = cut.rfind(" ")
-    return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:-–")
+    if space > limit // 2:
+        return cut[:space].rstrip(" ,;:-–")
+    return text[:limit - 1].rstrip(" ,;:-–") + "…"
 
 
 # A title cut by the token limit can end mid-phrase ("Tips for a Quicker, Smarter, and").
 _DANGLING = frozenset({"and", "or", "with", "for", "the", "a", "an", "of", "to", "in", "on", "by", "from", "&"})
 
 
+_OPENING = "([{\"'“‘«"
+
+
 def _drop_dangling(title: str) -> str:
+    """Without the connectors, the words-less tokens ("(", "-") and the opening brackets and quotes
+    a cut left at the end."""
     words = title.split()
-    while len(words) > 1 and words[-1].lower().strip(",;:-–") in _DANGLING:
+    while len(words) > 1 and (words[-1].lower().strip(",;:-–") in _DANGLING
+                              or not any(c.isalnum() for c in words[-1])):
         words.pop()
-    return " ".join(words).rstrip(" ,;:-–")
+    return " ".join(words).rstrip(" ,;:-–" + _OPENING)
 
 
 def _title_form(text: str) -> str:
@@ -207,12 +218,13 @@ def clean_summary(raw: str, source: str) -> JobOutput:
 
     A sentence that repeats an earlier one (a small model's loop) is dropped; then sentences are
     dropped from the end, whole, until the summary is at most three and no longer than the input
-    (characters, white space collapsed, as guards.summary_problems counts). When even the first
-    sentence is longer than the input, the input is its own summary (its first three sentences,
-    should so short an input have more). An answer within the limits
-    is returned as the model wrote it (line breaks included)."""
-    text = _LABEL.sub("", raw.strip()).strip()
-    limit = len(guards.normalise(source))
+    (characters of the answer as returned against the input as sent, as guards.summary_problems
+    counts). When even the first sentence is longer than the input, the input is its own summary
+    (its first three sentences, should so short an input have more). An answer within the limits
+    is returned as the model wrote it, its white space tidied (guards.tidy_spaces: one space, or
+    one line break, per run)."""
+    text = guards.tidy_spaces(_LABEL.sub("", raw.strip()))
+    limit = len(source)
     if not guards.summary_problems(text, source) or not text:
         return JobOutput(text)
     kept: list[str] = []
@@ -220,10 +232,10 @@ def clean_summary(raw: str, source: str) -> JobOutput:
         if sentence.casefold() not in {k.casefold() for k in kept}:
             kept.append(sentence)
     kept = kept[:guards.SUMMARY_MAX_SENTENCES]
-    while len(kept) > 1 and len(guards.normalise(" ".join(kept))) > limit:
+    while len(kept) > 1 and len(" ".join(kept)) > limit:
         kept.pop()
     summary = " ".join(kept)
-    if len(guards.normalise(summary)) > limit:
+    if len(summary) > limit:
         lead = guards.sentences(source)[:guards.SUMMARY_MAX_SENTENCES]
         return JobOutput(" ".join(lead), fallback="longer_than_input")
     return JobOutput(summary)
@@ -278,7 +290,8 @@ def clean_candidates(raw: str, source: str) -> JobOutput:
 
     A statement holding a secret (password, one-time or access code, card number, IBAN, API key
     or token, private key: :func:`npud.guards.find_secrets`) is dropped whatever the model meant,
-    and only counted: memory must never keep one.
+    and only counted: memory must never keep one. So are two statements that hold a card number
+    between them (:func:`npud.guards.cards_across`).
     """
     found = _candidates_from_json(raw)
     if found is None:
@@ -291,6 +304,7 @@ def clean_candidates(raw: str, source: str) -> JobOutput:
             statement
             and statement.lower() not in {"none", "n/a", "nothing"}
             and len(statement) <= CANDIDATE_MAX_CHARS
+            and len(guards.words(statement)) <= guards.CANDIDATE_MAX_WORDS
             and statement not in candidates
         ):
             kinds = guards.find_secrets(statement)
@@ -298,7 +312,12 @@ def clean_candidates(raw: str, source: str) -> JobOutput:
                 dropped[statement] = kinds
             else:
                 candidates.append(statement)
-    candidates = candidates[:MAX_CANDIDATES]
+    # Each statement alone may hold half a card ("starts with 4539 1488", "ends with 0343 6467"):
+    # together they would return the whole number, so both go.
+    split = guards.cards_across(candidates)
+    for index in sorted(split):
+        dropped[candidates[index]] = ("payment_card",)
+    candidates = [c for i, c in enumerate(candidates) if i not in split][:MAX_CANDIDATES]
     by_kind: Counter[str] = Counter(kind for kinds in dropped.values() for kind in kinds)
     return JobOutput("\n".join(candidates), candidates, secrets_dropped=len(dropped), secret_kinds=dict(by_kind))
 

@@ -33,7 +33,10 @@ log = logging.getLogger("npud.priority")
 #: only on CPU time nobody else wants (a share far below nice 19).
 _POLICY_IDS: dict[SchedPolicy, int] = {"other": os.SCHED_OTHER, "batch": os.SCHED_BATCH, "idle": os.SCHED_IDLE}
 NICE_LOWEST = 19
-_POLICY_NAMES: dict[int, str] = {value: name for name, value in _POLICY_IDS.items()}
+#: Real-time policies: a thread under one runs before every normal thread whatever its nice
+#: value, so the worker never keeps one (npud started under ``chrt -f``).
+_REAL_TIME: dict[int, str] = {os.SCHED_FIFO: "fifo", os.SCHED_RR: "rr"}
+_POLICY_NAMES: dict[int, str] = {value: name for name, value in _POLICY_IDS.items()} | _REAL_TIME
 
 
 def thread_priority(tid: int) -> WorkerPriority:
@@ -47,7 +50,10 @@ def lower_this_thread(steps: int, policy: SchedPolicy) -> WorkerPriority:
     """Lower the calling thread by ``steps`` nice steps (to 19 at most) and set ``policy``;
     return what applies.
 
-    ``other`` leaves the policy as it is: it never asks for a change, so it cannot fail.
+    ``other`` leaves a normal policy as it is (``batch`` or ``idle`` inherited from npud's start
+    stay: an unprivileged thread could not leave ``idle`` anyway). A real-time policy inherited
+    from npud's start (``fifo``, ``rr``) is always left for ``other``: nice does not apply to it,
+    and the inference would run ahead of every program of the user.
     """
     tid = threading.get_native_id()
     current = os.getpriority(os.PRIO_PROCESS, tid)
@@ -57,7 +63,8 @@ def lower_this_thread(steps: int, policy: SchedPolicy) -> WorkerPriority:
             os.setpriority(os.PRIO_PROCESS, tid, nice)
         except OSError as exc:
             log.warning("cannot lower the worker's priority to nice %d: %s", nice, exc.strerror)
-    if policy != "other" and os.sched_getscheduler(tid) != _POLICY_IDS[policy]:
+    current_policy = os.sched_getscheduler(tid)
+    if current_policy != _POLICY_IDS[policy] and (policy != "other" or current_policy in _REAL_TIME):
         try:
             # pid 0 is the calling thread; the static priority of these policies is always 0.
             os.sched_setscheduler(0, _POLICY_IDS[policy], os.sched_param(0))

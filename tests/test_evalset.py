@@ -159,8 +159,13 @@ def test_memory_scores_judge_leaks_by_the_labels_not_by_the_filter() -> None:
     assert summary["recall"] == pytest.approx(1 / 2)
     assert summary["leaked_secrets"] == 2 and summary["items_leaking_secrets"] == 1
     assert summary["leaked_private"] == 1 and summary["leaked_trivia"] == 0
-    assert summary["filter_drops"] == 1 and summary["filter_caught_leaks"] == 1
-    assert summary["filter_drops_without_labelled_leak"] == 0
+    # These candidates did not go through npud's filter: it would drop one of them. What it did
+    # drop is what the daemon reports (none here, two below).
+    assert summary["filter_left"] == 1
+    assert summary["filter_drops"] == 0 and summary["filter_caught_leaks"] == 0
+    assert summary["items_with_labelled_secret"] == 1
+    dropped = aggregate([score(item, "", ["The user is vegan."], secrets_dropped=2)])
+    assert dropped["filter_drops"] == 2 and dropped["filter_caught_leaks"] == 1 and dropped["filter_left"] == 0
 
 
 def test_an_empty_memory_answer_is_right_when_nothing_is_expected() -> None:

@@ -101,6 +101,9 @@ SECRETS = [
     ("The user's api key is 9f8e7d6c5b4a39281706f5e4d3c2b1a0", "api_key"),
     ("client_secret = 'Zq8xW3vR9tY6uI1oP4aS7dF2gH'", "api_key"),
     ("aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "api_key"),
+    # a login written as a pair
+    ("The user's login: bob / hunter22", "password"),
+    ("The user's credentials are bob:Tr0ub4dor!", "password"),
     # private keys
     ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA", "private_key"),
     ("-----BEGIN OPENSSH PRIVATE KEY----- b3BlbnNzaC1rZXk", "private_key"),
@@ -128,6 +131,8 @@ def test_the_result_names_kinds_never_the_secret() -> None:
 # ---------------------------------------------------------------- secrets: not found
 
 NOT_SECRETS = [
+    "The user's login: work / personal accounts.",
+    "The user's login times are 9:00 / 17:00.",
     # ordinary statements about passwords and codes
     "The user changed their password yesterday.",
     "The user uses a password manager.",
@@ -279,6 +284,19 @@ INVENTED = [
     ("16:00", "at 3 pm", ["16:00"]),
     ("5550142", "555-0142", ["5550142"]),
     ("From 9 to 13, 18 people", "From 9 to 13", ["18"]),
+    # morning and afternoon are different times
+    ("Meeting at 9:30 pm", "Meeting at 9:30 am.", ["9:30"]),
+    ("Meeting at 9:30 am", "Meeting at 9:30 pm.", ["9:30"]),
+    ("Dinner at 7 pm", "Breakfast at 7 am.", ["7"]),
+    ("Dinner at 7 pm", "Dinner at 7.", ["7"]),  # the input does not say which
+    ("Meet at 7 pm", "Meet at seven am", ["7"]),
+    ("Dinner at 7 pm", "Dinner at 19:00.", []),
+    ("Meeting at 9:30", "Meeting at 9:30 pm.", []),
+    ("Meet at seven pm", "Meet at 7 pm", []),
+    # number words that are rarely the number
+    ("Down for 2 hours", "Down for a second time.", ["2"]),
+    ("Deploy 0 services", "Deploy returned null.", ["0"]),
+    ("Room 2, second floor", "Room 2, second floor", []),
 ]
 
 
@@ -364,7 +382,29 @@ def test_candidate_form() -> None:
 @pytest.mark.parametrize(
     ("text", "count"),
     [("", 0), ("One sentence", 1), ("Meet Dr. Smith at 10 a.m. tomorrow.", 1), ("J. R. R. Tolkien wrote it.", 1),
-     ("See e.g. the docs. Then call.", 2), ("Build failed! See logs? Yes.", 3), ("Version 2.4.1 is out.", 1)],
+     ("See e.g. the docs. Then call.", 2), ("Build failed! See logs? Yes.", 3), ("Version 2.4.1 is out.", 1),
+     ("Standup moved to 10 am. Bring your laptop.", 2), ("Moved to room 5. Bring it.", 2),
+     ("Room no. 5 is free.", 1), ("Decisions: 1. Offline mode waits. 2. Dark theme ships.", 2),
+     ("Termin am 5. Mai um 10 Uhr.", 1), ("站会改到明天上午10点。请带笔记本电脑。", 2), ("Moved!Bring it.", 2)],
 )
 def test_sentence_count(text: str, count: int) -> None:
     assert sentence_count(text) == count
+
+
+# Inputs at the size limit without a space, shaped to make a backtracking pattern scan the rest of
+# the text from every position (a scheme run "x-x-x-…" before "://" did: quadratic, and the worker
+# holds the GIL while it runs). Functional here; the scan is linear when the suite stays fast.
+_NO_SPACE = ["a" * 6000, "1" * 6000, "x-" * 3000, "a." * 3000, "1." * 3000, "1-" * 3000, "a1" * 3000,
+             "a_" * 3000, "password" * 750, "code1" * 1200, "密码" * 3000, "4111" * 1500, "¹" * 6000]
+
+
+@pytest.mark.parametrize("text", _NO_SPACE, ids=lambda t: repr(t[:4]))
+def test_the_guards_take_a_6000_character_word(text: str) -> None:
+    from npud.jobs import clean_candidates, clean_notification, clean_summary, clean_title
+
+    assert isinstance(find_secrets(text), tuple)
+    assert isinstance(invented_numbers(text, text[::-1]), list)
+    assert len(clean_title(text, text).text) <= 80
+    assert clean_notification(text, text).text
+    assert len(clean_summary(text, text).text) <= len(text)
+    assert clean_candidates(text, text).candidates == []

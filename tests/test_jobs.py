@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -101,10 +102,10 @@ def test_notification_keeps_abbreviations_and_its_word_limit() -> None:
     assert clean_notification("Your appointment with Dr. Rahman is at 10 a.m. today. Bring ID.",
                               "Reminder: Dr. Rahman, 10 a.m. today").text == (
         "Your appointment with Dr. Rahman is at 10 a.m. today.")
-    long = ("The dentist office on Queen Street has a dentist for every fifteen minutes away from the main office "
+    long = ("The dentist office on Queen Street has a dentist for every few minutes away from the main office "
             "of the dentist today.")
     capped = clean_notification(long, SOURCE).text  # cut after 20 words, then the dangling "of the" goes
-    assert capped == "The dentist office on Queen Street has a dentist for every fifteen minutes away from the main office"
+    assert capped == "The dentist office on Queen Street has a dentist for every few minutes away from the main office"
     assert len(capped.split()) <= 20
     flight = "Flight LH 1234 Frankfurt–Lisbon is delayed."
     assert clean_notification(flight, "LH 1234 FRA-LIS: delayed by 45 min").text == flight
@@ -178,12 +179,17 @@ def test_the_extractive_answer_is_cut_to_the_form_without_making_a_number() -> N
     assert len(guards.words(output.text)) <= guards.NOTIFICATION_MAX_WORDS
 
 
-def test_a_number_cut_by_the_length_limit_is_dropped_not_shortened() -> None:
-    """The title's 80-character cap cuts inside a long enough word: a reference number cut there
-    would be a different number, so the safety net drops that word."""
+def test_a_number_cut_by_the_length_limit_is_marked_as_cut() -> None:
+    """The title's 80-character cap cuts inside a long enough word: the cut is marked with "…",
+    so the reference reads as cut short, not as a different number, and the guard accepts it as
+    the start of the input's."""
     source = "Ref " + "1234567890" * 10 + " is the payment reference for the invoice."
     output = clean_title("Invoice 99 Reference", source)
-    assert output.fallback == "invented_number" and output.text == "Ref"
+    assert output.fallback == "invented_number"
+    assert output.text == "Ref " + ("1234567890" * 10)[:75] + "…" and len(output.text) == TITLE_MAX_CHARS
+    assert guards.invented_numbers(output.text, source) == []
+    # Without the mark it would be a different number.
+    assert guards.invented_numbers(output.text.rstrip("…"), source) != []
 
 
 @pytest.mark.parametrize(("text", "source", "expected"), [
@@ -239,3 +245,12 @@ def test_summary_is_at_most_three_sentences_and_never_longer_than_its_input(
 def test_a_summary_within_the_limits_keeps_its_line_breaks() -> None:
     raw = "- Water off Tuesday.\n- Fill bottles."
     assert clean_summary(raw, LETTER).text == raw
+
+
+def test_a_candidate_over_the_word_limit_is_dropped() -> None:
+    """The memory prompt's "short standalone statements": 25 words at most, as
+    guards.candidate_problems counts."""
+    long = " ".join(f"word{i}" for i in range(guards.CANDIDATE_MAX_WORDS + 1))
+    output = clean_candidates(json.dumps(["The user is vegan.", long]), "irrelevant")
+    assert output.candidates == ["The user is vegan."]
+    assert guards.candidate_problems(output.candidates) == []

@@ -98,6 +98,33 @@ def test_other_leaves_the_policy_as_it_is() -> None:
     assert in_new_thread(batch_then_other) == (3, "batch")
 
 
+def _real_time_allowed() -> bool:
+    def attempt() -> bool:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        except OSError:
+            return False
+        return True
+
+    return bool(in_new_thread(attempt))
+
+
+@pytest.mark.skipif(not _real_time_allowed(), reason="needs permission for a real-time policy (root)")
+@pytest.mark.parametrize(("policy", "name"), [(os.SCHED_FIFO, "fifo"), (os.SCHED_RR, "rr")])
+def test_a_real_time_start_is_left_for_other(policy: int, name: str) -> None:
+    """npud started under `chrt -f 1`: nice means nothing to a real-time thread, which runs ahead
+    of every normal program; the worker leaves it for `other`, and health names the policies."""
+    def real_time_then_lower() -> tuple[tuple[int, str], tuple[int, str]]:
+        os.sched_setscheduler(0, policy, os.sched_param(1))
+        before = this_thread()
+        lower_this_thread(10, "other")
+        return before, this_thread()
+
+    before, after = in_new_thread(real_time_then_lower)
+    assert before[1] == name
+    assert after == (lowered(10), "other")
+
+
 def test_nice_zero_and_other_change_nothing() -> None:
     main_before = this_thread()
     assert in_new_thread(lambda: (lower_this_thread(0, "other"), this_thread()))[1] == main_before
