@@ -72,6 +72,8 @@ SECRETS = [
     ("card 4111\u20131111\u20131111\u20131111", "payment_card"),  # en dashes
     ("card 4111 1111 1111 1111 2027", "payment_card"),  # followed by another number
     ("13-digit Visa 4222222222222", "payment_card"),
+    ("card 4111 11111111 1111", "payment_card"),  # groups of a multiple of four (attack review 3)
+    ("card 41111111 11111111", "payment_card"),
     ("\uff14\uff11\uff11\uff11 1111 1111 1111", "payment_card"),  # fullwidth digits
     # IBANs: with and without spaces, lower case, inside a sentence
     ("IBAN DE89 3704 0044 0532 0130 00", "iban"),

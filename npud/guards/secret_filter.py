@@ -355,14 +355,16 @@ def iban_valid(candidate: str) -> bool:
 
 
 def _card_layout(groups: Sequence[str]) -> bool:
-    """How cards are written: one block, groups of four (the last may be shorter), or Amex/Diners
-    4-6-5 and 4-6-4. Order numbers like 112-4567890-1234567 are not card-shaped."""
+    """How cards are written: one block, groups of four or of a multiple of four (4-8-4, 8-8: two
+    groups read as one; the last may be shorter than four), or Amex/Diners 4-6-5 and 4-6-4. Order
+    numbers like 112-4567890-1234567 are not card-shaped."""
     sizes = [len(g) for g in groups]
     if len(sizes) == 1:
         return True
     if sizes in ([4, 6, 5], [4, 6, 4]):
         return True
-    return all(size == 4 for size in sizes[:-1]) and 1 <= sizes[-1] <= 4
+    last = sizes[-1]
+    return all(size % 4 == 0 for size in sizes[:-1]) and (1 <= last <= 4 or last % 4 == 0)
 
 
 def _is_card(groups: Sequence[str]) -> bool:
