@@ -499,6 +499,11 @@ class Worker:
             if failure is None:
                 return True
             message, exc = failure
+            if isinstance(exc, LockWaitCancelled) and self._stopping.is_set():
+                # Shutdown ended the wait for the NPU lock (stop() has answered the queued jobs):
+                # an orderly stop, not a failed load.
+                log.info("model load abandoned while waiting for the NPU lock: shutting down")
+                return False
             delay = None
             if is_transient_load_failure(exc, load_paths(self._config)) and retries < self._config.load_retries:
                 retries += 1

@@ -329,3 +329,26 @@ def test_a_lock_held_through_the_model_load_does_not_break_the_daemon_for_good(
         assert daemon.call("generate", reliability_title())["result"]["job"] == "title"
     else:
         assert daemon.daemon.exit_code != 0, "exited with status 0: systemd's Restart=on-failure would not restart it"
+
+
+def test_shutdown_while_the_load_waits_for_the_npu_lock_is_an_orderly_stop(
+        daemon_factory: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """SIGTERM while the model load waits for a lock another NPU user holds: npud stops at once
+    and says so, without an ERROR "model load failed" for a load nobody let fail (verify review 2)."""
+    lock = tmp_path / "npu.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the other NPU user, for longer than this test
+    try:
+        behaviour = FakeBehaviour(busy_file=make_npu_sysfs(tmp_path / "sys"))
+        daemon = daemon_factory(FakeLoader(behaviour), wait_ready=False, device="NPU",
+                                sysfs_root=str(tmp_path / "sys"), lock_file=str(lock), lock_timeout_s=300)
+        # The first attempt has begun: from here on its only way on is through the lock wait.
+        wait_until(lambda: daemon.daemon.worker.snapshot().load_attempts >= 1, "the load to start")
+        assert daemon.call("health")["result"]["status"] == "loading"
+        with caplog.at_level("INFO"):
+            daemon.stop()
+        assert daemon.daemon.exit_code == 0
+        assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
+        assert "shutting down" in caplog.text and "waiting for the NPU lock" in caplog.text
+    finally:
+        os.close(fd)
