@@ -390,9 +390,17 @@ def _card_runs(text: str) -> list[list[str]]:
     return runs
 
 
+#: How many runs apart the two halves of a card written in one statement may stand ("starts with
+#: 4539 1488, expires 12/27, and ends with 0343 6467"): a bound that keeps the check linear.
+_HALVES_APART = 2
+
+
 def _has_card_number(text: str) -> bool:
-    """13 to 19 digits in a card's layout, an issuer's prefix for that length, Luhn-valid."""
-    for groups in _card_runs(text):
+    """13 to 19 digits in a card's layout, an issuer's prefix for that length, Luhn-valid; also
+    a card written in two halves in one statement ("starts with 4539 1488 and ends with 0343
+    6467"), in either order, as :func:`cards_across` finds it across two statements."""
+    runs = _card_runs(text)
+    for groups in runs:
         # A card may sit next to other numbers ("card 4111 1111 1111 1111 2027"): try every
         # contiguous run of groups.
         for start in range(len(groups)):
@@ -401,6 +409,25 @@ def _has_card_number(text: str) -> bool:
                     break
                 if _is_card(groups[start:end]):
                     return True
+    # Whole runs only: two halves are written as two numbers, each complete.
+    return any(_halves_make_card(runs[i], runs[j]) for i in range(len(runs))
+               for j in range(max(0, i - _HALVES_APART), min(len(runs), i + _HALVES_APART + 1)) if i != j)
+
+
+def _halves_make_card(head: Sequence[str], tail: Sequence[str]) -> bool:
+    pieces = [*head, *tail]
+    return _is_card(pieces) or (_is_card(["".join(pieces)]) and _pieces_of_four(head))
+
+
+def _joins_to_card(head: Sequence[str], tail: Sequence[str]) -> bool:
+    """Whether the end of ``head`` and the start of ``tail`` make a card between them."""
+    for start in range(len(head)):
+        for end in range(1, len(tail) + 1):
+            pieces = [*head[start:], *tail[:end]]
+            if sum(map(len, pieces)) > 19:
+                break
+            if _is_card(pieces) or (_is_card(["".join(pieces)]) and _pieces_of_four(head[start:])):
+                return True
     return False
 
 
@@ -412,15 +439,8 @@ def cards_across(statements: Sequence[str]) -> set[int]:
     found: set[int] = set()
     for i, head in enumerate(groups):
         for j, tail in enumerate(groups):
-            if i == j or not head or not tail:
-                continue
-            for start in range(len(head)):
-                for end in range(1, len(tail) + 1):
-                    pieces = head[start:] + tail[:end]
-                    if sum(map(len, pieces)) > 19:
-                        break
-                    if _is_card(pieces) or (_is_card(["".join(pieces)]) and _pieces_of_four(head[start:])):
-                        found |= {i, j}
+            if i != j and head and tail and _joins_to_card(head, tail):
+                found |= {i, j}
     return found
 
 
