@@ -251,7 +251,7 @@ def _candidates_from_json(raw: str) -> list[str] | None:
         return None
     try:
         value, _ = json.JSONDecoder().raw_decode(raw[start:])
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the parser's depth
         return _complete_strings(raw[start:]) if raw[start] == "[" else None
     if isinstance(value, dict):
         value = value.get("candidates", value.get("memories"))
