@@ -202,9 +202,10 @@ def _faithful(answer: str, source: str, form: Callable[[str], str]) -> JobOutput
     its numbers from the input. Should the cut to that form still leave an unsupported number,
     the words holding one are dropped (guards.without_invented_numbers), so the guarantee holds by
     construction. A looping answer ("Quick, quick, quick") is replaced the same way."""
-    if not guards.invented_numbers(answer, source) and not guards.repeats_itself(answer, 2):
+    invented = guards.invented_numbers(answer, source)  # once: it reads the whole input
+    if not invented and not guards.repeats_itself(answer, 2):
         return JobOutput(answer)
-    reason = "invented_number" if guards.invented_numbers(answer, source) else "repetition"
+    reason = "invented_number" if invented else "repetition"
     extractive = form(source)
     return JobOutput(guards.without_invented_numbers(extractive, source), fallback=reason)
 
