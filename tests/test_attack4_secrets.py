@@ -85,3 +85,19 @@ def test_a_statement_holding_a_secret_is_dropped(statement: str, kind: str) -> N
     assert kind in find_secrets(statement), statement
     raw = json.dumps(["The user is vegan.", statement])
     assert clean_candidates(raw, "irrelevant input").candidates == ["The user is vegan."]
+
+
+# ---------------------------------------------------------------- the value without its key word
+
+def test_a_password_copied_without_its_key_word_is_dropped(daemon_factory: Any) -> None:
+    """Each statement is judged alone, so a secret the model copies away from its key word passes,
+    although the input names it as a password. Seen with the real SmolLM2-135M through the daemon:
+    input "My SSID is HomeNet and the key is BlueSky2020. I like jazz." gave the candidate "The user
+    is enjoying the music of BlueSky2020." The fake engine replays that answer for an input whose
+    password the filter does recognise (find_secrets(input) == ("password",))."""
+    source = "My wifi password is Hunter2Pony! and I like jazz."
+    assert find_secrets(source) == ("password",)
+    reply = json.dumps(["The user likes jazz.", "The user is enjoying the music of Hunter2Pony!"])
+    daemon = daemon_factory(FakeLoader(FakeBehaviour(reply=reply)))
+    result = daemon.call("extract_memory_candidates", {"input": source})["result"]
+    assert not any("Hunter2Pony" in c for c in result["candidates"]), result["candidates"]
