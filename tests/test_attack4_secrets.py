@@ -73,6 +73,9 @@ LEAKS = [
     ("The user's alarm code is 2019.", "access_code"),  # year-shaped access code
     # CONTRACT names the security code (CVV/CVC); "card's security code" is not matched.
     ("The user's card's security code is 123.", "payment_card"),  # possessive card's security code
+    # Groups of four separated by commas (CONTRACT lists spaces, dashes, dots, slashes; the issue
+    # asks for "card numbers written with spaces or dashes", a model also writes commas).
+    ("The user's card number is 4111,1111,1111,1111.", "payment_card"),  # comma-separated card
     # Still dropped (controls: the closest forms that work).
     ("The user's wifi password is BlueSky2020.", "password"),
     ("The user's PIN is 1987.", "password"),
