@@ -95,7 +95,9 @@ _PASSWORD_WORD = _keywords(
     r"kennwort|contraseña|contrasena|clave(?:\s+de\s+acceso)?|senha|wachtwoord|has[łl]o|parola\s+d'ordine|"
     r"parola\s+chiave|lösenord(?:et)?|losenord(?:et)?|passord(?:et)?|adgangskode|kodeord|salasana|"
     r"[şs]ifre(?:si|m|niz)?|пароль|пароля|паролем|geheimzahl|geheimnummer|"
-    r"pin(?:[\s-]?(?:code|number|nummer|kod))?|code\s+pin|code\s+secret|пин(?:-?код)?",
+    r"pin(?:[\s-]?(?:code|number|nummer|kod))?|code\s+pin|code\s+secret|пин(?:-?код)?|"
+    # A wireless network's key is its password ("wifi key", "WPA2 key", "network security key").
+    r"(?:wi[\s-]?fi|wlan|wpa[23]?|wep|network|router)(?:\s+security)?\s+(?:key|passkey)",
     r"密码|密碼|口令|パスワード|暗証番号|비밀번호",
 )
 # What follows the key word when the text is about passwords rather than holding one.
@@ -115,9 +117,19 @@ _PASSPHRASE = re.compile(
     r"(?P<phrase>[^\W\d_]+(?:[\s-]+[^\W\d_]+){2,7})\s*(?:[.,;!?)]|$)",
     re.IGNORECASE,
 )
+# A value that mixes letters with digits or symbols, where no copula says it is the value.
+_MIXED_VALUE = r"(?P<secret>(?=\S*[^\W\d_])(?=\S*[\d!#$%&*+?@^~])[^\s\"'`]{6,})"
 # "password Pony!Rainbow7": no copula, but the word after it mixes letters with digits or symbols.
-_PASSWORD_BARE = re.compile(
-    rf"{_PASSWORD_WORD}{_PASSWORD_TOPIC}\s+[\"'`]?(?=\S*[^\W\d_])(?=\S*[\d!#$%&*+?@^~])[^\s\"'`]{{6,}}",
+_PASSWORD_BARE = re.compile(rf"{_PASSWORD_WORD}{_PASSWORD_TOPIC}\s+[\"'`]?{_MIXED_VALUE}", re.IGNORECASE)
+# "uses the password 'letmein'": a quoted value right after the key word is the value, any letters.
+_PASSWORD_QUOTED = re.compile(
+    rf"{_PASSWORD_WORD}{_PASSWORD_TOPIC}\s+(?P<q>[\"'`])(?P<quoted>[^\"'`\n]{{1,80}}?)(?P=q)", re.IGNORECASE
+)
+# "password, hunter22, is used everywhere": the value as an apposition between commas (mixed, as
+# above: "password, however, is ..." is a sentence).
+_PASSWORD_APPOSITION = re.compile(
+    rf"{_PASSWORD_WORD}{_PASSWORD_TOPIC}\s*,\s*[\"'`]?(?P<secret>(?=[^\s,]*[^\W\d_])(?=[^\s,]*[\d!#$%&*+?@^~])"
+    r"[^\s\"'`,]{6,})[\"'`]?\s*,",
     re.IGNORECASE,
 )
 # "pass: Tr0ub4dor" in a list of credentials: bare "pass" is a key word only where a field of a
@@ -125,16 +137,15 @@ _PASSWORD_BARE = re.compile(
 # and only with a value that mixes letters with digits or symbols ("bus pass: monthly" is not one).
 _PASS_FIELD = re.compile(
     r"(?:(?:^|(?<=[,;(|/{\[\"'])|(?<=[,;(|/{\[\"'] ))pass[\"'`]?\s*[:=]\s*|(?<![^\W_])pass[:=])"
-    r"[\"'`]?(?=\S*[^\W\d_])(?=\S*[\d!#$%&*+?@^~])[^\s\"'`]{6,}",
+    rf"[\"'`]?{_MIXED_VALUE}",
     re.IGNORECASE,
 )
-# "set POSTGRES_PASSWORD to s3cr3tPg", "changed the wifi password to Pony!7": the verb comes first,
-# "to" separates. "to" also starts a purpose ("a password to log in"), so the value must mix
-# letters with digits or symbols, as with _PASSWORD_BARE.
+# "set POSTGRES_PASSWORD to s3cr3tPg", "changed the wifi password to Pony!7", "set the wifi password
+# as BlueSky2020": the verb comes first, "to" or "as" separates. "to" also starts a purpose ("a
+# password to log in"), so the value must mix letters with digits or symbols, as with _PASSWORD_BARE.
 _PASSWORD_SET_TO = re.compile(
     rf"(?<![^\W_])(?:set|sets|setting|changed?|changes|changing|reset|resets|updated?|updates)\s+"
-    rf"(?:[\w'-]+\s+){{0,3}}?(?:[^\W_]+_){{0,3}}{_PASSWORD_WORD}{_PASSWORD_TOPIC}\s+to\s+[\"'`]?"
-    r"(?=\S*[^\W\d_])(?=\S*[\d!#$%&*+?@^~])[^\s\"'`]{6,}",
+    rf"(?:[\w'-]+\s+){{0,3}}?(?:[^\W_]+_){{0,3}}{_PASSWORD_WORD}{_PASSWORD_TOPIC}\s+(?:to|as)\s+[\"'`]?{_MIXED_VALUE}",
     re.IGNORECASE,
 )
 # "password is my dog's name Rex1987": the value follows a few plain words. A word mixing letters
@@ -143,28 +154,28 @@ _PASSWORD_SET_TO = re.compile(
 _PASSWORD_NEAR = re.compile(
     rf"{_PASSWORD_WORD}{_KEY_CLOSE}{_PASSWORD_TOPIC}{_BETWEEN}{_SEPARATOR}"
     r"(?P<between>(?:[^\W\d_][\w'-]*\s+){1,4}?)"
-    r"(?=[^\s\d]*\d)(?=\S*[^\W\d_])[\w!#$%&*+?@^~-]{5,}",
+    r"(?P<secret>(?=[^\s\d]*\d)(?=\S*[^\W\d_])[\w!#$%&*+?@^~-]{5,})",
     re.IGNORECASE,
 )
 # "PIN 4821", "PIN-Code 0417", "密码 482913": digits right after the word, no copula needed.
-_PIN_DIGITS = re.compile(rf"{_PASSWORD_WORD}\W{{0,3}}\d{{4,8}}(?!\d)", re.IGNORECASE)
+_PIN_DIGITS = re.compile(rf"{_PASSWORD_WORD}\W{{0,3}}(?P<secret>\d{{4,8}})(?!\d)", re.IGNORECASE)
 # A login written as a pair: "login: bob / hunter22", "credentials are bob:Tr0ub4dor". The second
 # half must mix letters with digits or symbols ("account: work / personal" is no password).
 _CREDENTIAL_PAIR = re.compile(
     r"(?<![^\W_])(?:login|logon|credentials?|creds|user(?:name)?\s*/\s*password)(?![^\W_])[\"'`]?"
     r"(?:\s*[:=]\s*|\s+(?:is|are)\s+)[^\s/:]{1,64}\s*[/:]\s*[\"'`]?"
-    r"(?=\S*[^\W\d_])(?=\S*[\d!#$%&*+?@^~])[^\s\"'`/]{6,}",
+    r"(?P<secret>(?=\S*[^\W\d_])(?=\S*[\d!#$%&*+?@^~])[^\s\"'`/]{6,})",
     re.IGNORECASE,
 )
 # scheme://user:password@host
-_URL_CREDENTIALS = re.compile(r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^\s/?#@:]+:[^\s/?#@]+@[\w.-]", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^\s/?#@:]+:(?P<secret>[^\s/?#@]+)@[\w.-]",
+                              re.IGNORECASE)
 
-# Codes: 4 to 8 digits (or "123 456", "123-456", "4829-1357"), not a year.
+# Codes: 4 to 8 digits (or "123 456", "123-456", "4829-1357"); _CODE is not a year, _ANY_CODE may
+# be one ("the door code is 1987": a copula or a colon says the number is the code).
 # A dash before the code is fine after a letter ("G-482913"), not after a digit (a date or a range).
-_CODE = (
-    r"(?<![\d.,:/])(?<!\d-)(?!(?:19|20)\d\d(?!\d))"
-    r"(?:\d{4,8}|\d{3}[\s-]\d{3}|\d{4}[\s-]\d{4})(?![\d.,:/-]\d)"
-)
+_ANY_CODE = r"(?<![\d.,:/])(?<!\d-)(?:\d{4,8}|\d{3}[\s-]\d{3}|\d{4}[\s-]\d{4})(?![\d.,:/-]\d)"
+_CODE = rf"(?!(?:19|20)\d\d(?!\d)){_ANY_CODE}"
 _OTP_WORD = _keywords(
     r"otp|2fa|mfa|m?tan|pushtan|smstan|"
     r"one[\s-]?time(?:\s+(?:login|sign[\s-]?in|log[\s-]?in|security|verification))?\s+(?:code|password|passcode|pin|token|key)|"
@@ -201,33 +212,33 @@ _NOT_SECRET_CODE = (
 _ACCESS_CODE = re.compile(
     "".join(f"(?<!{word} )" for word in _NOT_SECRET_CODE)
     + _keywords(r"codes?|digicode|türcode|torcode|código|codigo|codice|kod|koden|kode|koodi|код")
-    + rf"(?:{_BETWEEN[:-1]}?(?:{_SEPARATOR}|\s+to\s+)|\s*){_CODE}",
+    + rf"(?:{_BETWEEN[:-1]}?(?:{_SEPARATOR}|\s+to\s+){_ANY_CODE}|\s*{_CODE})",
     re.IGNORECASE,
 )
 # "safe combination is 12-34-56"
 _COMBINATION = re.compile(
     r"(?<![^\W_])(?:safe|lock|locker|padlock)\s+(?:combination|combo|code)(?![^\W_])"
-    rf"{_BETWEEN}{_SEPARATOR}\d{{1,3}}(?:[\s-]\d{{1,3}}){{1,4}}(?!\d)",
+    rf"{_BETWEEN}{_SEPARATOR}(?P<secret>\d{{1,3}}(?:[\s-]\d{{1,3}}){{1,4}})(?!\d)",
     re.IGNORECASE,
 )
 # Recovery codes of letters and digits: "backup codes are 8f3k-2m9d, 7h4j-3n8s".
 _RECOVERY_CODES = re.compile(
     rf"(?<![^\W_])(?:backup|recovery)\s+codes?(?![^\W_]){_BETWEEN}{_SEPARATOR}"
-    r"(?=[a-z]*\d)(?=\d*[a-z])[a-z0-9]{4,}-[a-z0-9]{4,}",
+    r"(?P<secret>(?=[a-z]*\d)(?=\d*[a-z])[a-z0-9]{4,}-[a-z0-9]{4,})",
     re.IGNORECASE,
 )
 # A card's security code: "CVV is 381", "CVC: 0417".
 _CARD_SECURITY_CODE = re.compile(
-    _keywords(r"cvv2?|cvc2?|cvn|card\s+(?:security|verification)\s+(?:code|number)|kartenprüfnummer|prüfnummer|"
+    _keywords(r"cvv2?|cvc2?|cvn|card(?:'s)?\s+(?:security|verification)\s+(?:code|number)|kartenprüfnummer|prüfnummer|"
               r"cryptogramme(?:\s+visuel)?")
-    + rf"{_BETWEEN}(?:{_SEPARATOR}|\s*)(?<!\d)\d{{3,4}}(?!\d)",
+    + rf"{_BETWEEN}(?:{_SEPARATOR}|\s*)(?<!\d)(?P<secret>\d{{3,4}})(?!\d)",
     re.IGNORECASE,
 )
 
-# A run of digit groups: separated by a space, a dash, a dot, an underscore or a slash ("4111 1111",
-# "4111.1111", "4111 1111-1111 1111"); it may follow a letter after punctuation ("No.4111",
+# A run of digit groups: separated by a space, a dash, a dot, a comma, an underscore or a slash
+# ("4111 1111", "4111.1111", "4111,1111", "4111 1111-1111 1111"); it may follow a letter after punctuation ("No.4111",
 # "Visa/4111") but not a digit (a date, a version) nor a "+" (a phone number).
-_CARD_RUN = re.compile(r"(?<![^\W_])(?<!\+)(?<!\d[.,/:])\d+(?:(?:[ ._/-]|\s-\s)\d+)*(?![^\W_])")
+_CARD_RUN = re.compile(r"(?<![^\W_])(?<!\+)(?<!\d[.,/:])\d+(?:(?:[ .,_/-]|\s-\s)\d+)*(?![^\W_])")
 _CARD_GROUP_SPLIT = re.compile(r"[^\d]+")
 # Device and SIM identifiers pass Luhn by construction; named as such, they are not cards.
 _DEVICE_ID = re.compile(r"(?<![^\W_])(?:imei(?:sv)?|meid|iccid|serial|s/n|seriennummer)(?![^\W_])[^\d]{0,12}$",
@@ -490,7 +501,8 @@ def looks_random(piece: str) -> bool:
 
 def _password_value(match: re.Match[str]) -> bool:
     if match.group("quoted") is not None:
-        return bool(match.group("quoted").strip())
+        quoted = match.group("quoted").strip()
+        return bool(quoted) and quoted.lower() not in _NOT_A_VALUE
     value = match.group("value").strip(".,;:!?)(").lower()
     return len(value) >= 3 and value not in _NOT_A_VALUE
 
@@ -505,11 +517,14 @@ def _has_password(text: str) -> bool:
         return True
     if any(_password_value(m) for m in _PASSWORD_PL.finditer(text)):
         return True
+    if any(_password_value(m) for m in _PASSWORD_QUOTED.finditer(text)):
+        return True
     if any(_is_passphrase(m.group("phrase")) for m in _PASSPHRASE.finditer(text)):
         return True
     if any(_DESCRIBING.isdisjoint(m.group("between").lower().split()) for m in _PASSWORD_NEAR.finditer(text)):
         return True
-    rules = (_PASSWORD_BARE, _PASSWORD_SET_TO, _PASS_FIELD, _PIN_DIGITS, _URL_CREDENTIALS, _CREDENTIAL_PAIR)
+    rules = (_PASSWORD_BARE, _PASSWORD_APPOSITION, _PASSWORD_SET_TO, _PASS_FIELD, _PIN_DIGITS, _URL_CREDENTIALS,
+             _CREDENTIAL_PAIR)
     return any(rule.search(text) for rule in rules)
 
 
