@@ -291,9 +291,11 @@ def clean_candidates(raw: str, source: str) -> JobOutput:
 
     A statement holding a secret (password, one-time or access code, card number, IBAN, API key
     or token, private key: :func:`npud.guards.find_secrets`) is dropped whatever the model meant,
-    and only counted: memory must never keep one. So are two statements that hold a card number
-    between them (:func:`npud.guards.cards_across`).
+    and only counted: memory must never keep one. So is a statement that holds a secret value of
+    the input away from its key word (:func:`npud.guards.secret_values`, read once per job), and
+    so are two statements that hold a card number between them (:func:`npud.guards.cards_across`).
     """
+    input_secrets = guards.secret_values(source)
     found = _candidates_from_json(raw)
     if found is None:
         found = _candidates_from_lines(raw)
@@ -308,7 +310,7 @@ def clean_candidates(raw: str, source: str) -> JobOutput:
             and len(guards.words(statement)) <= guards.CANDIDATE_MAX_WORDS
             and statement not in candidates
         ):
-            kinds = guards.find_secrets(statement)
+            kinds = tuple(sorted({*guards.find_secrets(statement), *guards.copied_secrets(statement, input_secrets)}))
             if kinds:
                 dropped[statement] = kinds
             else:
