@@ -65,6 +65,8 @@ KEPT = [
     ("My password was leaked in a data breach last year.", "The user's data was leaked last year."),
     # Two words of a phrase are not the phrase.
     ("My password is correct horse battery staple.", "The user rides a horse called Battery."),
+    # A one-time-code key word names one code: the one after it, not a number before it.
+    ("Flight LH 4821 lands at 10:40, your verification code is 583201.", "The user flies LH 4821 at 10:40."),
 ]
 
 
@@ -83,6 +85,35 @@ def test_a_secret_value_never_shows_in_its_repr() -> None:
 def test_an_input_without_secrets_has_no_values() -> None:
     assert secret_values("Meeting moved to 14:30 in room 4821, order 112-4567890-1234567, call +49 151 2345 6789.") \
         == ()
+
+
+@pytest.mark.parametrize("job", ("title", "summary", "notification"))
+def test_ordinary_inputs_of_the_evaluation_set_have_no_secret_values(job: str) -> None:
+    assert [item.id for item in evalset.load(job) if secret_values(item.input)] == []
+
+
+# What the rules added with review 4 (wifi keys, a password without a copula, year-shaped door
+# codes, "card's security code", commas in a card) must not take.
+NOT_SECRETS = [
+    "The user's network key is stored in the router.",
+    "The user's WiFi network key is printed on the router.",
+    "The user's password, however, is strong.",
+    "The user's password, like the old one, is weak.",
+    "The user set the password as a reminder.",
+    "The user said 'password' is a bad password.",
+    "The code was written in 2019.",
+    "The user's zip code is 1987.",
+    "The user's postcode is 2019.",
+    "Their status code is 2001.",
+    "The user's card's security code is on the back.",
+    "The population grew to 1,234,567,890 people.",
+    "Scores were 10,12,14,16,18.",
+]
+
+
+@pytest.mark.parametrize("statement", NOT_SECRETS)
+def test_the_rules_of_review_4_keep_ordinary_statements(statement: str) -> None:
+    assert find_secrets(statement) == ()
 
 
 # ---------------------------------------------------------------- the evaluation set

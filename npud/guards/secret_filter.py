@@ -194,9 +194,11 @@ _OTP_WORD = _keywords(
     r"验证码|驗證碼|校验码|动态码|認証コード|確認コード|ワンタイムパスワード|인증번호",
 )
 _OTP = re.compile(rf"{_OTP_WORD}[^\n]{{0,40}}?{_CODE}|{_CODE}[^\n]{{0,25}}?{_OTP_WORD}", re.IGNORECASE)
-# The same, one side at a time, to read the code itself (secret_values).
-_OTP_AFTER = re.compile(rf"{_OTP_WORD}[^\n]{{0,40}}?(?P<secret>{_CODE})", re.IGNORECASE)
-_OTP_BEFORE = re.compile(rf"(?P<secret>{_CODE})[^\n]{{0,25}}?{_OTP_WORD}", re.IGNORECASE)
+# The same distances, to read the code a key word names (secret_values).
+_OTP_WORD_RE = re.compile(_OTP_WORD, re.IGNORECASE)
+_CODE_AFTER = re.compile(rf"[^\n]{{0,40}}?(?P<secret>{_CODE})")
+_CODE_BEFORE_GAP = 25
+_CODE_MAX_CHARS = 9
 _CODE_NOUN = r"(?:code|codice|código|codigo|kod|koden|kode|pin|otp|passcode|password|token|tan)"
 # How services word the SMS: "482913 is your Instagram code", "Use 482913 to log in".
 _SMS_CODE = re.compile(
@@ -643,9 +645,26 @@ def _password_values(text: str) -> Iterator[str]:
         yield from (match.group("secret") for match in rule.finditer(text))
 
 
+def _otp_codes(text: str) -> Iterator[str]:
+    """For each one-time-code key word, the code it names: the first code after it (as _OTP reads
+    "your verification code is 583201"), else the last one just before it ("482913 is your
+    verification code"). Only one per word: "Flight LH 4821 lands at 10:40, your verification
+    code is 583201" names 583201, and the flight number is no secret value."""
+    for word in _OTP_WORD_RE.finditer(text):
+        after = _CODE_AFTER.match(text, word.end())
+        if after is not None:
+            yield after.group("secret")
+            continue
+        start = max(0, word.start() - _CODE_BEFORE_GAP - _CODE_MAX_CHARS)
+        before = [code for code in _CODE_RE.finditer(text, start, word.start())
+                  if word.start() - code.end() <= _CODE_BEFORE_GAP and "\n" not in text[code.end():word.start()]]
+        if before:
+            yield before[-1].group()
+
+
 def _code_values(text: str) -> Iterator[tuple[SecretKind, str]]:
-    for rule in (_OTP_AFTER, _OTP_BEFORE, _RECOVERY_CODES):
-        yield from (("one_time_code", m.group("secret")) for m in rule.finditer(text))
+    yield from (("one_time_code", code) for code in _otp_codes(text))
+    yield from (("one_time_code", m.group("secret")) for m in _RECOVERY_CODES.finditer(text))
     for match in _SMS_CODE.finditer(text):
         yield from (("one_time_code", code) for code in _CODE_RE.findall(match.group()))
     for match in _ACCESS_CODE.finditer(text):
