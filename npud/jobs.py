@@ -202,9 +202,10 @@ def _faithful(answer: str, source: str, form: Callable[[str], str]) -> JobOutput
     its numbers from the input. Should the cut to that form still leave an unsupported number,
     the words holding one are dropped (guards.without_invented_numbers), so the guarantee holds by
     construction. A looping answer ("Quick, quick, quick") is replaced the same way."""
-    if not guards.invented_numbers(answer, source) and not guards.repeats_itself(answer, 2):
+    invented = guards.invented_numbers(answer, source)  # once: it reads the whole input
+    if not invented and not guards.repeats_itself(answer, 2):
         return JobOutput(answer)
-    reason = "invented_number" if guards.invented_numbers(answer, source) else "repetition"
+    reason = "invented_number" if invented else "repetition"
     extractive = form(source)
     return JobOutput(guards.without_invented_numbers(extractive, source), fallback=reason)
 
@@ -251,7 +252,7 @@ def _candidates_from_json(raw: str) -> list[str] | None:
         return None
     try:
         value, _ = json.JSONDecoder().raw_decode(raw[start:])
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the parser's depth
         return _complete_strings(raw[start:]) if raw[start] == "[" else None
     if isinstance(value, dict):
         value = value.get("candidates", value.get("memories"))
@@ -290,9 +291,11 @@ def clean_candidates(raw: str, source: str) -> JobOutput:
 
     A statement holding a secret (password, one-time or access code, card number, IBAN, API key
     or token, private key: :func:`npud.guards.find_secrets`) is dropped whatever the model meant,
-    and only counted: memory must never keep one. So are two statements that hold a card number
-    between them (:func:`npud.guards.cards_across`).
+    and only counted: memory must never keep one. So is a statement that holds a secret value of
+    the input away from its key word (:func:`npud.guards.secret_values`, read once per job), and
+    so are two statements that hold a card number between them (:func:`npud.guards.cards_across`).
     """
+    input_secrets = guards.secret_values(source)
     found = _candidates_from_json(raw)
     if found is None:
         found = _candidates_from_lines(raw)
@@ -307,7 +310,7 @@ def clean_candidates(raw: str, source: str) -> JobOutput:
             and len(guards.words(statement)) <= guards.CANDIDATE_MAX_WORDS
             and statement not in candidates
         ):
-            kinds = guards.find_secrets(statement)
+            kinds = tuple(sorted({*guards.find_secrets(statement), *guards.copied_secrets(statement, input_secrets)}))
             if kinds:
                 dropped[statement] = kinds
             else:

@@ -19,7 +19,14 @@ and access codes (including the SMS form "482913 is your Instagram code"), payme
 security codes (CVV), IBANs (every country of the IBAN registry, mod-97-checked), API keys and
 tokens (known prefixes, key assignments, long high-entropy strings), private keys and wallet
 recovery phrases. The result names the *kind* of secret, never the secret, so it can be counted
-and logged safely. The rules lean towards dropping: a memory candidate that merely looks like it
+and logged safely. A model may also copy a secret of its input away from its key word ("The user
+enjoys the music of Hunter2Pony!"): :func:`secret_values` reads the values the rules match in the
+input (the password after its key word, codes, cards, IBANs, keys, tokens) and
+:func:`copied_secrets` finds them in a candidate, retyped with other separators or in another case.
+Only specific values are followed: at least 4 digits, a made-up word of at least 6 characters (a
+digit, a symbol or an inner capital), or a phrase of at least 3 plain words; a plain word such as
+"sunshine" or a 3-digit CVV would make ordinary candidates drop.
+The rules lean towards dropping: a memory candidate that merely looks like it
 holds a credential is worth less than the harm of storing one. What deliberately does *not* count
 as a secret (ordinary facts that notifications and memories legitimately carry): dates, times,
 phone numbers (they start with ``+`` or are too short for a card), device identifiers (an IMEI has
@@ -60,13 +67,24 @@ from .form import (
     words,
 )
 from .invented import invented_numbers, number_forms, without_invented_numbers
-from .secret_filter import SecretKind, cards_across, find_secrets, iban_valid, looks_random, luhn_valid
+from .secret_filter import (
+    SecretKind,
+    SecretValue,
+    cards_across,
+    copied_secrets,
+    find_secrets,
+    iban_valid,
+    looks_random,
+    luhn_valid,
+    secret_values,
+)
 from .text import normalise
 
 __all__ = [
     "CANDIDATE_MAX_WORDS", "NOTIFICATION_MAX_WORDS", "SUMMARY_MAX_SENTENCES", "TITLE_MAX_WORDS", "TITLE_MIN_WORDS",
-    "SecretKind", "candidate_problems", "cap_words", "cards_across", "find_secrets", "first_sentence",
+    "SecretKind", "SecretValue", "candidate_problems", "cap_words", "cards_across", "copied_secrets", "find_secrets",
+    "first_sentence",
     "iban_valid", "invented_numbers", "looks_random", "luhn_valid", "normalise", "notification_problems",
-    "number_forms", "repeats_itself", "sentence_count", "sentences", "summary_problems", "tidy_spaces",
+    "number_forms", "repeats_itself", "secret_values", "sentence_count", "sentences", "summary_problems", "tidy_spaces",
     "title_problems", "without_invented_numbers", "words",
 ]

@@ -1,12 +1,14 @@
 """Secrets a memory candidate must never carry: :func:`find_secrets` (see the package's docstring
-for what counts and what deliberately does not)."""
+for what counts and what deliberately does not), and the secret values of a job's input that a
+candidate must not copy without their key word: :func:`secret_values`, :func:`copied_secrets`."""
 
 from __future__ import annotations
 
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from .text import normalise
@@ -95,7 +97,9 @@ _PASSWORD_WORD = _keywords(
     r"kennwort|contraseña|contrasena|clave(?:\s+de\s+acceso)?|senha|wachtwoord|has[łl]o|parola\s+d'ordine|"
     r"parola\s+chiave|lösenord(?:et)?|losenord(?:et)?|passord(?:et)?|adgangskode|kodeord|salasana|"
     r"[şs]ifre(?:si|m|niz)?|пароль|пароля|паролем|geheimzahl|geheimnummer|"
-    r"pin(?:[\s-]?(?:code|number|nummer|kod))?|code\s+pin|code\s+secret|пин(?:-?код)?",
+    r"pin(?:[\s-]?(?:code|number|nummer|kod))?|code\s+pin|code\s+secret|пин(?:-?код)?|"
+    # A wireless network's key is its password ("wifi key", "WPA2 key", "network security key").
+    r"(?:wi[\s-]?fi|wlan|wpa[23]?|wep|network|router)(?:\s+security)?\s+(?:key|passkey)",
     r"密码|密碼|口令|パスワード|暗証番号|비밀번호",
 )
 # What follows the key word when the text is about passwords rather than holding one.
@@ -115,9 +119,19 @@ _PASSPHRASE = re.compile(
     r"(?P<phrase>[^\W\d_]+(?:[\s-]+[^\W\d_]+){2,7})\s*(?:[.,;!?)]|$)",
     re.IGNORECASE,
 )
+# A value that mixes letters with digits or symbols, where no copula says it is the value.
+_MIXED_VALUE = r"(?P<secret>(?=\S*[^\W\d_])(?=\S*[\d!#$%&*+?@^~])[^\s\"'`]{6,})"
 # "password Pony!Rainbow7": no copula, but the word after it mixes letters with digits or symbols.
-_PASSWORD_BARE = re.compile(
-    rf"{_PASSWORD_WORD}{_PASSWORD_TOPIC}\s+[\"'`]?(?=\S*[^\W\d_])(?=\S*[\d!#$%&*+?@^~])[^\s\"'`]{{6,}}",
+_PASSWORD_BARE = re.compile(rf"{_PASSWORD_WORD}{_PASSWORD_TOPIC}\s+[\"'`]?{_MIXED_VALUE}", re.IGNORECASE)
+# "uses the password 'letmein'": a quoted value right after the key word is the value, any letters.
+_PASSWORD_QUOTED = re.compile(
+    rf"{_PASSWORD_WORD}{_PASSWORD_TOPIC}\s+(?P<q>[\"'`])(?P<quoted>[^\"'`\n]{{1,80}}?)(?P=q)", re.IGNORECASE
+)
+# "password, hunter22, is used everywhere": the value as an apposition between commas (mixed, as
+# above: "password, however, is ..." is a sentence).
+_PASSWORD_APPOSITION = re.compile(
+    rf"{_PASSWORD_WORD}{_PASSWORD_TOPIC}\s*,\s*[\"'`]?(?P<secret>(?=[^\s,]*[^\W\d_])(?=[^\s,]*[\d!#$%&*+?@^~])"
+    r"[^\s\"'`,]{6,})[\"'`]?\s*,",
     re.IGNORECASE,
 )
 # "pass: Tr0ub4dor" in a list of credentials: bare "pass" is a key word only where a field of a
@@ -125,16 +139,15 @@ _PASSWORD_BARE = re.compile(
 # and only with a value that mixes letters with digits or symbols ("bus pass: monthly" is not one).
 _PASS_FIELD = re.compile(
     r"(?:(?:^|(?<=[,;(|/{\[\"'])|(?<=[,;(|/{\[\"'] ))pass[\"'`]?\s*[:=]\s*|(?<![^\W_])pass[:=])"
-    r"[\"'`]?(?=\S*[^\W\d_])(?=\S*[\d!#$%&*+?@^~])[^\s\"'`]{6,}",
+    rf"[\"'`]?{_MIXED_VALUE}",
     re.IGNORECASE,
 )
-# "set POSTGRES_PASSWORD to s3cr3tPg", "changed the wifi password to Pony!7": the verb comes first,
-# "to" separates. "to" also starts a purpose ("a password to log in"), so the value must mix
-# letters with digits or symbols, as with _PASSWORD_BARE.
+# "set POSTGRES_PASSWORD to s3cr3tPg", "changed the wifi password to Pony!7", "set the wifi password
+# as BlueSky2020": the verb comes first, "to" or "as" separates. "to" also starts a purpose ("a
+# password to log in"), so the value must mix letters with digits or symbols, as with _PASSWORD_BARE.
 _PASSWORD_SET_TO = re.compile(
     rf"(?<![^\W_])(?:set|sets|setting|changed?|changes|changing|reset|resets|updated?|updates)\s+"
-    rf"(?:[\w'-]+\s+){{0,3}}?(?:[^\W_]+_){{0,3}}{_PASSWORD_WORD}{_PASSWORD_TOPIC}\s+to\s+[\"'`]?"
-    r"(?=\S*[^\W\d_])(?=\S*[\d!#$%&*+?@^~])[^\s\"'`]{6,}",
+    rf"(?:[\w'-]+\s+){{0,3}}?(?:[^\W_]+_){{0,3}}{_PASSWORD_WORD}{_PASSWORD_TOPIC}\s+(?:to|as)\s+[\"'`]?{_MIXED_VALUE}",
     re.IGNORECASE,
 )
 # "password is my dog's name Rex1987": the value follows a few plain words. A word mixing letters
@@ -143,28 +156,28 @@ _PASSWORD_SET_TO = re.compile(
 _PASSWORD_NEAR = re.compile(
     rf"{_PASSWORD_WORD}{_KEY_CLOSE}{_PASSWORD_TOPIC}{_BETWEEN}{_SEPARATOR}"
     r"(?P<between>(?:[^\W\d_][\w'-]*\s+){1,4}?)"
-    r"(?=[^\s\d]*\d)(?=\S*[^\W\d_])[\w!#$%&*+?@^~-]{5,}",
+    r"(?P<secret>(?=[^\s\d]*\d)(?=\S*[^\W\d_])[\w!#$%&*+?@^~-]{5,})",
     re.IGNORECASE,
 )
 # "PIN 4821", "PIN-Code 0417", "密码 482913": digits right after the word, no copula needed.
-_PIN_DIGITS = re.compile(rf"{_PASSWORD_WORD}\W{{0,3}}\d{{4,8}}(?!\d)", re.IGNORECASE)
+_PIN_DIGITS = re.compile(rf"{_PASSWORD_WORD}\W{{0,3}}(?P<secret>\d{{4,8}})(?!\d)", re.IGNORECASE)
 # A login written as a pair: "login: bob / hunter22", "credentials are bob:Tr0ub4dor". The second
 # half must mix letters with digits or symbols ("account: work / personal" is no password).
 _CREDENTIAL_PAIR = re.compile(
     r"(?<![^\W_])(?:login|logon|credentials?|creds|user(?:name)?\s*/\s*password)(?![^\W_])[\"'`]?"
     r"(?:\s*[:=]\s*|\s+(?:is|are)\s+)[^\s/:]{1,64}\s*[/:]\s*[\"'`]?"
-    r"(?=\S*[^\W\d_])(?=\S*[\d!#$%&*+?@^~])[^\s\"'`/]{6,}",
+    r"(?P<secret>(?=\S*[^\W\d_])(?=\S*[\d!#$%&*+?@^~])[^\s\"'`/]{6,})",
     re.IGNORECASE,
 )
 # scheme://user:password@host
-_URL_CREDENTIALS = re.compile(r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^\s/?#@:]+:[^\s/?#@]+@[\w.-]", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^\s/?#@:]+:(?P<secret>[^\s/?#@]+)@[\w.-]",
+                              re.IGNORECASE)
 
-# Codes: 4 to 8 digits (or "123 456", "123-456", "4829-1357"), not a year.
+# Codes: 4 to 8 digits (or "123 456", "123-456", "4829-1357"); _CODE is not a year, _ANY_CODE may
+# be one ("the door code is 1987": a copula or a colon says the number is the code).
 # A dash before the code is fine after a letter ("G-482913"), not after a digit (a date or a range).
-_CODE = (
-    r"(?<![\d.,:/])(?<!\d-)(?!(?:19|20)\d\d(?!\d))"
-    r"(?:\d{4,8}|\d{3}[\s-]\d{3}|\d{4}[\s-]\d{4})(?![\d.,:/-]\d)"
-)
+_ANY_CODE = r"(?<![\d.,:/])(?<!\d-)(?:\d{4,8}|\d{3}[\s-]\d{3}|\d{4}[\s-]\d{4})(?![\d.,:/-]\d)"
+_CODE = rf"(?!(?:19|20)\d\d(?!\d)){_ANY_CODE}"
 _OTP_WORD = _keywords(
     r"otp|2fa|mfa|m?tan|pushtan|smstan|"
     r"one[\s-]?time(?:\s+(?:login|sign[\s-]?in|log[\s-]?in|security|verification))?\s+(?:code|password|passcode|pin|token|key)|"
@@ -181,6 +194,11 @@ _OTP_WORD = _keywords(
     r"验证码|驗證碼|校验码|动态码|認証コード|確認コード|ワンタイムパスワード|인증번호",
 )
 _OTP = re.compile(rf"{_OTP_WORD}[^\n]{{0,40}}?{_CODE}|{_CODE}[^\n]{{0,25}}?{_OTP_WORD}", re.IGNORECASE)
+# The same distances, to read the code a key word names (secret_values).
+_OTP_WORD_RE = re.compile(_OTP_WORD, re.IGNORECASE)
+_CODE_AFTER = re.compile(rf"[^\n]{{0,40}}?(?P<secret>{_CODE})")
+_CODE_BEFORE_GAP = 25
+_CODE_MAX_CHARS = 9
 _CODE_NOUN = r"(?:code|codice|código|codigo|kod|koden|kode|pin|otp|passcode|password|token|tan)"
 # How services word the SMS: "482913 is your Instagram code", "Use 482913 to log in".
 _SMS_CODE = re.compile(
@@ -201,33 +219,34 @@ _NOT_SECRET_CODE = (
 _ACCESS_CODE = re.compile(
     "".join(f"(?<!{word} )" for word in _NOT_SECRET_CODE)
     + _keywords(r"codes?|digicode|türcode|torcode|código|codigo|codice|kod|koden|kode|koodi|код")
-    + rf"(?:{_BETWEEN[:-1]}?(?:{_SEPARATOR}|\s+to\s+)|\s*){_CODE}",
+    + rf"(?:{_BETWEEN[:-1]}?(?:{_SEPARATOR}|\s+to\s+){_ANY_CODE}|\s*{_CODE})",
     re.IGNORECASE,
 )
 # "safe combination is 12-34-56"
 _COMBINATION = re.compile(
     r"(?<![^\W_])(?:safe|lock|locker|padlock)\s+(?:combination|combo|code)(?![^\W_])"
-    rf"{_BETWEEN}{_SEPARATOR}\d{{1,3}}(?:[\s-]\d{{1,3}}){{1,4}}(?!\d)",
+    rf"{_BETWEEN}{_SEPARATOR}(?P<secret>\d{{1,3}}(?:[\s-]\d{{1,3}}){{1,4}})(?!\d)",
     re.IGNORECASE,
 )
 # Recovery codes of letters and digits: "backup codes are 8f3k-2m9d, 7h4j-3n8s".
 _RECOVERY_CODES = re.compile(
     rf"(?<![^\W_])(?:backup|recovery)\s+codes?(?![^\W_]){_BETWEEN}{_SEPARATOR}"
-    r"(?=[a-z]*\d)(?=\d*[a-z])[a-z0-9]{4,}-[a-z0-9]{4,}",
+    r"(?P<secret>(?=[a-z]*\d)(?=\d*[a-z])[a-z0-9]{4,}-[a-z0-9]{4,})",
     re.IGNORECASE,
 )
 # A card's security code: "CVV is 381", "CVC: 0417".
 _CARD_SECURITY_CODE = re.compile(
-    _keywords(r"cvv2?|cvc2?|cvn|card\s+(?:security|verification)\s+(?:code|number)|kartenprüfnummer|prüfnummer|"
+    _keywords(r"cvv2?|cvc2?|cvn|card(?:'s)?\s+(?:security|verification)\s+(?:code|number)|"
+              r"kartenprüfnummer|prüfnummer|"
               r"cryptogramme(?:\s+visuel)?")
-    + rf"{_BETWEEN}(?:{_SEPARATOR}|\s*)(?<!\d)\d{{3,4}}(?!\d)",
+    + rf"{_BETWEEN}(?:{_SEPARATOR}|\s*)(?<!\d)(?P<secret>\d{{3,4}})(?!\d)",
     re.IGNORECASE,
 )
 
-# A run of digit groups: separated by a space, a dash, a dot, an underscore or a slash ("4111 1111",
-# "4111.1111", "4111 1111-1111 1111"); it may follow a letter after punctuation ("No.4111",
+# A run of digit groups: separated by a space, a dash, a dot, a comma, an underscore or a slash
+# ("4111 1111", "4111.1111", "4111,1111", "4111 1111-1111 1111"); it may follow a letter after punctuation ("No.4111",
 # "Visa/4111") but not a digit (a date, a version) nor a "+" (a phone number).
-_CARD_RUN = re.compile(r"(?<![^\W_])(?<!\+)(?<!\d[.,/:])\d+(?:(?:[ ._/-]|\s-\s)\d+)*(?![^\W_])")
+_CARD_RUN = re.compile(r"(?<![^\W_])(?<!\+)(?<!\d[.,/:])\d+(?:(?:[ .,_/-]|\s-\s)\d+)*(?![^\W_])")
 _CARD_GROUP_SPLIT = re.compile(r"[^\d]+")
 # Device and SIM identifiers pass Luhn by construction; named as such, they are not cards.
 _DEVICE_ID = re.compile(r"(?<![^\W_])(?:imei(?:sv)?|meid|iccid|serial|s/n|seriennummer)(?![^\W_])[^\d]{0,12}$",
@@ -288,14 +307,14 @@ _KEY_ASSIGNMENT = re.compile(
 # Keys in a URL's query or fragment: "?key=...", "#access_token=...".
 _URL_KEY = re.compile(
     r"(?<=[?&#;])(?:key|api_?key|token|access_token|id_token|auth|sig|signature|secret|client_secret)="
-    r"(?=[^\s&#]*\d)(?=[^\s&#]*[A-Za-z])[^\s&#]{8,}",
+    r"(?P<secret>(?=[^\s&#]*\d)(?=[^\s&#]*[A-Za-z])[^\s&#]{8,})",
     re.IGNORECASE,
 )
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
 # A wallet's recovery phrase is its private key: "seed phrase is abandon ability able ..." (8+ words).
 _SEED_PHRASE = re.compile(
     _keywords(r"(?:seed|recovery|mnemonic|backup|secret|wallet)\s+(?:phrase|words)|mnemonic", r"助记词")
-    + rf"{_BETWEEN}{_SEPARATOR}[\"'`]?[^\W\d_]+(?:[\s,]+[^\W\d_]+){{7,}}",
+    + rf"{_BETWEEN}{_SEPARATOR}[\"'`]?(?P<secret>[^\W\d_]+(?:[\s,]+[^\W\d_]+){{7,}})",
     re.IGNORECASE,
 )
 _TOKEN_PIECE = re.compile(r"[A-Za-z0-9+/=]{20,}")
@@ -390,9 +409,19 @@ def _card_runs(text: str) -> list[list[str]]:
     return runs
 
 
-def _has_card_number(text: str) -> bool:
-    """13 to 19 digits in a card's layout, an issuer's prefix for that length, Luhn-valid."""
-    for groups in _card_runs(text):
+#: How many runs apart the two halves of a card written in one statement may stand ("starts with
+#: 4539 1488, expires 12/27, and ends with 0343 6467"): a bound that keeps the check linear.
+_HALVES_APART = 2
+
+
+def _card_numbers(text: str, first_only: bool = False) -> list[str]:
+    """The digits of each card number in ``text``: 13 to 19 digits in a card's layout, an issuer's
+    prefix for that length, Luhn-valid; also a card written in two halves in one statement
+    ("starts with 4539 1488 and ends with 0343 6467"), in either order, as :func:`cards_across`
+    finds it across two statements. ``first_only`` stops at the first (a yes/no question)."""
+    found: list[str] = []
+    runs = _card_runs(text)
+    for groups in runs:
         # A card may sit next to other numbers ("card 4111 1111 1111 1111 2027"): try every
         # contiguous run of groups.
         for start in range(len(groups)):
@@ -400,7 +429,37 @@ def _has_card_number(text: str) -> bool:
                 if sum(map(len, groups[start:end])) > 19:
                     break
                 if _is_card(groups[start:end]):
-                    return True
+                    found.append("".join(groups[start:end]))
+                    if first_only:
+                        return found
+    # Whole runs only: two halves are written as two numbers, each complete.
+    for i in range(len(runs)):
+        for j in range(max(0, i - _HALVES_APART), min(len(runs), i + _HALVES_APART + 1)):
+            if i != j and _halves_make_card(runs[i], runs[j]):
+                found.append("".join([*runs[i], *runs[j]]))
+                if first_only:
+                    return found
+    return found
+
+
+def _has_card_number(text: str) -> bool:
+    return bool(_card_numbers(text, first_only=True))
+
+
+def _halves_make_card(head: Sequence[str], tail: Sequence[str]) -> bool:
+    pieces = [*head, *tail]
+    return _is_card(pieces) or (_is_card(["".join(pieces)]) and _pieces_of_four(head))
+
+
+def _joins_to_card(head: Sequence[str], tail: Sequence[str]) -> bool:
+    """Whether the end of ``head`` and the start of ``tail`` make a card between them."""
+    for start in range(len(head)):
+        for end in range(1, len(tail) + 1):
+            pieces = [*head[start:], *tail[:end]]
+            if sum(map(len, pieces)) > 19:
+                break
+            if _is_card(pieces) or (_is_card(["".join(pieces)]) and _pieces_of_four(head[start:])):
+                return True
     return False
 
 
@@ -412,15 +471,8 @@ def cards_across(statements: Sequence[str]) -> set[int]:
     found: set[int] = set()
     for i, head in enumerate(groups):
         for j, tail in enumerate(groups):
-            if i == j or not head or not tail:
-                continue
-            for start in range(len(head)):
-                for end in range(1, len(tail) + 1):
-                    pieces = head[start:] + tail[:end]
-                    if sum(map(len, pieces)) > 19:
-                        break
-                    if _is_card(pieces) or (_is_card(["".join(pieces)]) and _pieces_of_four(head[start:])):
-                        found |= {i, j}
+            if i != j and head and tail and _joins_to_card(head, tail):
+                found |= {i, j}
     return found
 
 
@@ -430,14 +482,18 @@ def _pieces_of_four(head: Sequence[str]) -> bool:
     return len("".join(head)) % 4 == 0
 
 
-def _has_iban(text: str) -> bool:
+def _ibans(text: str) -> Iterator[str]:
+    """Each valid IBAN of ``text``, compact and upper-case."""
     for match in _IBAN.finditer(text):
         # The match may run on into the next word ("... 0130 00 BIC ..."): cut at the country's length.
         compact = _IBAN_SEPARATORS.sub("", match.group()).upper()
         length = _IBAN_LENGTHS.get(compact[:2])
         if length is not None and len(compact) >= length and iban_valid(compact[:length]):
-            return True
-    return False
+            yield compact[:length]
+
+
+def _has_iban(text: str) -> bool:
+    return next(_ibans(text), None) is not None
 
 
 def _shannon_bits(text: str) -> float:
@@ -470,7 +526,8 @@ def looks_random(piece: str) -> bool:
 
 def _password_value(match: re.Match[str]) -> bool:
     if match.group("quoted") is not None:
-        return bool(match.group("quoted").strip())
+        quoted = match.group("quoted").strip()
+        return bool(quoted) and quoted.lower() not in _NOT_A_VALUE
     value = match.group("value").strip(".,;:!?)(").lower()
     return len(value) >= 3 and value not in _NOT_A_VALUE
 
@@ -485,12 +542,23 @@ def _has_password(text: str) -> bool:
         return True
     if any(_password_value(m) for m in _PASSWORD_PL.finditer(text)):
         return True
+    if any(_password_value(m) for m in _PASSWORD_QUOTED.finditer(text)):
+        return True
     if any(_is_passphrase(m.group("phrase")) for m in _PASSPHRASE.finditer(text)):
         return True
     if any(_DESCRIBING.isdisjoint(m.group("between").lower().split()) for m in _PASSWORD_NEAR.finditer(text)):
         return True
-    rules = (_PASSWORD_BARE, _PASSWORD_SET_TO, _PASS_FIELD, _PIN_DIGITS, _URL_CREDENTIALS, _CREDENTIAL_PAIR)
+    rules = (_PASSWORD_BARE, _PASSWORD_APPOSITION, _PASSWORD_SET_TO, _PASS_FIELD, _PIN_DIGITS, _URL_CREDENTIALS,
+             _CREDENTIAL_PAIR)
     return any(rule.search(text) for rule in rules)
+
+
+def _assigned_keys(text: str) -> Iterator[str]:
+    """The values of ``key = value`` assignments that mix letters with digits (not URLs)."""
+    for match in _KEY_ASSIGNMENT.finditer(text):
+        value = match.group("value")
+        if any(c.isdigit() for c in value) and any(c.isalpha() for c in value) and "://" not in value:
+            yield value
 
 
 def find_secrets(text: str) -> tuple[SecretKind, ...]:
@@ -511,12 +579,165 @@ def find_secrets(text: str) -> tuple[SecretKind, ...]:
         found.add("iban")
     if _KEY_PREFIXES.search(text) or _URL_KEY.search(text):
         found.add("api_key")
-    else:
-        for match in _KEY_ASSIGNMENT.finditer(text):
-            value = match.group("value")
-            if any(c.isdigit() for c in value) and any(c.isalpha() for c in value) and "://" not in value:
-                found.add("api_key")
-                break
+    elif next(_assigned_keys(text), None) is not None:
+        found.add("api_key")
     if not found & {"api_key", "private_key"} and any(looks_random(p) for p in _TOKEN_PIECE.findall(text)):
         found.add("token")
     return tuple(sorted(found))
+
+
+# ---------------------------------------------------------------- secret values
+
+# A model may copy a secret away from its key word ("My wifi password is Hunter2Pony!" gives "The
+# user is enjoying the music of Hunter2Pony!"): a candidate judged alone then holds nothing a rule
+# recognises. So the rules also run on the job's input, once, and give the secret *values* they
+# matched; a candidate holding one of them is dropped as that kind of secret.
+
+#: Between the characters of a value, as it is retyped ("4111 1111", "Sunflower-92" as
+#: "sunflower 92", "482-913"): any one of these, or none.
+_VALUE_SEPARATOR = r"[\s._,-]"
+# Digits are retyped in groups ("482 913", "4111-1111"), not with a decimal point or a thousands
+# comma: "12.34 euros" and "1,234 steps" do not hold the code 1234.
+_DIGIT_SEPARATOR = r"[\s-]"
+_VALUE_SEPARATORS = re.compile(rf"{_VALUE_SEPARATOR}+")
+# Quotes and sentence punctuation around a value are not part of it ("Hunter2Pony!" at the end of a
+# sentence is found as "Hunter2Pony").
+_VALUE_EDGES = "\"'`.,;:!?()[]{}<> "
+#: A value must be specific enough that finding it elsewhere means the secret was copied, not that
+#: an ordinary word or number came up: digits only, at least this many (a 3-digit CVV is not
+#: followed: "123" is any number) ...
+MIN_VALUE_DIGITS = 4
+#: ... a word, at least this many characters and marked as made up (a digit, a symbol, or a capital
+#: inside: "Hunter2Pony", "BlueSky"); a plain word ("sunshine", "Letmein") is not followed: a model
+#: writes it for its own reasons, and alone it does not say that it is a password ...
+MIN_VALUE_CHARS = 6
+#: ... plain words, a phrase of at least this many, found whole ("correct horse battery staple").
+MIN_VALUE_WORDS = 3
+#: How far after a private key's header its body is read for values.
+_PRIVATE_KEY_BODY = 4000
+_CODE_RE = re.compile(_CODE)
+_ANY_CODE_RE = re.compile(_ANY_CODE)
+
+
+@dataclass(frozen=True)
+class SecretValue:
+    """A secret value found in a text (:func:`secret_values`): its kind and how to find it in
+    another text. The value does not show in ``repr``, so it cannot reach a log by accident."""
+
+    kind: SecretKind
+    pattern: re.Pattern[str] = field(repr=False)
+
+
+def _password_values(text: str) -> Iterator[str]:
+    for rule in (_PASSWORD, _PASSWORD_PL, _PASSWORD_QUOTED):
+        for match in rule.finditer(text):
+            if _password_value(match):
+                quoted = match.group("quoted")
+                yield quoted if quoted is not None else match.group("value")
+    for match in _PASSPHRASE.finditer(text):
+        if _is_passphrase(match.group("phrase")):
+            yield match.group("phrase")
+    for match in _PASSWORD_NEAR.finditer(text):
+        if _DESCRIBING.isdisjoint(match.group("between").lower().split()):
+            yield match.group("secret")
+    for rule in (_PASSWORD_BARE, _PASSWORD_APPOSITION, _PASSWORD_SET_TO, _PASS_FIELD, _PIN_DIGITS,
+                 _URL_CREDENTIALS, _CREDENTIAL_PAIR):
+        yield from (match.group("secret") for match in rule.finditer(text))
+
+
+def _otp_codes(text: str) -> Iterator[str]:
+    """For each one-time-code key word, the code it names: the first code after it (as _OTP reads
+    "your verification code is 583201"), else the last one just before it ("482913 is your
+    verification code"). Only one per word: "Flight LH 4821 lands at 10:40, your verification
+    code is 583201" names 583201, and the flight number is no secret value."""
+    for word in _OTP_WORD_RE.finditer(text):
+        after = _CODE_AFTER.match(text, word.end())
+        if after is not None:
+            yield after.group("secret")
+            continue
+        start = max(0, word.start() - _CODE_BEFORE_GAP - _CODE_MAX_CHARS)
+        before = [code for code in _CODE_RE.finditer(text, start, word.start())
+                  if word.start() - code.end() <= _CODE_BEFORE_GAP and "\n" not in text[code.end():word.start()]]
+        if before:
+            yield before[-1].group()
+
+
+def _code_values(text: str) -> Iterator[tuple[SecretKind, str]]:
+    yield from (("one_time_code", code) for code in _otp_codes(text))
+    yield from (("one_time_code", m.group("secret")) for m in _RECOVERY_CODES.finditer(text))
+    for match in _SMS_CODE.finditer(text):
+        yield from (("one_time_code", code) for code in _CODE_RE.findall(match.group()))
+    for match in _ACCESS_CODE.finditer(text):
+        # The code ends the match; a number among the words before it is not the code.
+        yield from (("access_code", code) for code in _ANY_CODE_RE.findall(match.group())[-1:])
+    yield from (("access_code", m.group("secret")) for m in _COMBINATION.finditer(text))
+    yield from (("payment_card", m.group("secret")) for m in _CARD_SECURITY_CODE.finditer(text))
+
+
+def _key_values(text: str) -> Iterator[tuple[SecretKind, str]]:
+    for match in _PRIVATE_KEY.finditer(text):
+        body = text[match.end():match.end() + _PRIVATE_KEY_BODY]
+        yield from (("private_key", piece) for piece in _TOKEN_PIECE.findall(body))
+    yield from (("private_key", m.group("secret")) for m in _SEED_PHRASE.finditer(text))
+    yield from (("api_key", m.group()) for m in _KEY_PREFIXES.finditer(text))
+    yield from (("api_key", m.group("secret")) for m in _URL_KEY.finditer(text))
+    yield from (("api_key", value) for value in _assigned_keys(text))
+    yield from (("token", piece) for piece in _TOKEN_PIECE.findall(text) if looks_random(piece))
+
+
+def _raw_values(text: str) -> Iterator[tuple[SecretKind, str]]:
+    """Every value a rule of :func:`find_secrets` matches in ``text`` (normalised), with its kind."""
+    yield from (("password", value) for value in _password_values(text))
+    yield from _code_values(text)
+    yield from (("payment_card", digits) for digits in _card_numbers(text))
+    yield from (("iban", iban) for iban in _ibans(text))
+    yield from _key_values(text)
+
+
+def _made_up(word: str) -> bool:
+    """A digit, a symbol, or a capital letter after the first: not a plain dictionary word."""
+    return any(not c.isalpha() or c.isupper() for c in word[1:]) or not word[0].isalpha()
+
+
+def _value_pattern(value: str) -> re.Pattern[str] | None:
+    """How ``value`` (normalised) is found in another normalised text, whatever separators it is
+    retyped with and in any case; None when it is not specific enough (MIN_VALUE_DIGITS,
+    MIN_VALUE_CHARS, MIN_VALUE_WORDS) to stand for its secret anywhere."""
+    pieces = _VALUE_SEPARATORS.split(value.strip(_VALUE_EDGES))
+    pieces = [piece for piece in pieces if piece]
+    joined = "".join(pieces)
+    if not joined:
+        return None
+    if joined.isdigit():
+        if len(joined) < MIN_VALUE_DIGITS:
+            return None
+        return re.compile(rf"(?<!\d){f'{_DIGIT_SEPARATOR}?'.join(joined)}(?!\d)")
+    if len(pieces) > 1 and all(piece.isalpha() for piece in pieces):
+        if len(pieces) < MIN_VALUE_WORDS:
+            return None
+        body = rf"{_VALUE_SEPARATOR}+".join(map(re.escape, pieces))
+    elif len(joined) >= MIN_VALUE_CHARS and _made_up(joined):
+        body = f"{_VALUE_SEPARATOR}?".join(map(re.escape, joined))
+    else:
+        return None
+    return re.compile(rf"(?<![^\W_]){body}(?![^\W_])", re.IGNORECASE)
+
+
+def secret_values(text: str) -> tuple[SecretValue, ...]:
+    """The secret values of ``text`` that are specific enough to be looked for elsewhere
+    (_value_pattern): the password after its key word, codes, card numbers, IBANs, keys,
+    tokens, private keys and recovery phrases that :func:`find_secrets` recognises. Run once on a
+    job's input; :func:`copied_secrets` then tells which candidates hold one of them."""
+    found: dict[str, SecretValue] = {}
+    for kind, value in _raw_values(_secret_text(text)):
+        pattern = _value_pattern(value)
+        if pattern is not None and pattern.pattern not in found:
+            found[pattern.pattern] = SecretValue(kind, pattern)
+    return tuple(found.values())
+
+
+def copied_secrets(statement: str, values: Iterable[SecretValue]) -> tuple[SecretKind, ...]:
+    """The kinds of the ``values`` (from :func:`secret_values`) that ``statement`` holds, sorted,
+    each once; empty when it holds none."""
+    text = _secret_text(statement)
+    return tuple(sorted({value.kind for value in values if value.pattern.search(text)}))
