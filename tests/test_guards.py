@@ -10,12 +10,14 @@ from npud.guards import (
     TITLE_MAX_WORDS,
     candidate_problems,
     find_secrets,
+    first_sentence,
     iban_valid,
     invented_numbers,
     looks_random,
     luhn_valid,
     notification_problems,
     sentence_count,
+    sentences,
     summary_problems,
     title_problems,
 )
@@ -410,3 +412,13 @@ def test_the_guards_take_a_6000_character_word(text: str) -> None:
     assert clean_notification(text, text).text
     assert len(clean_summary(text, text).text) <= len(text)
     assert clean_candidates(text, text).candidates == []
+
+
+def test_sentences_are_cut_where_the_normalised_text_ends_them_and_keep_the_text_as_written() -> None:
+    """The cut is found on the normalised view (what sentence_count counts) but made in the text as
+    written: a zero-width space or a fullwidth full stop ends a sentence, nothing is rewritten."""
+    assert sentences("Moved to Friday.\u200bBring it.") == ["Moved to Friday.", "\u200bBring it."]
+    assert sentences("Ｍｏｖｅｄ\uff0e Bring “it”.") == ["Ｍｏｖｅｄ\uff0e", "Bring “it”."]
+    assert first_sentence("Moved… Bring it.") == "Moved…"
+    assert sentence_count("Moved to Friday.\u200bBring it.") == 2
+    assert sentence_count("\u200b") == 0
