@@ -422,3 +422,60 @@ def test_sentences_are_cut_where_the_normalised_text_ends_them_and_keep_the_text
     assert first_sentence("Moved… Bring it.") == "Moved…"
     assert sentence_count("Moved to Friday.\u200bBring it.") == 2
     assert sentence_count("\u200b") == 0
+
+
+# Number words: ordinals derived from the cardinals, the gaps of the languages covered, joiners.
+WORD_NUMBERS_INVENTED = [
+    ("Due on the sixteenth", "Due on the 15th."),
+    ("Her twenty-second birthday", "Her 21st birthday."),
+    ("Call on the thirty-first", "Call on the 30th."),
+    ("Le quinzième jour", "Le 14e jour."),
+    ("Am fünfzehnten Mai", "Am 14. Mai."),
+    ("Noch achtzehn Tage", "Noch 17 Tage."),
+    ("Treffen um siebzehn Uhr", "Treffen um 16 Uhr."),
+    ("fünfundzwanzig Gäste", "24 Gäste."),
+    ("quatre-vingt-dix euros", "80 euros"),
+    ("soixante et onze ans", "70 ans"),
+    ("dieciséis personas", "15 personas"),
+    ("one hundred twelve pages", "1200 pages"),
+    ("two hundred and fifty guests", "200 guests and 50 staff"),
+]
+
+
+@pytest.mark.parametrize(("answer", "source"), WORD_NUMBERS_INVENTED)
+def test_number_words_of_the_languages_covered_are_checked(answer: str, source: str) -> None:
+    assert invented_numbers(answer, source) != []
+
+
+WORD_NUMBERS_SUPPORTED = [
+    ("Due on the 16th", "It is due on the sixteenth."),
+    ("Due on the sixteenth", "It is due on the 16th."),
+    ("Her 22nd birthday", "Her twenty-second birthday."),
+    ("Le 15e jour", "Le quinzième jour."),
+    ("Am 15. Mai", "Am fünfzehnten Mai."),
+    ("25 Gäste", "fünfundzwanzig Gäste"),
+    ("90 euros", "quatre-vingt-dix euros"),
+    ("71 ans", "soixante et onze ans"),
+    ("17 mai", "le dix-sept mai"),
+    ("2300 euros", "dos mil trescientos euros"),
+    ("112 pages", "one hundred twelve pages"),
+    ("250 guests", "two hundred and fifty guests"),
+    # Ambiguous words are not checked in an answer: "a third", "the first time", "Bitte achten".
+    ("Bitte achten Sie auf die Zeit", "Treffen um 10 Uhr."),
+    ("A third of the team", "Half the team."),
+]
+
+
+@pytest.mark.parametrize(("answer", "source"), WORD_NUMBERS_SUPPORTED)
+def test_number_words_of_the_languages_covered_support_and_are_supported(answer: str, source: str) -> None:
+    assert invented_numbers(answer, source) == []
+
+
+def test_the_number_word_tables_of_the_languages_agree_on_shared_words() -> None:
+    from npud.guards import invented
+
+    tables = [invented._CARDINALS_EN, invented._CARDINALS_FR, invented._CARDINALS_DE, invented._CARDINALS_ES,
+              invented._ORDINALS]
+    for a in tables:
+        for b in tables:
+            assert all(a[word] == b[word] for word in a.keys() & b.keys())
