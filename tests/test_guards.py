@@ -399,7 +399,9 @@ def test_sentence_count(text: str, count: int) -> None:
 # the text from every position (a scheme run "x-x-x-…" before "://" did: quadratic, and the worker
 # holds the GIL while it runs). Functional here; the scan is linear when the suite stays fast.
 _NO_SPACE = ["a" * 6000, "1" * 6000, "x-" * 3000, "a." * 3000, "1." * 3000, "1-" * 3000, "a1" * 3000,
-             "a_" * 3000, "password" * 750, "code1" * 1200, "密码" * 3000, "4111" * 1500, "¹" * 6000]
+             "a_" * 3000, "password" * 750, "code1" * 1200, "密码" * 3000, "4111" * 1500, "¹" * 6000,
+             "-5" * 3000, "3月" * 3000, "日1" * 3000, "fifteenth" * 666, "dix-sept-" * 666, "\u200b." * 3000,
+             "．" * 6000]
 
 
 @pytest.mark.parametrize("text", _NO_SPACE, ids=lambda t: repr(t[:4]))
@@ -479,3 +481,26 @@ def test_the_number_word_tables_of_the_languages_agree_on_shared_words() -> None
     for a in tables:
         for b in tables:
             assert all(a[word] == b[word] for word in a.keys() & b.keys())
+
+
+SIGNS_AND_CJK = [
+    # A minus sign is part of the number; a hyphen between numbers or after a letter is not one.
+    ("-5°C tonight", "Lows of 5°C tonight.", ["-5"]),
+    ("Lows of -5 to -2", "Lows from -5 to -2.", []),
+    ("\u22125 °C", "-5°C", []),  # the Unicode minus is a minus
+    ("5°C", "-5°C", []),  # every digit run of the input supports (documented leniency)
+    ("14-16 May", "14-16 May", []),
+    ("2024-05-14", "On 2024-05-14.", []),
+    ("Room B-2", "Room B-2", []),
+    ("Room -2", "Room B-2", ["-2"]),
+    # Numbers glued to CJK characters are numbers, checked one by one.
+    ("会议3月14日", "3月14日开会", []),
+    ("会议3月15日", "3月14日开会", ["15"]),
+    ("¥5000 due", "5,000円の支払い", []),
+    ("会議は3時", "会議は15時", ["3"]),
+]
+
+
+@pytest.mark.parametrize(("answer", "source", "invented"), SIGNS_AND_CJK)
+def test_minus_signs_and_numbers_among_cjk_characters(answer: str, source: str, invented: list[str]) -> None:
+    assert invented_numbers(answer, source) == invented

@@ -103,8 +103,16 @@ _WORD = re.compile(r"[^\W\d_]+")
 
 # Thousands written with spaces ("1 000 000") first, then any run of digits and letters joined by
 # the separators numbers use inside themselves (. , : '). A token starts where a run of letters and
-# digits starts (the lookbehind), which keeps the scan linear on text without spaces.
-_NUMERIC = re.compile(r"(?<![^\W_])(?:\d{1,3}(?: \d{3})+(?!\d)|[^\W_]*\d[^\W_]*(?:[.,:'][^\W_]*\d[^\W_]*)*)")
+# digits starts (the lookbehind), which keeps the scan linear on text without spaces. CJK
+# characters (Han, kana, Hangul) are no letters here: they are written without spaces, so a number
+# glued to them ("3月14日", "5,000円") is a number, not part of one long identifier.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_ALNUM = f"[^\\W_{_CJK}]"
+_NUMERIC = re.compile(
+    rf"(?<!{_ALNUM})(?:\d{{1,3}}(?: \d{{3}})+(?!\d)|{_ALNUM}*\d{_ALNUM}*(?:[.,:']{_ALNUM}*\d{_ALNUM}*)*)")
+# A minus sign: "-" (any dash, folded) right before a number and after no letter or digit
+# ("-5°C", "(-3)"), so not the hyphen of a range or date ("14-16 May", "2024-05-14", "A-5").
+_MINUS_BEFORE = re.compile(r"(?<![^\W_])-")
 # Letters that may follow a number without making it an identifier: ordinals, units, times.
 _SUFFIX = re.compile(
     r"(?:st|nd|rd|th|e|er|re|ème|eme|o|a|º|ª|h|am|pm|k|m|km|kg|g|mg|ml|l|cm|mm|gb|mb|kb|tb|ms|s|sec|min|"
@@ -222,7 +230,14 @@ def _numeric_tokens(text: str) -> list[_Number]:
                 kind, forms = "identifier", {written.lower()}
         else:
             kind, forms = "number", _forms(core, pm)
-        tokens.append(_Number(written, match.start(), end, kind, frozenset(forms), runs, truncated, meridiem))
+        start = match.start()
+        if kind == "number" and start and _MINUS_BEFORE.match(text, start - 1):
+            # "-5°C": the sign is part of the number, so an input's "5°C" does not support it. (The
+            # input's "-5" still supports "5", as every digit run of the input does: "-20%" is
+            # "20% off".)
+            start, written = start - 1, "-" + written
+            forms = {"-" + form for form in forms}
+        tokens.append(_Number(written, start, end, kind, frozenset(forms), runs, truncated, meridiem))
     return tokens
 
 
@@ -388,7 +403,10 @@ def invented_numbers(output: str, source: str) -> list[str]:
     A number is a run of digits with the separators numbers carry inside (``1,000``, ``5.7``,
     ``9:30``, ``2.13.1``), or a number in words (``fifteen``, ``two hundred``, ``vingt-cinq``);
     dashes and slashes separate numbers, so ranges and dates are checked part by part (``14-15
-    May`` against ``14-16 May`` reports ``15``). Normalisation, so that a faithful rewrite is not
+    May`` against ``14-16 May`` reports ``15``), but a dash right before a number and after no
+    letter or digit is its minus sign (``-5°C`` needs a -5 in the input, not a 5; the input's
+    ``-5`` still supports ``5``, as every digit run does). CJK characters are no letters of a
+    number: ``3月14日`` holds 3 and 14, ``5,000円`` the number 5000 (not one identifier). Normalisation, so that a faithful rewrite is not
     reported: Unicode digits, dashes and invisible characters are folded (superscripts after a
     letter are exponents: ``m²``); leading zeros are dropped (``09:30`` = ``9:30``, ``007`` =
     ``7``); thousands separators are ignored (``1,000`` = ``1 000`` = ``1000``, and a group of
