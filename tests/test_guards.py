@@ -10,12 +10,14 @@ from npud.guards import (
     TITLE_MAX_WORDS,
     candidate_problems,
     find_secrets,
+    first_sentence,
     iban_valid,
     invented_numbers,
     looks_random,
     luhn_valid,
     notification_problems,
     sentence_count,
+    sentences,
     summary_problems,
     title_problems,
 )
@@ -397,7 +399,9 @@ def test_sentence_count(text: str, count: int) -> None:
 # the text from every position (a scheme run "x-x-x-…" before "://" did: quadratic, and the worker
 # holds the GIL while it runs). Functional here; the scan is linear when the suite stays fast.
 _NO_SPACE = ["a" * 6000, "1" * 6000, "x-" * 3000, "a." * 3000, "1." * 3000, "1-" * 3000, "a1" * 3000,
-             "a_" * 3000, "password" * 750, "code1" * 1200, "密码" * 3000, "4111" * 1500, "¹" * 6000]
+             "a_" * 3000, "password" * 750, "code1" * 1200, "密码" * 3000, "4111" * 1500, "¹" * 6000,
+             "-5" * 3000, "3月" * 3000, "日1" * 3000, "fifteenth" * 666, "dix-sept-" * 666, "\u200b." * 3000,
+             "．" * 6000]
 
 
 @pytest.mark.parametrize("text", _NO_SPACE, ids=lambda t: repr(t[:4]))
@@ -410,3 +414,93 @@ def test_the_guards_take_a_6000_character_word(text: str) -> None:
     assert clean_notification(text, text).text
     assert len(clean_summary(text, text).text) <= len(text)
     assert clean_candidates(text, text).candidates == []
+
+
+def test_sentences_are_cut_where_the_normalised_text_ends_them_and_keep_the_text_as_written() -> None:
+    """The cut is found on the normalised view (what sentence_count counts) but made in the text as
+    written: a zero-width space or a fullwidth full stop ends a sentence, nothing is rewritten."""
+    assert sentences("Moved to Friday.\u200bBring it.") == ["Moved to Friday.", "\u200bBring it."]
+    assert sentences("Ｍｏｖｅｄ\uff0e Bring “it”.") == ["Ｍｏｖｅｄ\uff0e", "Bring “it”."]
+    assert first_sentence("Moved… Bring it.") == "Moved…"
+    assert sentence_count("Moved to Friday.\u200bBring it.") == 2
+    assert sentence_count("\u200b") == 0
+
+
+# Number words: ordinals derived from the cardinals, the gaps of the languages covered, joiners.
+WORD_NUMBERS_INVENTED = [
+    ("Due on the sixteenth", "Due on the 15th."),
+    ("Her twenty-second birthday", "Her 21st birthday."),
+    ("Call on the thirty-first", "Call on the 30th."),
+    ("Le quinzième jour", "Le 14e jour."),
+    ("Am fünfzehnten Mai", "Am 14. Mai."),
+    ("Noch achtzehn Tage", "Noch 17 Tage."),
+    ("Treffen um siebzehn Uhr", "Treffen um 16 Uhr."),
+    ("fünfundzwanzig Gäste", "24 Gäste."),
+    ("quatre-vingt-dix euros", "80 euros"),
+    ("soixante et onze ans", "70 ans"),
+    ("dieciséis personas", "15 personas"),
+    ("one hundred twelve pages", "1200 pages"),
+    ("two hundred and fifty guests", "200 guests and 50 staff"),
+]
+
+
+@pytest.mark.parametrize(("answer", "source"), WORD_NUMBERS_INVENTED)
+def test_number_words_of_the_languages_covered_are_checked(answer: str, source: str) -> None:
+    assert invented_numbers(answer, source) != []
+
+
+WORD_NUMBERS_SUPPORTED = [
+    ("Due on the 16th", "It is due on the sixteenth."),
+    ("Due on the sixteenth", "It is due on the 16th."),
+    ("Her 22nd birthday", "Her twenty-second birthday."),
+    ("Le 15e jour", "Le quinzième jour."),
+    ("Am 15. Mai", "Am fünfzehnten Mai."),
+    ("25 Gäste", "fünfundzwanzig Gäste"),
+    ("90 euros", "quatre-vingt-dix euros"),
+    ("71 ans", "soixante et onze ans"),
+    ("17 mai", "le dix-sept mai"),
+    ("2300 euros", "dos mil trescientos euros"),
+    ("112 pages", "one hundred twelve pages"),
+    ("250 guests", "two hundred and fifty guests"),
+    # Ambiguous words are not checked in an answer: "a third", "the first time", "Bitte achten".
+    ("Bitte achten Sie auf die Zeit", "Treffen um 10 Uhr."),
+    ("A third of the team", "Half the team."),
+]
+
+
+@pytest.mark.parametrize(("answer", "source"), WORD_NUMBERS_SUPPORTED)
+def test_number_words_of_the_languages_covered_support_and_are_supported(answer: str, source: str) -> None:
+    assert invented_numbers(answer, source) == []
+
+
+def test_the_number_word_tables_of_the_languages_agree_on_shared_words() -> None:
+    from npud.guards import invented
+
+    tables = [invented._CARDINALS_EN, invented._CARDINALS_FR, invented._CARDINALS_DE, invented._CARDINALS_ES,
+              invented._ORDINALS]
+    for a in tables:
+        for b in tables:
+            assert all(a[word] == b[word] for word in a.keys() & b.keys())
+
+
+SIGNS_AND_CJK = [
+    # A minus sign is part of the number; a hyphen between numbers or after a letter is not one.
+    ("-5°C tonight", "Lows of 5°C tonight.", ["-5"]),
+    ("Lows of -5 to -2", "Lows from -5 to -2.", []),
+    ("\u22125 °C", "-5°C", []),  # the Unicode minus is a minus
+    ("5°C", "-5°C", []),  # every digit run of the input supports (documented leniency)
+    ("14-16 May", "14-16 May", []),
+    ("2024-05-14", "On 2024-05-14.", []),
+    ("Room B-2", "Room B-2", []),
+    ("Room -2", "Room B-2", ["-2"]),
+    # Numbers glued to CJK characters are numbers, checked one by one.
+    ("会议3月14日", "3月14日开会", []),
+    ("会议3月15日", "3月14日开会", ["15"]),
+    ("¥5000 due", "5,000円の支払い", []),
+    ("会議は3時", "会議は15時", ["3"]),
+]
+
+
+@pytest.mark.parametrize(("answer", "source", "invented"), SIGNS_AND_CJK)
+def test_minus_signs_and_numbers_among_cjk_characters(answer: str, source: str, invented: list[str]) -> None:
+    assert invented_numbers(answer, source) == invented

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Final
 
-from .text import normalise
+from .text import folded, normalise
 
 #: The title prompt asks for "3 to 8 words"; 8 is the limit a title must never pass. Fewer than 2
 #: words is reported too (a one-word title rarely says what the text is about), but 2 is accepted:
@@ -90,25 +90,37 @@ def _sentence_ends(text: str) -> list[int]:
     return [match.end() for match in _SENTENCE_END.finditer(text) if _ends_sentence(text, match)]
 
 
+def _cuts(text: str) -> list[int]:
+    """Where ``text`` is cut into sentences: the sentence ends found in its normalised view
+    (:func:`folded`: invisible characters removed, fullwidth forms folded), as offsets in ``text``
+    just after the character that ends each sentence. The jobs cut and the checks count on the one
+    view, so "Friday.\u200bBring" and "Friday\uff0e Bring" are two sentences for both."""
+    view, origin = folded(text)
+    return [origin[end - 1] + 1 for end in _sentence_ends(view)]
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of ``text`` (white space made single spaces, nothing else changed), cut where
+    its normalised view ends a sentence (abbreviations, initials, CJK full stops: see
+    _SENTENCE_END and _ends_sentence); a piece with nothing visible is no sentence."""
+    text = " ".join(text.split())
+    cuts = [0, *_cuts(text), len(text)]
+    pieces = [text[a:b].strip() for a, b in zip(cuts, cuts[1:])]
+    return [piece for piece in pieces if normalise(piece)]
+
+
 def sentence_count(text: str) -> int:
-    text = normalise(text)
-    return len(_sentence_ends(text)) + 1 if text else 0
+    """How many sentences :func:`sentences` cuts ``text`` into: the count the form checks use is the
+    cut the jobs make."""
+    return len(sentences(text))
 
 
 def first_sentence(text: str) -> str:
     """The first sentence of ``text`` (runs of white space made one space, nothing else changed),
-    by the rule of :func:`sentence_count`."""
+    as :func:`sentences` cuts it."""
     text = " ".join(text.split())
-    ends = _sentence_ends(text)
-    return text[:ends[0]] if ends else text
-
-
-def sentences(text: str) -> list[str]:
-    """The sentences of ``text`` (white space made single spaces), by the rule of
-    :func:`sentence_count`."""
-    text = " ".join(text.split())
-    cuts = [0, *_sentence_ends(text), len(text)]
-    return [text[a:b].strip() for a, b in zip(cuts, cuts[1:]) if text[a:b].strip()]
+    cuts = _cuts(text)
+    return text[:cuts[0]] if cuts else text
 
 
 def cap_words(text: str, limit: int) -> str:

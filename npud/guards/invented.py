@@ -9,50 +9,110 @@ from typing import Final
 
 from .text import normalise
 
-# Number words by value. Every one supports its value when the *input* has it ("two weeks"
-# supports "2"); in an *answer* the unambiguous ones are checked like digits ("fifteen minutes"
-# needs a 15 in the input), the others (_AMBIGUOUS: articles, ordinals, "second", "noon") are not.
-_NUMBER_WORDS: Final = {
-    # en
-    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-    "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
-    "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30,
-    "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90, "hundred": 100,
-    "thousand": 1000, "million": 1_000_000, "dozen": 12, "twice": 2, "noon": 12, "midnight": 0,
-    "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "tenth": 10, "once": 1, "both": 2,
-    "pair": 2, "couple": 2,
-    # fr
-    "un": 1, "une": 1, "deux": 2, "trois": 3, "quatre": 4, "cinq": 5, "sept": 7, "huit": 8,
-    "neuf": 9, "dix": 10, "onze": 11, "douze": 12, "treize": 13, "quatorze": 14, "quinze": 15, "seize": 16,
-    "vingt": 20, "trente": 30, "quarante": 40, "cinquante": 50, "soixante": 60, "cent": 100, "cents": 100,
-    "mille": 1000, "midi": 12, "minuit": 0, "premier": 1, "première": 1,
-    # de
-    "null": 0, "eins": 1, "ein": 1, "eine": 1, "zwei": 2, "drei": 3, "vier": 4, "fünf": 5, "sechs": 6,
-    "sieben": 7, "acht": 8, "neun": 9, "zehn": 10, "elf": 11, "zwölf": 12, "zwanzig": 20, "dreißig": 30,
-    "vierzig": 40, "fünfzig": 50, "hundert": 100, "tausend": 1000, "mittag": 12, "erste": 1, "ersten": 1,
-    # es
-    "cero": 0, "uno": 1, "una": 1, "dos": 2, "tres": 3, "cuatro": 4, "cinco": 5, "seis": 6, "siete": 7,
-    "ocho": 8, "nueve": 9, "diez": 10, "doce": 12, "quince": 15, "veinte": 20, "treinta": 30,
-    "cuarenta": 40, "cincuenta": 50, "cien": 100, "ciento": 100, "mil": 1000, "mediodía": 12, "primero": 1,
-    "primera": 1,
+# Number words by value, per language: cardinals, from which the ordinals are derived by each
+# language's rule (a table, not a list of cases: "fifteenth", "twenty-first", "quinzième",
+# "fünfzehnte" all follow), and the other words that say a number ("dozen", "noon", "both").
+_UNITS_EN: Final = ("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+                    "sixteen seventeen eighteen nineteen").split()
+_TENS_EN: Final = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_CARDINALS_EN: Final = ({"zero": 0} | {w: i for i, w in enumerate(_UNITS_EN, 1)}
+                        | {w: 10 * i for i, w in enumerate(_TENS_EN, 2)}
+                        | {"hundred": 100, "thousand": 1000, "million": 1_000_000, "billion": 1_000_000_000})
+_UNITS_FR: Final = "un deux trois quatre cinq six sept huit neuf dix onze douze treize quatorze quinze seize".split()
+_CARDINALS_FR: Final = ({w: i for i, w in enumerate(_UNITS_FR, 1)} | {"une": 1, "vingt": 20, "vingts": 20, "trente": 30,
+                        "quarante": 40, "cinquante": 50, "soixante": 60, "septante": 70, "huitante": 80,
+                        "octante": 80, "nonante": 90, "cent": 100, "cents": 100, "mille": 1000, "million": 1_000_000})
+_UNITS_DE: Final = "ein zwei drei vier fünf sechs sieben acht neun".split()
+_TEENS_DE: Final = "zehn elf zwölf dreizehn vierzehn fünfzehn sechzehn siebzehn achtzehn neunzehn".split()
+_TENS_DE: Final = "zwanzig dreißig vierzig fünfzig sechzig siebzig achtzig neunzig".split()
+_CARDINALS_DE: Final = (
+    {"null": 0, "eins": 1, "eine": 1} | {w: i for i, w in enumerate(_UNITS_DE, 1)}
+    | {w: i for i, w in enumerate(_TEENS_DE, 10)} | {w: 10 * i for i, w in enumerate(_TENS_DE, 2)}
+    | {"dreissig": 30, "hundert": 100, "tausend": 1000, "million": 1_000_000, "millionen": 1_000_000}
+    # German writes 21-99 and the round hundreds and thousands as one word: "fünfundzwanzig".
+    | {f"{u}und{t}": 10 * j + i for i, u in enumerate(_UNITS_DE, 1) for j, t in enumerate(_TENS_DE, 2)}
+    | {f"{u}{s}": i * v for i, u in enumerate(_UNITS_DE, 1) for s, v in (("hundert", 100), ("tausend", 1000))}
+)
+_CARDINALS_ES: Final = {
+    "cero": 0, "uno": 1, "una": 1, "un": 1, "dos": 2, "tres": 3, "cuatro": 4, "cinco": 5, "seis": 6, "siete": 7,
+    "ocho": 8, "nueve": 9, "diez": 10, "doce": 12, "trece": 13, "catorce": 14, "quince": 15, "dieciséis": 16,
+    "diecisiete": 17, "dieciocho": 18, "diecinueve": 19, "veinte": 20, "veintiuno": 21, "veintiún": 21,
+    "veintiuna": 21, "veintidós": 22, "veintitrés": 23, "veinticuatro": 24, "veinticinco": 25, "veintiséis": 26,
+    "veintisiete": 27, "veintiocho": 28, "veintinueve": 29, "treinta": 30, "cuarenta": 40, "cincuenta": 50,
+    "sesenta": 60, "setenta": 70, "ochenta": 80, "noventa": 90, "cien": 100, "ciento": 100, "doscientos": 200,
+    "trescientos": 300, "cuatrocientos": 400, "quinientos": 500, "seiscientos": 600, "setecientos": 700,
+    "ochocientos": 800, "novecientos": 900, "mil": 1000, "millón": 1_000_000, "millones": 1_000_000,
+    # ("once", 11, is English "once" and stays 1.)
 }
-_AMBIGUOUS_NUMBER_WORDS: Final = frozenset("""
-    zero one noon midnight first second third fourth fifth tenth once both pair couple
-    un une cent cents midi minuit premier première sept
-    null eins ein eine elf mittag erste ersten
-    cero uno una mil mediodía primero primera
-""".split())
-# Multipliers: "two hundred" is 200, "three thousand" 3000, "two dozen" 24.
-_SCALES: Final = frozenset({"hundred", "thousand", "million", "dozen", "cent", "cents", "mille", "hundert",
-                            "tausend", "cien", "ciento", "mil"})
+
+
+def _ordinal_en(word: str) -> str:
+    irregular = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
+                 "nine": "ninth", "twelve": "twelfth"}
+    return irregular.get(word) or (word[:-1] + "ieth" if word.endswith("y") else word + "th")
+
+
+def _ordinal_fr(word: str) -> str:
+    stem = {"cinq": "cinqu", "neuf": "neuv"}.get(word, word[:-1] if word.endswith("e") else word)
+    return stem + "ième"
+
+
+def _ordinals_de(word: str) -> list[str]:
+    # zweite, dritte, siebte, achte, zwölfte; from 20 on "-ste": zwanzigste, hundertste. Every case ending.
+    stem = {"drei": "dritt", "sieben": "siebt", "acht": "acht"}.get(word) or (
+        word + ("st" if _CARDINALS_DE[word] >= 20 else "t"))
+    return [stem + ending for ending in ("e", "en", "er", "es", "em")]
+
+
+_ORDINALS: Final = (
+    {_ordinal_en(w): v for w, v in _CARDINALS_EN.items() if v and w != "one"}
+    | {_ordinal_fr(w): v for w, v in _CARDINALS_FR.items() if w not in ("une", "vingts", "cents")}
+    | {o: v for w, v in _CARDINALS_DE.items() if v >= 2 and w != "millionen" for o in _ordinals_de(w)}
+    | {"erst" + ending: 1 for ending in ("e", "en", "er", "es", "em")}
+    | {"first": 1, "premier": 1, "première": 1, "seconde": 2}
+    # Spanish ordinals share no rule with the cardinals: a table of their own.
+    | {w + g: v for w, v in (("primer", 1), ("segund", 2), ("tercer", 3), ("cuart", 4), ("quint", 5),
+                             ("sext", 6), ("séptim", 7), ("octav", 8), ("noven", 9), ("décim", 10))
+       for g in ("o", "a")} | {"primer": 1, "tercer": 3}
+)
+_NUMBER_WORDS: Final = (
+    _CARDINALS_EN | _CARDINALS_FR | _CARDINALS_DE | _CARDINALS_ES | _ORDINALS
+    | {"dozen": 12, "twice": 2, "noon": 12, "midnight": 0, "once": 1, "both": 2, "pair": 2, "couple": 2,
+       "midi": 12, "minuit": 0, "mittag": 12, "mediodía": 12}
+)
+# In an *answer* the unambiguous words are checked like digits ("fifteen minutes" needs a 15 in the
+# input, "fifteenth" too); these are not: articles, "second" and the ordinals of 1 to 5 and 10
+# ("a third", "the first time", "a tenth of"), words that are also other words ("sept", "elf",
+# "achten", "cuarto"), "noon".
+_AMBIGUOUS_NUMBER_WORDS: Final = frozenset({w for w, v in _ORDINALS.items() if v in (1, 2, 3, 4, 5, 10)} | set("""
+    zero one noon midnight once both pair couple
+    un une cent cents midi minuit sept
+    null eins ein eine elf mittag achte achten achter
+    cero uno una mil mediodía
+""".split()))
+_SCALE_WORDS: Final = ("hundred", "thousand", "million", "billion", "cent", "cents", "mille", "hundert", "tausend",
+                       "millionen", "cien", "ciento", "mil", "millón", "millones")
+# Multipliers: "two hundred" is 200, "three thousand" 3000, "two dozen" 24; their ordinals too
+# ("two hundredth").
+_SCALES: Final = frozenset({"dozen", *_SCALE_WORDS, *(w for w, v in _ORDINALS.items() if v in (100, 1000, 10**6, 10**9))})
+_ORDINAL_WORDS: Final = frozenset(_ORDINALS)
 # Between two number words of one number: "hundred and fifty", "vingt et un", "treinta y cinco".
 _NUMBER_JOINER = re.compile(r"\s*-\s*|\s+(?:(?:and|et|und|y)\s+)?")
+_JOINER_WORDS: Final = frozenset({"and", "et", "und", "y"})
 _WORD = re.compile(r"[^\W\d_]+")
 
 # Thousands written with spaces ("1 000 000") first, then any run of digits and letters joined by
 # the separators numbers use inside themselves (. , : '). A token starts where a run of letters and
-# digits starts (the lookbehind), which keeps the scan linear on text without spaces.
-_NUMERIC = re.compile(r"(?<![^\W_])(?:\d{1,3}(?: \d{3})+(?!\d)|[^\W_]*\d[^\W_]*(?:[.,:'][^\W_]*\d[^\W_]*)*)")
+# digits starts (the lookbehind), which keeps the scan linear on text without spaces. CJK
+# characters (Han, kana, Hangul) are no letters here: they are written without spaces, so a number
+# glued to them ("3月14日", "5,000円") is a number, not part of one long identifier.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_ALNUM = f"[^\\W_{_CJK}]"
+_NUMERIC = re.compile(
+    rf"(?<!{_ALNUM})(?:\d{{1,3}}(?: \d{{3}})+(?!\d)|{_ALNUM}*\d{_ALNUM}*(?:[.,:']{_ALNUM}*\d{_ALNUM}*)*)")
+# A minus sign: "-" (any dash, folded) right before a number and after no letter or digit
+# ("-5°C", "(-3)"), so not the hyphen of a range or date ("14-16 May", "2024-05-14", "A-5").
+_MINUS_BEFORE = re.compile(r"(?<![^\W_])-")
 # Letters that may follow a number without making it an identifier: ordinals, units, times.
 _SUFFIX = re.compile(
     r"(?:st|nd|rd|th|e|er|re|ème|eme|o|a|º|ª|h|am|pm|k|m|km|kg|g|mg|ml|l|cm|mm|gb|mb|kb|tb|ms|s|sec|min|"
@@ -170,7 +230,14 @@ def _numeric_tokens(text: str) -> list[_Number]:
                 kind, forms = "identifier", {written.lower()}
         else:
             kind, forms = "number", _forms(core, pm)
-        tokens.append(_Number(written, match.start(), end, kind, frozenset(forms), runs, truncated, meridiem))
+        start = match.start()
+        if kind == "number" and start and _MINUS_BEFORE.match(text, start - 1):
+            # "-5°C": the sign is part of the number, so an input's "5°C" does not support it. (The
+            # input's "-5" still supports "5", as every digit run of the input does: "-20%" is
+            # "20% off".)
+            start, written = start - 1, "-" + written
+            forms = {"-" + form for form in forms}
+        tokens.append(_Number(written, start, end, kind, frozenset(forms), runs, truncated, meridiem))
     return tokens
 
 
@@ -188,30 +255,49 @@ def _afternoon(forms: frozenset[str]) -> frozenset[str]:
     return frozenset(f for f in forms if (m := _CLOCK_FORM.fullmatch(f)) is None or int(m.group(1)) >= 12)
 
 
-def _word_value(values: Sequence[int]) -> int:
-    total = current = 0
-    for value in values:
-        if value in (12, 100) and len(values) > 1 and value == values[-1] and current:
-            current *= value  # "two dozen", "deux cents"
-        elif value == 100:
-            current = (current or 1) * 100
-        elif value >= 1000:
+def _word_value(keys: Sequence[str]) -> int:
+    total = current = last = 0
+    for key in keys:
+        value = _NUMBER_WORDS[key]
+        if key == "dozen" and current:
+            current *= 12  # "two dozen"
+        elif value == 100 and key in _SCALES:
+            current = (current or 1) * 100  # "two hundred", "deux cents"
+        elif value >= 1000 and key in _SCALES:
             total += (current or 1) * value
             current = 0
+        elif value == 20 and last == 4 and key.startswith("vingt"):
+            current += 4 * 20 - 4  # "quatre-vingt(s)": 80
         else:
             current += value
+        last = value
     return total + current
 
 
-def _joins(previous: str, word: str) -> bool:
-    """Whether ``word`` continues the number ``previous`` started: "twenty five", "two hundred",
-    "thousand two", "vingt et un" (but not "two three", "first two")."""
+def _joins(previous: str, word: str, joiner: str) -> bool:
+    """Whether ``word`` continues the number ``previous`` started (``joiner`` between them):
+    "twenty five", "twenty-first", "two hundred", "thousand two", "vingt et un", "dix-sept",
+    "quatre-vingt-dix", "doscientos cincuenta" (but not "two three", "first two", "twenty second"
+    with a space: a 20-second delay). Nothing continues an ordinal."""
     before, value = _NUMBER_WORDS[previous], _NUMBER_WORDS[word]
+    hyphen = "-" in joiner
+    if previous in _ORDINAL_WORDS:
+        return False
     if word in _SCALES:
         return previous not in _AMBIGUOUS_NUMBER_WORDS or previous in ("one", "un", "une", "ein", "eine", "uno", "una")
     if previous in _SCALES:
         return value < before and word not in _AMBIGUOUS_NUMBER_WORDS
-    return before >= 20 and before % 10 == 0 and 1 <= value <= 9 and word not in ("first", "second", "once")
+    if before >= 100 and before % 100 == 0:
+        return value < 100 and word not in _AMBIGUOUS_NUMBER_WORDS  # "doscientos cincuenta", "zweihundert elf"
+    if previous == "quatre" and word.startswith("vingt"):
+        return hyphen
+    if previous == "dix" and 7 <= value <= 9:
+        return hyphen  # "dix-sept"
+    if previous in ("soixante", "vingt", "vingts") and 10 <= value <= 19:
+        return hyphen or "et" in joiner.split()  # "soixante-dix", "soixante et onze", "quatre-vingt-douze"
+    if not (before >= 20 and before % 10 == 0 and 1 <= value <= 9) or word == "once":
+        return False
+    return hyphen or word not in ("first", "second")
 
 
 def _word_numbers(text: str) -> list[_Number]:
@@ -223,7 +309,7 @@ def _word_numbers(text: str) -> list[_Number]:
         if not group:
             return
         keys = [m.group().lower() for m in group]
-        value = _word_value([_NUMBER_WORDS[k] for k in keys])
+        value = _word_value(keys)
         forms = {str(value)} | ({f"{value}:00"} if value <= 24 else set())
         meridiem = _meridiem(text, group[-1].end())
         if meridiem == "pm" and value < 12:
@@ -235,12 +321,15 @@ def _word_numbers(text: str) -> list[_Number]:
 
     for match in _WORD.finditer(text):
         key = match.group().lower()
+        if group and key in _JOINER_WORDS:
+            continue  # "hundred and fifty", "vingt et un": the next number word decides (_NUMBER_JOINER)
         if key not in _NUMBER_WORDS:
             close()
             continue
-        if group and not (_NUMBER_JOINER.fullmatch(text, group[-1].end(), match.start())
-                          and _joins(group[-1].group().lower(), key)):
-            close()
+        if group:
+            joiner = _NUMBER_JOINER.fullmatch(text, group[-1].end(), match.start())
+            if not (joiner and _joins(group[-1].group().lower(), key, joiner.group())):
+                close()
         group.append(match)
     close()
     return found
@@ -248,7 +337,7 @@ def _word_numbers(text: str) -> list[_Number]:
 
 #: Number words that, alone in an input, are rarely the number: "per cent" (a percentage or a
 #: coin, not 100), "mil" (also a unit), "a second time" (not 2), "returned null" (not 0).
-_NOT_NUMBERS_ALONE: Final = frozenset({"cent", "cents", "mil", "second", "null"})
+_NOT_NUMBERS_ALONE: Final = frozenset({"cent", "cents", "mil", "second", "seconde", "segundo", "segunda", "null"})
 
 
 def _source_word_forms(text: str, morning: bool = False) -> set[str]:
@@ -256,7 +345,7 @@ def _source_word_forms(text: str, morning: bool = False) -> set[str]:
     the words of _NOT_NUMBERS_ALONE when alone. ``morning``: only those not followed by "pm"."""
     supported: set[str] = set()
     for number in _word_numbers(text):
-        keys = [w.lower() for w in _WORD.findall(number.written)]
+        keys = [w.lower() for w in _WORD.findall(number.written) if w.lower() not in _JOINER_WORDS]
         if len(keys) == 1 and keys[0] in _NOT_NUMBERS_ALONE:
             continue
         if morning and number.meridiem == "pm":
@@ -314,7 +403,10 @@ def invented_numbers(output: str, source: str) -> list[str]:
     A number is a run of digits with the separators numbers carry inside (``1,000``, ``5.7``,
     ``9:30``, ``2.13.1``), or a number in words (``fifteen``, ``two hundred``, ``vingt-cinq``);
     dashes and slashes separate numbers, so ranges and dates are checked part by part (``14-15
-    May`` against ``14-16 May`` reports ``15``). Normalisation, so that a faithful rewrite is not
+    May`` against ``14-16 May`` reports ``15``), but a dash right before a number and after no
+    letter or digit is its minus sign (``-5°C`` needs a -5 in the input, not a 5; the input's
+    ``-5`` still supports ``5``, as every digit run does). CJK characters are no letters of a
+    number: ``3月14日`` holds 3 and 14, ``5,000円`` the number 5000 (not one identifier). Normalisation, so that a faithful rewrite is not
     reported: Unicode digits, dashes and invisible characters are folded (superscripts after a
     letter are exponents: ``m²``); leading zeros are dropped (``09:30`` = ``9:30``, ``007`` =
     ``7``); thousands separators are ignored (``1,000`` = ``1 000`` = ``1000``, and a group of
@@ -325,11 +417,12 @@ def invented_numbers(output: str, source: str) -> list[str]:
     ``7 am`` nor by a bare ``7``; an answer's ``am`` time needs an input number not marked ``pm``);
     ``9:00`` and ``9`` support each other; ordinals and units are stripped (``14th`` = ``14``,
     ``5km`` = ``5``); a number in the output may be any digit run of the input (``555`` from
-    ``555-0142``) or a number word of the input (``2`` from ``two``, ``deux``, ``zwei``; "per cent"
+    ``555-0142``) or a number word of the input, cardinal or ordinal (``2`` from ``two``, ``deux``,
+    ``zwei``; ``15th`` from ``fifteenth``, ``21st`` from ``twenty-first``; "per cent"
     is no 100, a lone "second" no 2, "null" no 0); a number the output marks as cut (``1234…``)
     may be the start of one of the input's. In the output, number words are checked like digits
-    (``fifteen`` needs a 15 in the input), except the ambiguous ones (``one``, ``second``,
-    articles such as ``un``/``ein``).
+    (``fifteen`` and ``fifteenth`` need a 15 in the input), except the ambiguous ones (``one``,
+    ``second``, articles such as ``un``/``ein``, the ordinals of 1 to 5 and 10).
     Not normalised (these are reported): a decimal that is a different number (``5.7`` against
     ``5`` and ``7``), arithmetic (``3 days`` from ``Monday to Wednesday``), reformatted long
     numbers (``5550142`` from ``555-0142``). Identifiers with several digit runs among letters

@@ -30,3 +30,26 @@ def normalise(text: str) -> str:
     no-break spaces), one kind of dash and quote, single spaces."""
     text = unicodedata.normalize("NFKC", _visible(text)).translate(_DASHES).translate(_QUOTES)
     return " ".join(text.split())
+
+
+def folded(text: str) -> tuple[str, list[int]]:
+    """The view :func:`normalise` gives, built character by character, with for each of its
+    characters the offset in ``text`` of the character it comes from (and ``len(text)`` appended),
+    so that a cut found in the view is a cut in ``text``: the form checks and the jobs' cuts see
+    the same sentences. Runs of white space become one space; the ends are kept as they are."""
+    if text.isascii() and " ".join(text.split()) == text:
+        return text, [*range(len(text)), len(text)]
+    view: list[str] = []
+    origin: list[int] = []
+    for offset, char in enumerate(text):
+        # Per character, not per text: NFKC's composition across characters (e + combining accent)
+        # never makes or removes a sentence end, and this keeps every view character traceable.
+        for out in unicodedata.normalize("NFKC", _visible(char)).translate(_DASHES).translate(_QUOTES):
+            if out.isspace():
+                if view and view[-1] == " ":
+                    continue
+                out = " "
+            view.append(out)
+            origin.append(offset)
+    origin.append(len(text))
+    return "".join(view), origin
