@@ -431,6 +431,6 @@ def test_a_token_file_the_service_would_refuse_fails_the_check(tmp_path: Path) -
     token.write_text("a-token-of-24-characters\n")
     report, _ = run(config, FakeLoader(FakeBehaviour()), ["CPU", "NPU"], host())
     assert rows(report)["HTTP token file"][0] == "PASS", report.table()
-    no_http, _ = npu_machine(tmp_path, "fake-model", extra=("--token-file", str(tmp_path / "missing"), "--no-http"))
+    no_http, _ = npu_machine(tmp_path / "no-http", "fake-model", extra=("--token-file", str(tmp_path / "missing"), "--no-http"))
     report, _ = run(no_http, FakeLoader(FakeBehaviour()), ["CPU", "NPU"], host())
     assert "HTTP token file" not in rows(report)  # npud does not read it without HTTP
