@@ -113,6 +113,7 @@ Start (not together with the user units):
   sudo systemctl enable --now npud.socket
 HTTP is off (OV_GENAI_NPU_NO_HTTP=1: it has no peer check); README "Serving other users" says
 how to turn it on with a token.
-Let a user in: sudo usermod -aG npud-users alice, and in /etc/npud/npud.env
-  OV_GENAI_NPU_ALLOW_GID=\$(getent group npud-users | cut -d: -f3)
+Let a user in: sudo usermod -aG npud-users alice, and put the group's number (the file runs no
+command) into /etc/npud/npud.env:
+  echo "OV_GENAI_NPU_ALLOW_GID=\$(getent group npud-users | cut -d: -f3)" | sudo tee -a /etc/npud/npud.env
 MSG
