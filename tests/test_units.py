@@ -532,3 +532,26 @@ def test_installers_read_the_env_file_as_systemd_does(tmp_path: Path) -> None:
                           env={"HOME": str(home), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "disable --now npud-http.socket" in proc.stderr, proc.stdout + proc.stderr
+
+
+def test_system_installer_takes_an_empty_no_http_for_what_npud_does(tmp_path: Path) -> None:
+    """Verify review 4b: `OV_GENAI_NPU_NO_HTTP=` (empty) in /etc/npud/npud.env overrides the unit's
+    NO_HTTP=1, and npud reads an empty switch as off: HTTP is ON. Next to an enabled
+    npud-http.socket the installer said "HTTP is off ... (OV_GENAI_NPU_NO_HTTP=1): npud refuses to
+    start", while npud in fact serves HTTP to every local user (no token)."""
+    from npud.config import load_config
+
+    assert load_config(["--device", "CPU"], {"OV_GENAI_NPU_NO_HTTP": "1", **{"OV_GENAI_NPU_NO_HTTP": ""}}).http
+    root = tmp_path / "root"
+    wants = root / "etc" / "systemd" / "system" / "sockets.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "npud-http.socket").symlink_to("/etc/systemd/system/npud-http.socket")
+    (root / "etc" / "npud").mkdir()
+    (root / "etc" / "npud" / "npud.env").write_text("OV_GENAI_NPU_NO_HTTP=\n")
+    npud = Path(sys.executable).parent / "npud"
+    if str(npud).startswith(("/home/", "/root/")):
+        pytest.skip("the installer refuses an npud under /home or /root")
+    proc = subprocess.run([str(REPO / "contrib" / "install-system-units.sh"), "--npud", str(npud), "--root", str(root)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "npud refuses to start while systemd passes it that socket" not in proc.stderr, proc.stderr
