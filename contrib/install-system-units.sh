@@ -70,11 +70,16 @@ env_value() {
 is_true() { case "${1,,}" in 1|true|yes|on) return 0 ;; *) return 1 ;; esac; }
 env_file="$root/etc/npud/npud.env"
 # An earlier install (or a kept env file) can contradict what this one announces: say so, loudly.
-no_http="$(env_value "$env_file" OV_GENAI_NPU_NO_HTTP)"
-if { [ -L "$units/sockets.target.wants/npud-http.socket" ] || [ -e "$units/sockets.target.wants/npud-http.socket" ]; } && is_true "${no_http:-1}"; then
+# Set in the file (even to nothing, which npud reads as off: HTTP on) it overrides the unit's NO_HTTP=1.
+if [ -r "$env_file" ] && grep -q "^[[:space:]]*OV_GENAI_NPU_NO_HTTP[[:space:]]*=" "$env_file"; then
+    no_http="$(env_value "$env_file" OV_GENAI_NPU_NO_HTTP)"
+else
+    no_http=1
+fi
+if { [ -L "$units/sockets.target.wants/npud-http.socket" ] || [ -e "$units/sockets.target.wants/npud-http.socket" ]; } && is_true "$no_http"; then
     cat >&2 <<MSG
 WARNING: npud-http.socket is enabled (an earlier install) but HTTP is off for the system units
-(OV_GENAI_NPU_NO_HTTP=${no_http:-1}): npud refuses to start while systemd passes it that socket, for the
+(OV_GENAI_NPU_NO_HTTP=$no_http): npud refuses to start while systemd passes it that socket, for the
 Unix socket's clients too. Run: sudo systemctl disable --now npud-http.socket
 (or offer HTTP with a token: README "Serving other users").
 MSG
@@ -89,7 +94,7 @@ MSG
 fi
 allow="$(env_value "$env_file" OV_GENAI_NPU_ALLOW_UID)$(env_value "$env_file" OV_GENAI_NPU_ALLOW_GID)"
 token="$(env_value "$env_file" OV_GENAI_NPU_TOKEN_FILE)"
-if [ -n "${allow//[, ]/}" ] && ! is_true "${no_http:-1}" && [ -z "$token" ]; then
+if [ -n "${allow//[, ]/}" ] && ! is_true "$no_http" && [ -z "$token" ]; then
     cat >&2 <<MSG
 WARNING: $env_file sets an allow-list (OV_GENAI_NPU_ALLOW_UID/_ALLOW_GID) with HTTP on
 (OV_GENAI_NPU_NO_HTTP=$no_http) and no OV_GENAI_NPU_TOKEN_FILE: npud refuses to start with that

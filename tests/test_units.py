@@ -541,7 +541,7 @@ def test_system_installer_takes_an_empty_no_http_for_what_npud_does(tmp_path: Pa
     start", while npud in fact serves HTTP to every local user (no token)."""
     from npud.config import load_config
 
-    assert load_config(["--device", "CPU"], {"OV_GENAI_NPU_NO_HTTP": "1", **{"OV_GENAI_NPU_NO_HTTP": ""}}).http
+    assert load_config(["--device", "CPU"], {"OV_GENAI_NPU_NO_HTTP": ""}).http
     root = tmp_path / "root"
     wants = root / "etc" / "systemd" / "system" / "sockets.target.wants"
     wants.mkdir(parents=True)
