@@ -60,19 +60,26 @@ if [ -z "$root" ]; then
     install -d -o npud -g npud /var/lib/npud /var/lib/npud/models /var/cache/npud
     systemctl daemon-reload
 fi
-# The value an env file gives KEY (its last assignment, quotes removed), empty if none.
+# The value an env file gives KEY (its last assignment, quotes removed), empty if none. Like
+# systemd's EnvironmentFile= (and npud/envfile.py), whitespace around the name and the value is dropped.
 env_value() {
     [ -r "$1" ] || return 0
-    sed -n "s/^[[:space:]]*$2=//p" "$1" | tail -n 1 | sed "s/^[\"']//; s/[\"']\$//"
+    sed -n "s/^[[:space:]]*$2[[:space:]]*=[[:space:]]*//p" "$1" | tail -n 1 \
+        | sed "s/[[:space:]]*\$//; s/^[\"']//; s/[\"']\$//"
 }
 is_true() { case "${1,,}" in 1|true|yes|on) return 0 ;; *) return 1 ;; esac; }
 env_file="$root/etc/npud/npud.env"
 # An earlier install (or a kept env file) can contradict what this one announces: say so, loudly.
-no_http="$(env_value "$env_file" OV_GENAI_NPU_NO_HTTP)"
-if { [ -L "$units/sockets.target.wants/npud-http.socket" ] || [ -e "$units/sockets.target.wants/npud-http.socket" ]; } && is_true "${no_http:-1}"; then
+# Set in the file (even to nothing, which npud reads as off: HTTP on) it overrides the unit's NO_HTTP=1.
+if [ -r "$env_file" ] && grep -q "^[[:space:]]*OV_GENAI_NPU_NO_HTTP[[:space:]]*=" "$env_file"; then
+    no_http="$(env_value "$env_file" OV_GENAI_NPU_NO_HTTP)"
+else
+    no_http=1
+fi
+if { [ -L "$units/sockets.target.wants/npud-http.socket" ] || [ -e "$units/sockets.target.wants/npud-http.socket" ]; } && is_true "$no_http"; then
     cat >&2 <<MSG
 WARNING: npud-http.socket is enabled (an earlier install) but HTTP is off for the system units
-(OV_GENAI_NPU_NO_HTTP=${no_http:-1}): npud refuses to start while systemd passes it that socket, for the
+(OV_GENAI_NPU_NO_HTTP=$no_http): npud refuses to start while systemd passes it that socket, for the
 Unix socket's clients too. Run: sudo systemctl disable --now npud-http.socket
 (or offer HTTP with a token: README "Serving other users").
 MSG
@@ -83,6 +90,17 @@ if [ -n "$lock" ] && [ "$lock" != /run/npu.lock ]; then
 WARNING: $env_file (kept from an earlier install) sets OV_GENAI_NPU_LOCK_FILE=$lock, which
 overrides the unit's shared /run/npu.lock: no other program takes that lock. Remove the line (or
 set it to /run/npu.lock) to share the NPU lock.
+MSG
+fi
+allow="$(env_value "$env_file" OV_GENAI_NPU_ALLOW_UID)$(env_value "$env_file" OV_GENAI_NPU_ALLOW_GID)"
+token="$(env_value "$env_file" OV_GENAI_NPU_TOKEN_FILE)"
+if [ -n "${allow//[, ]/}" ] && ! is_true "$no_http" && [ -z "$token" ]; then
+    cat >&2 <<MSG
+WARNING: $env_file sets an allow-list (OV_GENAI_NPU_ALLOW_UID/_ALLOW_GID) with HTTP on
+(OV_GENAI_NPU_NO_HTTP=$no_http) and no OV_GENAI_NPU_TOKEN_FILE: npud refuses to start with that
+(status 2), for the Unix socket's clients too, because the shim would serve every local user.
+Add a token (README "Serving other users") or set OV_GENAI_NPU_NO_HTTP=1 (and run
+sudo systemctl disable --now npud-http.socket).
 MSG
 fi
 cat <<MSG
@@ -100,6 +118,7 @@ Start (not together with the user units):
   sudo systemctl enable --now npud.socket
 HTTP is off (OV_GENAI_NPU_NO_HTTP=1: it has no peer check); README "Serving other users" says
 how to turn it on with a token.
-Let a user in: sudo usermod -aG npud-users alice, and in /etc/npud/npud.env
-  OV_GENAI_NPU_ALLOW_GID=\$(getent group npud-users | cut -d: -f3)
+Let a user in: sudo usermod -aG npud-users alice, and put the group's number (the file runs no
+command) into /etc/npud/npud.env:
+  echo "OV_GENAI_NPU_ALLOW_GID=\$(getent group npud-users | cut -d: -f3)" | sudo tee -a /etc/npud/npud.env
 MSG

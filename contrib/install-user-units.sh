@@ -23,10 +23,12 @@ done
 if [ ! -e "$config_home/npud/npud.env" ]; then
     cp "$repo/contrib/npud.env.example" "$config_home/npud/npud.env"
 fi
-# The value an env file gives KEY (its last assignment, quotes removed), empty if none.
+# The value an env file gives KEY (its last assignment, quotes removed), empty if none. Like
+# systemd's EnvironmentFile= (and npud/envfile.py), whitespace around the name and the value is dropped.
 env_value() {
     [ -r "$1" ] || return 0
-    sed -n "s/^[[:space:]]*$2=//p" "$1" | tail -n 1 | sed "s/^[\"']//; s/[\"']\$//"
+    sed -n "s/^[[:space:]]*$2[[:space:]]*=[[:space:]]*//p" "$1" | tail -n 1 \
+        | sed "s/[[:space:]]*\$//; s/^[\"']//; s/[\"']\$//"
 }
 is_true() { case "${1,,}" in 1|true|yes|on) return 0 ;; *) return 1 ;; esac; }
 no_http="$(env_value "$config_home/npud/npud.env" OV_GENAI_NPU_NO_HTTP)"
@@ -35,6 +37,18 @@ if { [ -L "$units/sockets.target.wants/npud-http.socket" ] || [ -e "$units/socke
 WARNING: npud-http.socket is enabled but $config_home/npud/npud.env says OV_GENAI_NPU_NO_HTTP=$no_http:
 npud refuses to start while systemd passes it a socket it must not serve, for the Unix socket's
 clients too. Run: systemctl --user disable --now npud-http.socket (or remove that line).
+MSG
+fi
+# An allow-list kept from an earlier install next to the shim on (the default) and no token:
+# npud refuses that configuration (the shim would serve every user the list leaves out).
+allow="$(env_value "$config_home/npud/npud.env" OV_GENAI_NPU_ALLOW_UID)$(env_value "$config_home/npud/npud.env" OV_GENAI_NPU_ALLOW_GID)"
+token="$(env_value "$config_home/npud/npud.env" OV_GENAI_NPU_TOKEN_FILE)"
+if [ -n "${allow//[, ]/}" ] && ! is_true "$no_http" && [ -z "$token" ]; then
+    cat >&2 <<MSG
+WARNING: $config_home/npud/npud.env sets an allow-list (OV_GENAI_NPU_ALLOW_UID/_ALLOW_GID) with the
+HTTP shim on and no OV_GENAI_NPU_TOKEN_FILE: npud refuses to start with that (status 2), for the
+Unix socket's clients too. Add OV_GENAI_NPU_TOKEN_FILE, or OV_GENAI_NPU_NO_HTTP=1 (and do not
+enable npud-http.socket).
 MSG
 fi
 cat <<MSG

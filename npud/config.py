@@ -143,7 +143,15 @@ def _parse_bool(text: str) -> bool:
 
 
 def _parse_id_list(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.replace(",", " ").split())
+    ids = []
+    for part in text.replace(",", " ").split():
+        # By number only: an env file runs no command (systemd does not expand $(...)), and a name
+        # resolved here could name someone else after the account is renumbered.
+        if not part.isascii() or not part.isdigit():
+            raise ValueError(f"{part!r} is not a uid or gid number; give numbers, e.g. the output of "
+                             f"'getent group npud-users | cut -d: -f3' (an environment file runs no command)")
+        ids.append(int(part))
+    return tuple(ids)
 
 
 def _positive_int(text: str) -> int:

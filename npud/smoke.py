@@ -54,6 +54,7 @@ from .engine import (
     read_device_properties,
 )
 from .envfile import EnvFileError, read_env_file
+from .http import read_token_file
 from .jobs import JOBS
 from .npulock import LockFileRefused, LockTimeout, NpuLock
 from .worker import check_prompt_budget
@@ -167,6 +168,15 @@ def check_lock_file(config: Config) -> tuple[bool, str]:
     return True, str(config.lock_file)
 
 
+def check_token_file(config: Config) -> tuple[bool, str]:
+    """The service's own startup read of the HTTP token file (it exits 1 on one it refuses)."""
+    try:
+        read_token_file(str(config.token_file))
+    except StartupError as exc:
+        return False, str(exc)
+    return True, f"{config.token_file} (token not shown)"
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -244,6 +254,8 @@ def _run_checks(report: Report, out: dict[str, Any], config: Config, loader: Eng
     lock_usable = report.add("NPU lock file", *check_lock_file(config)) if npu else None
     if not npu:
         report.add("NPU lock file", None, "not the NPU")
+    if config.http and config.token_file:  # read at every start: a bad one stops the service
+        report.add("HTTP token file", *check_token_file(config))
     # True only once the busy counter proved the title job ran on NPU hardware (None off the NPU;
     # never when emulated).
     out["verified"] = False if npu else None

@@ -143,3 +143,16 @@ def test_an_allow_list_with_an_open_http_shim_is_refused(allow: list[str]) -> No
     assert "every local user" in str(refused.value)
     assert load_config([*allow, "--no-http"], {"HOME": "/h"}).http is False
     assert load_config([*allow, "--token-file", "/h/token"], {"HOME": "/h"}).token_file == "/h/token"
+
+
+@pytest.mark.parametrize("value", ["npud-users", "$(getent group npud-users | cut -d: -f3)", "-5"])
+def test_an_allow_list_entry_that_is_not_an_id_says_so(value: str) -> None:
+    """Verify review 4b: the system installer prints `OV_GENAI_NPU_ALLOW_GID=$(getent group
+    npud-users | cut -d: -f3)` for /etc/npud/npud.env, where systemd runs no command, and a group
+    name is the natural thing to write. npud answered "invalid literal for int() with base 10:
+    '$(getent'" (Python's words, not what to do), and took -5 as a gid."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(["--device", "CPU", "--no-http"], {"OV_GENAI_NPU_ALLOW_GID": value})
+    message = str(caught.value)
+    assert "OV_GENAI_NPU_ALLOW_GID" in message and "int()" not in message, message
+    assert "getent group" in message and "number" in message, message

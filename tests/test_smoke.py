@@ -413,3 +413,24 @@ def test_without_a_lock_file_the_load_row_does_not_blame_an_empty_path(tmp_path:
     state, detail = table["model load"]
     assert "lock file :" not in detail, detail
     assert state == "SKIP" or "--lock-file" in detail, (state, detail)
+
+
+def test_a_token_file_the_service_would_refuse_fails_the_check(tmp_path: Path) -> None:
+    """Verify review 4b: README "Serving other users" runs the acceptance check "as the service will
+    run it" after setting OV_GENAI_NPU_TOKEN_FILE (and "the settings the service will use" for the
+    user units). npud refuses to start with a token file that is too short, readable by others or
+    missing (status 1 at every start), but the check passed every row with it: it never read the
+    file. A usable token file passes its own row."""
+    token = tmp_path / "token"
+    token.write_text("short\n")
+    token.chmod(0o600)
+    config, _ = npu_machine(tmp_path, "fake-model", extra=("--token-file", str(token)))
+    report, _ = run(config, FakeLoader(FakeBehaviour()), ["CPU", "NPU"], host())
+    state, detail = rows(report)["HTTP token file"]
+    assert state == "FAIL" and "at least 16 characters" in detail, detail
+    token.write_text("a-token-of-24-characters\n")
+    report, _ = run(config, FakeLoader(FakeBehaviour()), ["CPU", "NPU"], host())
+    assert rows(report)["HTTP token file"][0] == "PASS", report.table()
+    no_http, _ = npu_machine(tmp_path / "no-http", "fake-model", extra=("--token-file", str(tmp_path / "missing"), "--no-http"))
+    report, _ = run(no_http, FakeLoader(FakeBehaviour()), ["CPU", "NPU"], host())
+    assert "HTTP token file" not in rows(report)  # npud does not read it without HTTP

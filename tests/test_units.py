@@ -461,3 +461,97 @@ def test_the_user_unit_env_example_does_not_offer_an_allow_list() -> None:
     example = (REPO / "contrib" / "npud.env.example").read_text()
     offered = [line for line in example.splitlines() if re.match(r"#?\s*OV_GENAI_NPU_ALLOW_(UID|GID)=", line)]
     assert offered == [], f"the user-unit env example offers an allow-list the user units refuse: {offered}"
+
+
+# ---------------------------------------------------------------- verify review 4b: an allow-list kept from an earlier install
+
+
+def _refused_by_npud(env_file: Path, unit_env: dict[str, str]) -> str:
+    """What npud says about the settings the service would run with (the unit's, then the file's)."""
+    from npud.config import ConfigError, load_config
+
+    values, _ = read_env_file(env_file)
+    try:
+        load_config(["--device", "CPU"], {**unit_env, **values})
+    except ConfigError as exc:
+        return str(exc)
+    return ""
+
+
+def test_system_installer_over_an_allow_list_with_http_and_no_token_says_npud_will_not_start(tmp_path: Path) -> None:
+    """Verify review 4b: npud now refuses an allow-list next to an HTTP shim without a token (exit 2
+    at every start, so the Unix socket's users lose the service too). Before that change the README
+    let an admin set OV_GENAI_NPU_ALLOW_GID and OV_GENAI_NPU_NO_HTTP=0 without a token (verify
+    review 2 saw exactly that); the installer keeps that env file and warns about the other
+    contradictions of an earlier install, but said nothing about this one."""
+    root = tmp_path / "root"
+    (root / "etc" / "npud").mkdir(parents=True)
+    env_file = root / "etc" / "npud" / "npud.env"
+    env_file.write_text("OV_GENAI_NPU_LOCK_FILE=/run/npu.lock\nOV_GENAI_NPU_NO_HTTP=0\nOV_GENAI_NPU_ALLOW_GID=999\n")
+    assert "--token-file" in _refused_by_npud(env_file, {"OV_GENAI_NPU_NO_HTTP": "1"})  # what the service meets
+    npud = Path(sys.executable).parent / "npud"
+    if str(npud).startswith(("/home/", "/root/")):
+        pytest.skip("the installer refuses an npud under /home or /root")
+    proc = subprocess.run([str(REPO / "contrib" / "install-system-units.sh"), "--npud", str(npud), "--root", str(root)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "OV_GENAI_NPU_TOKEN_FILE" in proc.stderr and "refuse" in proc.stderr, proc.stdout + proc.stderr
+
+
+def test_install_user_units_over_an_allow_list_with_http_and_no_token_says_npud_will_not_start(tmp_path: Path) -> None:
+    """Verify review 4b, user units: README "Serving other users" said --allow-uid/--allow-gid work
+    in the user units, with the shim on by default; such a kept ~/.config/npud/npud.env now makes
+    npud exit 2 at every start, and the user installer said nothing."""
+    home = tmp_path / "home"
+    (home / ".config" / "npud").mkdir(parents=True)
+    env_file = home / ".config" / "npud" / "npud.env"
+    env_file.write_text("OV_GENAI_NPU_ALLOW_UID=1001\n")
+    assert "--token-file" in _refused_by_npud(env_file, {})
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.run([str(REPO / "contrib" / "install-user-units.sh"), str(bin_dir / "npud")],
+                          env={"HOME": str(home), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "OV_GENAI_NPU_TOKEN_FILE" in proc.stderr and "refuse" in proc.stderr, proc.stdout + proc.stderr
+
+
+def test_installers_read_the_env_file_as_systemd_does(tmp_path: Path) -> None:
+    """Verify review 4b: systemd (and npud's own parser, npud/envfile.py) drop whitespace around the
+    name and the value; the installers' check did not, so `OV_GENAI_NPU_NO_HTTP = 1` next to an
+    enabled npud-http.socket (npud refuses every start) went unmentioned."""
+    home = tmp_path / "home"
+    wants = home / ".config" / "systemd" / "user" / "sockets.target.wants"
+    wants.mkdir(parents=True)
+    for unit in ("npud.socket", "npud-http.socket"):
+        (wants / unit).symlink_to(home / ".config" / "systemd" / "user" / unit)
+    (home / ".config" / "npud").mkdir()
+    env_file = home / ".config" / "npud" / "npud.env"
+    env_file.write_text("OV_GENAI_NPU_NO_HTTP = 1 \n")
+    assert read_env_file(env_file)[0] == {"OV_GENAI_NPU_NO_HTTP": "1"}
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.run([str(REPO / "contrib" / "install-user-units.sh"), str(bin_dir / "npud")],
+                          env={"HOME": str(home), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "disable --now npud-http.socket" in proc.stderr, proc.stdout + proc.stderr
+
+
+def test_system_installer_takes_an_empty_no_http_for_what_npud_does(tmp_path: Path) -> None:
+    """Verify review 4b: `OV_GENAI_NPU_NO_HTTP=` (empty) in /etc/npud/npud.env overrides the unit's
+    NO_HTTP=1, and npud reads an empty switch as off: HTTP is ON. Next to an enabled
+    npud-http.socket the installer said "HTTP is off ... (OV_GENAI_NPU_NO_HTTP=1): npud refuses to
+    start", while npud in fact serves HTTP to every local user (no token)."""
+    from npud.config import load_config
+
+    assert load_config(["--device", "CPU"], {"OV_GENAI_NPU_NO_HTTP": ""}).http
+    root = tmp_path / "root"
+    wants = root / "etc" / "systemd" / "system" / "sockets.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "npud-http.socket").symlink_to("/etc/systemd/system/npud-http.socket")
+    (root / "etc" / "npud").mkdir()
+    (root / "etc" / "npud" / "npud.env").write_text("OV_GENAI_NPU_NO_HTTP=\n")
+    npud = Path(sys.executable).parent / "npud"
+    if str(npud).startswith(("/home/", "/root/")):
+        pytest.skip("the installer refuses an npud under /home or /root")
+    proc = subprocess.run([str(REPO / "contrib" / "install-system-units.sh"), "--npud", str(npud), "--root", str(root)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "npud refuses to start while systemd passes it that socket" not in proc.stderr, proc.stderr
