@@ -156,3 +156,12 @@ def test_an_allow_list_entry_that_is_not_an_id_says_so(value: str) -> None:
     message = str(caught.value)
     assert "OV_GENAI_NPU_ALLOW_GID" in message and "int()" not in message, message
     assert "getent group" in message and "number" in message, message
+
+
+def test_an_empty_on_off_variable_means_off_and_a_stray_word_is_refused() -> None:
+    """README "Configuration": an empty value is an absent flag (an env file's `NO_HTTP=` turns the
+    shim on again), a value that is no boolean is a clear error naming the variable."""
+    assert load_config([], {"HOME": "/h", "OV_GENAI_NPU_NO_HTTP": ""}).http is True
+    assert load_config([], {"HOME": "/h", "OV_GENAI_NPU_NO_HTTP": " on "}).http is False
+    with pytest.raises(ConfigError, match="OV_GENAI_NPU_NO_HTTP: not a boolean"):
+        load_config([], {"HOME": "/h", "OV_GENAI_NPU_NO_HTTP": "maybe"})
