@@ -600,9 +600,14 @@ _VALUE_SEPARATOR = r"[\s._,-]"
 # comma: "12.34 euros" and "1,234 steps" do not hold the code 1234.
 _DIGIT_SEPARATOR = r"[\s-]"
 _VALUE_SEPARATORS = re.compile(rf"{_VALUE_SEPARATOR}+")
-# Quotes and sentence punctuation around a value are not part of it ("Hunter2Pony!" at the end of a
-# sentence is found as "Hunter2Pony").
-_VALUE_EDGES = "\"'`.,;:!?()[]{}<> "
+# Quotes, brackets (CJK ones too), markdown emphasis and sentence punctuation around a value are not
+# part of it ("Hunter2Pony!" at the end of a sentence, "**Hunter2Pony**" are found as "Hunter2Pony").
+_VALUE_EDGES = "\"'`.,;:!?()[]{}<> *~「」『』【】〈〉《》〔〕"
+# Where a value read from the input runs on into what follows it without a space: Japanese and
+# Chinese after a Latin value ("パスワードはHunter2Ponyです", "「Hunter2Pony」"), the next field of a
+# query or form ("password=Hunter2Pony&remember=1"). What comes before is followed too.
+_CJK = "\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_VALUE_RUN_ON = re.compile(rf"(?<=[^{_CJK}])[{_CJK}]|&[^\W\d_]\w*=")
 #: A value must be specific enough that finding it elsewhere means the secret was copied, not that
 #: an ordinary word or number came up: digits only, at least this many (a 3-digit CVV is not
 #: followed: "123" is any number) ...
@@ -720,7 +725,8 @@ def _value_pattern(value: str) -> re.Pattern[str] | None:
         body = f"{_VALUE_SEPARATOR}?".join(map(re.escape, joined))
     else:
         return None
-    return re.compile(rf"(?<![^\W_]){body}(?![^\W_])", re.IGNORECASE)
+    # CJK text glues words together: "ユーザーはHunter2Ponyが好き" holds the value whole.
+    return re.compile(rf"(?<![^\W_{_CJK}]){body}(?![^\W_{_CJK}])", re.IGNORECASE)
 
 
 def secret_values(text: str) -> tuple[SecretValue, ...]:
@@ -729,10 +735,13 @@ def secret_values(text: str) -> tuple[SecretValue, ...]:
     tokens, private keys and recovery phrases that :func:`find_secrets` recognises. Run once on a
     job's input; :func:`copied_secrets` then tells which candidates hold one of them."""
     found: dict[str, SecretValue] = {}
-    for kind, value in _raw_values(_secret_text(text)):
-        pattern = _value_pattern(value)
-        if pattern is not None and pattern.pattern not in found:
-            found[pattern.pattern] = SecretValue(kind, pattern)
+    for kind, whole in _raw_values(_secret_text(text)):
+        # The value as read, and without what it may run on into (_VALUE_RUN_ON): both are followed.
+        run_on = _VALUE_RUN_ON.search(whole)
+        for value in (whole, whole[:run_on.start()]) if run_on else (whole,):
+            pattern = _value_pattern(value)
+            if pattern is not None and pattern.pattern not in found:
+                found[pattern.pattern] = SecretValue(kind, pattern)
     return tuple(found.values())
 
 

@@ -1,0 +1,93 @@
+"""Attack review 5, secrets: a secret value of the input that the model copies away from its key
+word (secret_values / copied_secrets, review 4's S1 fix) is missed when the input glues the value
+to what follows it: the value read from the input then runs on ("Hunter2Ponyです",
+"Hunter2Pony&user=bob", "**Hunter2Pony**") and is never found in a candidate that holds the
+password alone. CONTRACT.md §10: "a candidate that holds one of them is dropped as that kind of
+secret even without its key word".
+
+Rows under "open findings" fail on purpose (findings, not fixes).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from npud.guards import copied_secrets, find_secrets, secret_values
+from npud.jobs import clean_candidates
+from npud.testing.fake import FakeBehaviour, FakeLoader
+
+COPIES = ["The user likes Hunter2Pony.", "The user is enjoying the music of Hunter2Pony!"]
+
+# Inputs where find_secrets sees the password, and the value runs on into the next characters.
+GLUED = [
+    # Japanese writes "X は Y です" without spaces: the value reads "Hunter2Ponyです".
+    "パスワードはHunter2Ponyです。ジャズが好きです。",
+    "パスワードは「Hunter2Pony」です。",
+    "My password is 「Hunter2Pony」 and I like jazz.",
+    # Chinese without punctuation after the value.
+    "我的wifi密码是Hunter2Pony请记住我喜欢爵士乐",
+    # Markdown emphasis, as chat text carries it.
+    "My password is **Hunter2Pony** and I like jazz.",
+    "My password is *Hunter2Pony*, I like jazz.",
+    # A query string or a form body: the next field follows an "&".
+    "login?user=bob&password=Hunter2Pony&remember=1 I like jazz.",
+]
+
+
+@pytest.mark.parametrize("source", GLUED)
+@pytest.mark.parametrize("copy", COPIES)
+def test_a_password_glued_to_what_follows_is_still_followed(source: str, copy: str) -> None:
+    assert "password" in find_secrets(source)
+    output = clean_candidates(json.dumps(["The user likes jazz.", copy]), source)
+    assert output.candidates == ["The user likes jazz."], (source, output.candidates)
+    assert output.secret_kinds == {"password": 1}
+
+
+def test_a_copy_glued_to_japanese_in_the_candidate_is_found() -> None:
+    """A Japanese candidate glues the copy to its particles too ("ユーザーはHunter2Ponyが好き")."""
+    values = secret_values("パスワードはHunter2Ponyです。")
+    assert copied_secrets("ユーザーはHunter2Ponyが好きです。", values) == ("password",)
+    assert copied_secrets("ユーザーはジャズが好きです。", values) == ()
+
+
+def test_the_daemon_drops_a_password_copied_from_japanese_input(daemon_factory: Any) -> None:
+    source = GLUED[0]
+    reply = json.dumps(["The user likes jazz.", "The user likes Hunter2Pony."])
+    daemon = daemon_factory(FakeLoader(FakeBehaviour(reply=reply)))
+    result = daemon.call("extract_memory_candidates", {"input": source})["result"]
+    assert result["candidates"] == ["The user likes jazz."], result["candidates"]
+
+
+@pytest.mark.parametrize("candidate", [
+    "The user likes Hunter2Ponies.", "The user likes jazz and ponies.", "The user was born in 2019.",
+])
+def test_what_is_not_the_value_is_kept(candidate: str) -> None:
+    """The cut keeps the value whole: a longer word or a plain word is no copy."""
+    for source in GLUED:
+        assert copied_secrets(candidate, secret_values(source)) == (), (source, candidate)
+
+
+# ---------------------------------------------------------------- open findings
+
+@pytest.mark.parametrize("source", [
+    # An em dash glued to the value is folded to "-" and read as part of it: "Hunter2Pony-don".
+    "My password is Hunter2Pony—don't tell anyone. I like jazz.",
+    "My password is Hunter2Pony—I like jazz.",
+])
+def test_open_a_password_glued_to_an_em_dash_is_followed(source: str) -> None:
+    assert "password" in find_secrets(source)
+    output = clean_candidates(json.dumps(["The user likes jazz.", COPIES[0]]), source)
+    assert output.candidates == ["The user likes jazz."], output.candidates
+
+
+@pytest.mark.parametrize("statement", [
+    "The user's gate code is #4821.",
+    "The user's gate code is *4821#.",
+])
+def test_open_a_keypad_code_with_hash_or_star_is_a_secret(statement: str) -> None:
+    """Keypads take "*" and "#": "door code 4821#" and "alarm code is 4821#" are found, a code after
+    "#" or "*" is not (the code must follow the copula directly)."""
+    assert "access_code" in find_secrets(statement), statement
