@@ -96,8 +96,12 @@ _SCALE_WORDS: Final = ("hundred", "thousand", "million", "billion", "cent", "cen
 # ("two hundredth").
 _SCALES: Final = frozenset({"dozen", *_SCALE_WORDS, *(w for w, v in _ORDINALS.items() if v in (100, 1000, 10**6, 10**9))})
 _ORDINAL_WORDS: Final = frozenset(_ORDINALS)
-# Between two number words of one number: "hundred and fifty", "vingt et un", "treinta y cinco".
-_NUMBER_JOINER = re.compile(r"\s*-\s*|\s+(?:(?:and|et|und|y)\s+)?")
+# Between two number words of one number: "hundred and fifty", "vingt et un" (since the 1990
+# spelling also "vingt-et-un"), "treinta y cinco".
+_NUMBER_JOINER = re.compile(r"\s*-\s*(?:et\s*-\s*)?|\s+(?:(?:and|et|und|y)\s+)?")
+# "and" and "und" join only after a scale ("two hundred and fifty", "hundert und eins"): "between
+# forty and five hundred" is two numbers, not 4500.
+_SCALE_JOINERS: Final = frozenset({"and", "und"})
 _JOINER_WORDS: Final = frozenset({"and", "et", "und", "y"})
 _WORD = re.compile(r"[^\W\d_]+")
 
@@ -282,6 +286,8 @@ def _joins(previous: str, word: str, joiner: str) -> bool:
     before, value = _NUMBER_WORDS[previous], _NUMBER_WORDS[word]
     hyphen = "-" in joiner
     if previous in _ORDINAL_WORDS:
+        return False
+    if previous not in _SCALES and not _SCALE_JOINERS.isdisjoint(joiner.split()):
         return False
     if word in _SCALES:
         return previous not in _AMBIGUOUS_NUMBER_WORDS or previous in ("one", "un", "une", "ein", "eine", "uno", "una")

@@ -1,0 +1,86 @@
+"""Attack review 5, invented numbers in titles and notifications (CONTRACT `generate`: "Every
+number in the answer, in digits or in words, is supported by the input"; README: "Numbers count
+in digits and in words, cardinal and ordinal, in English, French, German and Spanish").
+
+Fixed here (fix and tests in one commit): the French hyphenated "et" of the 1990 spelling
+("vingt-et-un", "soixante-et-onze") split the number in two, so an answer's "vingt-et-un" was
+read as 20 (supported by an input's "20 invités") and a faithful "vingt-et-un" for "21" was
+replaced; "and"/"und" joined any number words, so "between forty and five hundred" read as 4500
+and a faithful answer was replaced.
+
+Rows under "open findings" fail on purpose (findings, not fixes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from npud.guards import invented_numbers
+from npud.testing.fake import FakeBehaviour, FakeLoader
+
+# (answer, input): the answer's number is not in the input.
+INVENTED = [
+    ("Vingt-et-un invités au dîner", "Dîner avec 20 invités"),
+    ("Soixante-et-onze ans demain", "Anniversaire : 60 ans, 11 invités demain"),
+    ("Le vingt-et-unième siècle", "Le 20e siècle"),
+]
+# (answer, input): a faithful answer, every number supported.
+FAITHFUL = [
+    ("Vingt-et-un invités au dîner", "Dîner avec 21 invités"),
+    ("Soixante-et-onze ans demain", "Anniversaire : 71 ans demain"),
+    ("Le vingt-et-unième siècle", "Le 21e siècle"),
+    ("Between forty and five hundred guests", "Between 40 and 500 guests"),
+    ("Zwischen zwanzig und fünf Gästen", "Zwischen 20 und 5 Gästen"),
+    # What the joiners must still join.
+    ("Two hundred and fifty guests", "250 guests"),
+    ("Vingt et un invités", "21 invités"),
+    ("Treinta y cinco invitados", "35 invitados"),
+    ("Soixante et onze ans", "71 ans"),
+]
+
+
+@pytest.mark.parametrize(("answer", "source"), INVENTED)
+def test_an_invented_number_word_is_reported(answer: str, source: str) -> None:
+    assert invented_numbers(answer, source), (answer, source)
+
+
+@pytest.mark.parametrize(("answer", "source"), FAITHFUL)
+def test_a_faithful_number_word_is_supported(answer: str, source: str) -> None:
+    assert invented_numbers(answer, source) == [], (answer, source)
+
+
+def test_the_daemon_replaces_an_invented_vingt_et_un(daemon_factory: Any) -> None:
+    source = "Rappel : dîner samedi avec 20 invités."
+    daemon = daemon_factory(FakeLoader(FakeBehaviour(reply="Dîner samedi avec vingt-et-un invités.")))
+    result = daemon.call("condense_notification", {"input": source})["result"]
+    assert "vingt-et-un" not in result["text"], result["text"]
+    assert invented_numbers(result["text"], source) == []
+
+
+# ---------------------------------------------------------------- open findings
+
+@pytest.mark.parametrize(("answer", "source"), [
+    # German writes every number under a million as one word; only 21-99 and the round hundreds
+    # and thousands ("zweihundert") are in the table.
+    ("Zweihundertfünfzig Gäste zur Hochzeit", "Hochzeit mit 200 Gästen"),
+    ("Hundertzwanzig Euro Miete", "Miete: 100 Euro"),
+    ("Dreitausendfünfhundert Euro Kaution", "Kaution 3000 Euro"),
+    # The minus sign is part of its number, the word "minus" is not read as one.
+    ("Temperature minus 5 degrees tonight", "Temperature 5 degrees tonight"),
+    # Spanish written without accents, as people type it.
+    ("Veintidos invitados", "20 invitados"),
+    ("Dieciseis invitados", "10 invitados"),
+])
+def test_open_an_invented_number_word_is_reported(answer: str, source: str) -> None:
+    assert invented_numbers(answer, source), (answer, source)
+
+
+@pytest.mark.parametrize(("answer", "source"), [
+    # "first" (an ambiguous ordinal) does not continue "hundred", so the answer reads as 100.
+    ("The hundred and first day", "Day 101 of the project"),
+    ("The one hundred first day", "Day 101 of the project"),
+])
+def test_open_a_faithful_ordinal_after_a_scale_is_supported(answer: str, source: str) -> None:
+    assert invented_numbers(answer, source) == [], (answer, source)
