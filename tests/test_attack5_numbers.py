@@ -72,6 +72,8 @@ def test_the_daemon_replaces_an_invented_vingt_et_un(daemon_factory: Any) -> Non
     # Spanish written without accents, as people type it.
     ("Veintidos invitados", "20 invitados"),
     ("Dieciseis invitados", "10 invitados"),
+    # Spanish ordinals past "décimo" are not in the table.
+    ("El vigésimo aniversario", "El aniversario: 10 años"),
 ])
 def test_open_an_invented_number_word_is_reported(answer: str, source: str) -> None:
     assert invented_numbers(answer, source), (answer, source)
@@ -81,6 +83,8 @@ def test_open_an_invented_number_word_is_reported(answer: str, source: str) -> N
     # "first" (an ambiguous ordinal) does not continue "hundred", so the answer reads as 100.
     ("The hundred and first day", "Day 101 of the project"),
     ("The one hundred first day", "Day 101 of the project"),
+    # The input's word "minus" does not make its number negative.
+    ("Low of −5 °C tonight", "Low of minus 5 °C tonight"),
 ])
 def test_open_a_faithful_ordinal_after_a_scale_is_supported(answer: str, source: str) -> None:
     assert invented_numbers(answer, source) == [], (answer, source)

@@ -91,3 +91,22 @@ def test_open_a_keypad_code_with_hash_or_star_is_a_secret(statement: str) -> Non
     """Keypads take "*" and "#": "door code 4821#" and "alarm code is 4821#" are found, a code after
     "#" or "*" is not (the code must follow the copula directly)."""
     assert "access_code" in find_secrets(statement), statement
+
+
+@pytest.mark.parametrize("statement", [
+    # The value stops at an apostrophe: "O" and "D" are shorter than a value, so the statement
+    # holds no password for the filter, key word and all.
+    "The user's wifi password is O'Reilly2024.",
+    "The user's password is D'Artagnan77.",
+])
+def test_open_a_password_with_an_apostrophe_is_a_secret(statement: str) -> None:
+    assert "password" in find_secrets(statement), statement
+
+
+def test_open_a_password_with_an_apostrophe_is_followed_when_copied() -> None:
+    """find_secrets sees "password is Rock" in the input, so the value followed is "Rock" (too
+    short to follow); the model's copy "Rock'n'Roll99" is kept."""
+    source = "My password is Rock’n’Roll99 and I like jazz."
+    assert "password" in find_secrets(source)
+    output = clean_candidates(json.dumps(["The user likes jazz.", "The user loves Rock’n’Roll99."]), source)
+    assert output.candidates == ["The user likes jazz."], output.candidates
