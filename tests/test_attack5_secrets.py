@@ -110,3 +110,22 @@ def test_open_a_password_with_an_apostrophe_is_followed_when_copied() -> None:
     assert "password" in find_secrets(source)
     output = clean_candidates(json.dumps(["The user likes jazz.", "The user loves Rock’n’Roll99."]), source)
     assert output.candidates == ["The user likes jazz."], output.candidates
+
+
+# ---------------------------------------------------------------- open findings: over-dropping
+
+def test_open_a_year_after_code_to_does_not_drop_every_candidate_with_that_year() -> None:
+    """"code to 2024" takes the year for an access code (a year-shaped code is meant to count only
+    after a copula or a colon, CONTRACT §10), and secret_values then follows it: every candidate
+    that mentions 2024 is dropped, the conference as well as the migration."""
+    source = "I need to migrate the code to 2024 edition before the Rust conference in 2024. I love Rust."
+    facts = ["The user loves Rust.", "The user is attending the Rust conference in 2024."]
+    output = clean_candidates(json.dumps(facts), source)
+    assert output.candidates == facts, output.candidates
+
+
+def test_open_a_length_in_lines_is_no_access_code() -> None:
+    """"The code is 2500 lines" names a length, not a code; the number is then followed in every
+    candidate."""
+    source = "The code is 2500 lines and I wrote it in 2500 minutes."
+    assert find_secrets(source) == ()
