@@ -88,3 +88,14 @@ def test_open_an_invented_number_word_is_reported(answer: str, source: str) -> N
 ])
 def test_open_a_faithful_ordinal_after_a_scale_is_supported(answer: str, source: str) -> None:
     assert invented_numbers(answer, source) == [], (answer, source)
+
+
+@pytest.mark.parametrize(("answer", "source"), [
+    # A number followed by an ellipsis is read as cut short (the title's own 80-character cap
+    # writes "…"), so any prefix of an input number passes: a model that trails off after an
+    # invented "2" or "3" is not caught.
+    ("Rent due on the 2...", "Rent of 2500 EUR due on the 1st"),
+    ("Flight delayed by 3…", "Flight LH 482 delayed by 30 minutes"),
+])
+def test_open_a_number_the_model_trails_off_after_is_checked(answer: str, source: str) -> None:
+    assert invented_numbers(answer, source), (answer, source)
