@@ -99,3 +99,10 @@ def test_open_a_faithful_ordinal_after_a_scale_is_supported(answer: str, source:
 ])
 def test_open_a_number_the_model_trails_off_after_is_checked(answer: str, source: str) -> None:
     assert invented_numbers(answer, source), (answer, source)
+
+
+def test_open_the_daemon_returns_a_number_the_model_trails_off_after(daemon_factory: Any) -> None:
+    source = "Reminder: rent of 2500 EUR is due on the 1st."
+    daemon = daemon_factory(FakeLoader(FakeBehaviour(reply="Rent due on the 2...")))
+    text = daemon.call("condense_notification", {"input": source})["result"]["text"]
+    assert invented_numbers(text.replace("...", ""), source) == [], text
