@@ -97,12 +97,25 @@ def test_open_a_faithful_ordinal_after_a_scale_is_supported(answer: str, source:
     ("Rent due on the 2...", "Rent of 2500 EUR due on the 1st"),
     ("Flight delayed by 3…", "Flight LH 482 delayed by 30 minutes"),
 ])
-def test_open_a_number_the_model_trails_off_after_is_checked(answer: str, source: str) -> None:
+def test_a_number_the_model_trails_off_after_is_checked(answer: str, source: str) -> None:
     assert invented_numbers(answer, source), (answer, source)
 
 
-def test_open_the_daemon_returns_a_number_the_model_trails_off_after(daemon_factory: Any) -> None:
+def test_the_daemon_does_not_return_a_number_the_model_trails_off_after(daemon_factory: Any) -> None:
     source = "Reminder: rent of 2500 EUR is due on the 1st."
     daemon = daemon_factory(FakeLoader(FakeBehaviour(reply="Rent due on the 2...")))
     text = daemon.call("condense_notification", {"input": source})["result"]["text"]
     assert invented_numbers(text.replace("...", ""), source) == [], text
+
+
+@pytest.mark.parametrize(("answer", "source", "invented"), [
+    # npud's own cap: the end of the text, inside a word of at least CUT_WORD_MIN_CHARS characters.
+    ("Ref " + "1234567890" * 3 + "…", "Ref " + "1234567890" * 5, False),
+    ("Ref " + "1234567890" * 3 + "...", "Ref " + "1234567890" * 5, False),
+    # Not at the end, or a short word, or a number of another kind: checked as written.
+    ("Ref " + "1234567890" * 3 + "… and more", "Ref " + "1234567890" * 5, True),
+    ("Invoice 12345…", "Invoice 1234567", True),
+    ("Ref x" + "1234567890" * 3 + "…", "Ref " + "1234567890" * 5, True),
+])
+def test_only_the_caps_own_cut_is_read_as_a_cut_number(answer: str, source: str, invented: bool) -> None:
+    assert bool(invented_numbers(answer, source)) is invented, (answer, source)

@@ -126,8 +126,13 @@ _SUFFIX = re.compile(
 _PM_AFTER = re.compile(r"\s?(?:pm|p\.m\.)(?![^\W_])", re.IGNORECASE)
 _AM_AFTER = re.compile(r"\s?(?:am|a\.m\.)(?![^\W_])", re.IGNORECASE)
 _CLOCK_FORM = re.compile(r"(\d+)(?::\d\d)?")
-# A number cut short is marked as such: "Ref 1234567…" (the title's 80-character cap).
-_ELLIPSIS = ("…", "...")
+# A number cut short by npud's own cap is marked as such: "Ref 1234567…" (jobs: the title's
+# 80-character cap cuts inside a word only when the word runs past half of it). Only that mark
+# counts (NFKC reads it as "..."), and only at the very end of the text, glued to a word at least
+# this long: a model that trails off ("Rent due on the 2...", "delayed by 3…") wrote a short number
+# of its own.
+_CUT_MARKS: Final = ("…", "...")
+CUT_WORD_MIN_CHARS: Final = 20
 
 # Superscript and subscript digits. After a letter or a bracket they are exponents, footnote marks
 # or formulas ("120 m²", "Footnote¹", "H₂O"): not numbers. Anywhere else they are digits, read
@@ -217,7 +222,7 @@ def _numeric_tokens(text: str) -> list[_Number]:
         if not runs:
             continue
         end = match.start() + len(written)
-        truncated = text.startswith(_ELLIPSIS, end)
+        truncated = _cut_by_cap(text, end)
         meridiem = _meridiem(text, match.end(), written)
         pm = meridiem == "pm"
         letters = re.sub(r"[\d.,:' ]", "", written)
@@ -243,6 +248,14 @@ def _numeric_tokens(text: str) -> list[_Number]:
             forms = {"-" + form for form in forms}
         tokens.append(_Number(written, start, end, kind, frozenset(forms), runs, truncated, meridiem))
     return tokens
+
+
+def _cut_by_cap(text: str, end: int) -> bool:
+    """Whether the number ending at ``end`` is the end of a long word that the cap cut (_CUT_MARKS)."""
+    if text[end:] not in _CUT_MARKS:
+        return False
+    space = text.rfind(" ", 0, end)
+    return end - (space + 1) >= CUT_WORD_MIN_CHARS
 
 
 def _meridiem(text: str, end: int, written: str = "") -> str | None:
@@ -383,15 +396,15 @@ def _invented_in(output: str, source: str) -> list[_Number]:
     morning = number_forms(source, morning=True)
     source_tokens = _numeric_tokens(source)
     identifiers = {f for token in source_tokens if token.kind == "identifier" for f in token.forms}
-    whole = {token.written.lower() for token in source_tokens} | {run for t in source_tokens for run in t.runs}
+    whole = {(token.kind, token.written.lower()) for token in source_tokens}
     invented = []
     for token in _numeric_tokens(output):
         pool = identifiers if token.kind == "identifier" else morning if token.meridiem == "am" else supported
         forms = _afternoon(token.forms) if token.meridiem == "pm" and token.kind == "number" else token.forms
         if forms & pool:
             continue
-        if token.truncated and any(w.startswith(token.written.lower()) for w in whole):
-            continue  # "1234567…": the start of one of the input's numbers, marked as cut
+        if token.truncated and any(k == token.kind and w.startswith(token.written.lower()) for k, w in whole):
+            continue  # "Ref 1234567…": the start of one of the input's numbers (of its kind), cut by the cap
         invented.append(token)
     invented += [n for n in _word_numbers(output) if n.kind == "words" and not _word_supported(n, supported, morning)]
     return sorted(invented, key=lambda n: n.start)
@@ -425,8 +438,10 @@ def invented_numbers(output: str, source: str) -> list[str]:
     ``5km`` = ``5``); a number in the output may be any digit run of the input (``555`` from
     ``555-0142``) or a number word of the input, cardinal or ordinal (``2`` from ``two``, ``deux``,
     ``zwei``; ``15th`` from ``fifteenth``, ``21st`` from ``twenty-first``; "per cent"
-    is no 100, a lone "second" no 2, "null" no 0); a number the output marks as cut (``1234…``)
-    may be the start of one of the input's. In the output, number words are checked like digits
+    is no 100, a lone "second" no 2, "null" no 0); a number that npud's own title cap cut
+    (``Ref 1234…`` at the very end, inside a word of at least CUT_WORD_MIN_CHARS characters) may be
+    the start of one of the input's numbers of its kind; any other ellipsis after a number
+    (``due on the 2...``) is no cut, the number is checked as written. In the output, number words are checked like digits
     (``fifteen`` and ``fifteenth`` need a 15 in the input), except the ambiguous ones (``one``,
     ``second``, articles such as ``un``/``ein``, the ordinals of 1 to 5 and 10).
     Not normalised (these are reported): a decimal that is a different number (``5.7`` against
