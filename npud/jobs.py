@@ -237,8 +237,9 @@ def clean_summary(raw: str, source: str) -> JobOutput:
         kept.pop()
     summary = " ".join(kept)
     if len(summary) > limit:
-        lead = guards.sentences(source)[:guards.SUMMARY_MAX_SENTENCES]
-        return JobOutput(" ".join(lead), fallback="longer_than_input")
+        # A prefix of the input, not its sentences joined with spaces (CJK sentences have none).
+        lead = guards.first_sentences(source, guards.SUMMARY_MAX_SENTENCES)
+        return JobOutput(lead, fallback="longer_than_input")
     return JobOutput(summary)
 
 

@@ -401,7 +401,8 @@ def test_sentence_count(text: str, count: int) -> None:
 _NO_SPACE = ["a" * 6000, "1" * 6000, "x-" * 3000, "a." * 3000, "1." * 3000, "1-" * 3000, "a1" * 3000,
              "a_" * 3000, "password" * 750, "code1" * 1200, "密码" * 3000, "4111" * 1500, "¹" * 6000,
              "-5" * 3000, "3月" * 3000, "日1" * 3000, "fifteenth" * 666, "dix-sept-" * 666, "\u200b." * 3000,
-             "．" * 6000]
+             "．" * 6000, "O'" * 3000, "a\u2014" * 3000, "#4821" * 1200, "hundert" * 857, "tausendund" * 600,
+             "2..." * 1500, "veintidos" * 666]
 
 
 @pytest.mark.parametrize("text", _NO_SPACE, ids=lambda t: repr(t[:4]))

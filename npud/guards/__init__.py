@@ -57,6 +57,7 @@ from .form import (
     candidate_problems,
     cap_words,
     first_sentence,
+    first_sentences,
     notification_problems,
     repeats_itself,
     sentence_count,
@@ -83,7 +84,7 @@ from .text import normalise
 __all__ = [
     "CANDIDATE_MAX_WORDS", "NOTIFICATION_MAX_WORDS", "SUMMARY_MAX_SENTENCES", "TITLE_MAX_WORDS", "TITLE_MIN_WORDS",
     "SecretKind", "SecretValue", "candidate_problems", "cap_words", "cards_across", "copied_secrets", "find_secrets",
-    "first_sentence",
+    "first_sentence", "first_sentences",
     "iban_valid", "invented_numbers", "looks_random", "luhn_valid", "normalise", "notification_problems",
     "number_forms", "repeats_itself", "secret_values", "sentence_count", "sentences", "summary_problems", "tidy_spaces",
     "title_problems", "without_invented_numbers", "words",

@@ -123,6 +123,21 @@ def first_sentence(text: str) -> str:
     return text[:cuts[0]] if cuts else text
 
 
+def first_sentences(text: str, count: int) -> str:
+    """The first ``count`` sentences of ``text`` as they stand in it (runs of white space made one
+    space, nothing else changed): a prefix, so never longer than ``text``. Joining
+    :func:`sentences` with spaces is not: CJK sentences have none between them ("周五。请带")."""
+    text = " ".join(text.split())
+    bounds = [0, *_cuts(text), len(text)]
+    found = 0
+    for start, end in zip(bounds, bounds[1:]):
+        if normalise(text[start:end].strip()):  # as sentences() counts: a piece with nothing visible is none
+            found += 1
+            if found == count:
+                return text[:end].strip()
+    return text
+
+
 def cap_words(text: str, limit: int) -> str:
     """``text`` cut after its ``limit``-th word (words as counted by :func:`words`)."""
     kept, count = [], 0

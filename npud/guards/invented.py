@@ -64,21 +64,43 @@ def _ordinals_de(word: str) -> list[str]:
     return [stem + ending for ending in ("e", "en", "er", "es", "em")]
 
 
+def _unaccented(word: str) -> str:
+    """A Spanish word as typed without its acute accents ("veintidós" as "veintidos"); ñ stays."""
+    return word.translate(str.maketrans("áéíóú", "aeiou"))
+
+
+def _as_typed(table: dict[str, int]) -> dict[str, int]:
+    """Spanish is often typed without accents: "veintidos", "dieciseis", "vigesimo" are the same
+    numbers as "veintidós", "dieciséis", "vigésimo"."""
+    return table | {_unaccented(w): v for w, v in table.items()}
+
+
+# Spanish ordinals share no rule with the cardinals: a table of their own.
+_ORDINALS_ES: Final = _as_typed(
+    {w + g: v for w, v in (("primer", 1), ("segund", 2), ("tercer", 3), ("cuart", 4), ("quint", 5),
+                           ("sext", 6), ("séptim", 7), ("octav", 8), ("noven", 9), ("décim", 10),
+                           ("undécim", 11), ("duodécim", 12), ("decimoprimer", 11), ("decimosegund", 12),
+                           ("decimotercer", 13), ("decimocuart", 14), ("decimoquint", 15), ("decimosext", 16),
+                           ("decimoséptim", 17), ("decimoctav", 18), ("decimonoven", 19), ("vigésim", 20),
+                           ("trigésim", 30), ("cuadragésim", 40), ("quincuagésim", 50), ("sexagésim", 60),
+                           ("septuagésim", 70), ("octogésim", 80), ("nonagésim", 90), ("centésim", 100),
+                           ("milésim", 1000))
+     for g in ("o", "a")} | {"primer": 1, "tercer": 3}
+)
+
+
 _ORDINALS: Final = (
     {_ordinal_en(w): v for w, v in _CARDINALS_EN.items() if v and w != "one"}
     | {_ordinal_fr(w): v for w, v in _CARDINALS_FR.items() if w not in ("une", "vingts", "cents")}
     | {o: v for w, v in _CARDINALS_DE.items() if v >= 2 and w != "millionen" for o in _ordinals_de(w)}
     | {"erst" + ending: 1 for ending in ("e", "en", "er", "es", "em")}
     | {"first": 1, "premier": 1, "première": 1, "seconde": 2}
-    # Spanish ordinals share no rule with the cardinals: a table of their own.
-    | {w + g: v for w, v in (("primer", 1), ("segund", 2), ("tercer", 3), ("cuart", 4), ("quint", 5),
-                             ("sext", 6), ("séptim", 7), ("octav", 8), ("noven", 9), ("décim", 10))
-       for g in ("o", "a")} | {"primer": 1, "tercer": 3}
+    | _ORDINALS_ES
 )
 _NUMBER_WORDS: Final = (
-    _CARDINALS_EN | _CARDINALS_FR | _CARDINALS_DE | _CARDINALS_ES | _ORDINALS
+    _CARDINALS_EN | _CARDINALS_FR | _CARDINALS_DE | _as_typed(_CARDINALS_ES) | _ORDINALS
     | {"dozen": 12, "twice": 2, "noon": 12, "midnight": 0, "once": 1, "both": 2, "pair": 2, "couple": 2,
-       "midi": 12, "minuit": 0, "mittag": 12, "mediodía": 12}
+       "midi": 12, "minuit": 0, "mittag": 12, "mediodía": 12, "mediodia": 12}
 )
 # In an *answer* the unambiguous words are checked like digits ("fifteen minutes" needs a 15 in the
 # input, "fifteenth" too); these are not: articles, "second" and the ordinals of 1 to 5 and 10
@@ -88,16 +110,20 @@ _AMBIGUOUS_NUMBER_WORDS: Final = frozenset({w for w, v in _ORDINALS.items() if v
     zero one noon midnight once both pair couple
     un une cent cents midi minuit sept
     null eins ein eine elf mittag achte achten achter
-    cero uno una mil mediodía
+    cero uno una mil mediodía mediodia
 """.split()))
 _SCALE_WORDS: Final = ("hundred", "thousand", "million", "billion", "cent", "cents", "mille", "hundert", "tausend",
-                       "millionen", "cien", "ciento", "mil", "millón", "millones")
+                       "millionen", "cien", "ciento", "mil", "millón", "millon", "millones")
 # Multipliers: "two hundred" is 200, "three thousand" 3000, "two dozen" 24; their ordinals too
 # ("two hundredth").
 _SCALES: Final = frozenset({"dozen", *_SCALE_WORDS, *(w for w, v in _ORDINALS.items() if v in (100, 1000, 10**6, 10**9))})
 _ORDINAL_WORDS: Final = frozenset(_ORDINALS)
-# Between two number words of one number: "hundred and fifty", "vingt et un", "treinta y cinco".
-_NUMBER_JOINER = re.compile(r"\s*-\s*|\s+(?:(?:and|et|und|y)\s+)?")
+# Between two number words of one number: "hundred and fifty", "vingt et un" (since the 1990
+# spelling also "vingt-et-un"), "treinta y cinco".
+_NUMBER_JOINER = re.compile(r"\s*-\s*(?:et\s*-\s*)?|\s+(?:(?:and|et|und|y)\s+)?")
+# "and" and "und" join only after a scale ("two hundred and fifty", "hundert und eins"): "between
+# forty and five hundred" is two numbers, not 4500.
+_SCALE_JOINERS: Final = frozenset({"and", "und"})
 _JOINER_WORDS: Final = frozenset({"and", "et", "und", "y"})
 _WORD = re.compile(r"[^\W\d_]+")
 
@@ -108,11 +134,14 @@ _WORD = re.compile(r"[^\W\d_]+")
 # glued to them ("3月14日", "5,000円") is a number, not part of one long identifier.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _ALNUM = f"[^\\W_{_CJK}]"
+_ALNUM_RE = re.compile(_ALNUM)
 _NUMERIC = re.compile(
     rf"(?<!{_ALNUM})(?:\d{{1,3}}(?: \d{{3}})+(?!\d)|{_ALNUM}*\d{_ALNUM}*(?:[.,:']{_ALNUM}*\d{_ALNUM}*)*)")
 # A minus sign: "-" (any dash, folded) right before a number and after no letter or digit
 # ("-5°C", "(-3)"), so not the hyphen of a range or date ("14-16 May", "2024-05-14", "A-5").
 _MINUS_BEFORE = re.compile(r"(?<![^\W_])-")
+# The word "minus" before a number is its sign too ("minus 5 °C", "minus five"; English and German).
+_MINUS_WORD = "minus "
 # Letters that may follow a number without making it an identifier: ordinals, units, times.
 _SUFFIX = re.compile(
     r"(?:st|nd|rd|th|e|er|re|ème|eme|o|a|º|ª|h|am|pm|k|m|km|kg|g|mg|ml|l|cm|mm|gb|mb|kb|tb|ms|s|sec|min|"
@@ -122,8 +151,13 @@ _SUFFIX = re.compile(
 _PM_AFTER = re.compile(r"\s?(?:pm|p\.m\.)(?![^\W_])", re.IGNORECASE)
 _AM_AFTER = re.compile(r"\s?(?:am|a\.m\.)(?![^\W_])", re.IGNORECASE)
 _CLOCK_FORM = re.compile(r"(\d+)(?::\d\d)?")
-# A number cut short is marked as such: "Ref 1234567…" (the title's 80-character cap).
-_ELLIPSIS = ("…", "...")
+# A number cut short by npud's own cap is marked as such: "Ref 1234567…" (jobs: the title's
+# 80-character cap cuts inside a word only when the word runs past half of it). Only that mark
+# counts (NFKC reads it as "..."), and only at the very end of the text, glued to a word at least
+# this long: a model that trails off ("Rent due on the 2...", "delayed by 3…") wrote a short number
+# of its own.
+_CUT_MARKS: Final = ("…", "...")
+CUT_WORD_MIN_CHARS: Final = 20
 
 # Superscript and subscript digits. After a letter or a bracket they are exponents, footnote marks
 # or formulas ("120 m²", "Footnote¹", "H₂O"): not numbers. Anywhere else they are digits, read
@@ -213,7 +247,7 @@ def _numeric_tokens(text: str) -> list[_Number]:
         if not runs:
             continue
         end = match.start() + len(written)
-        truncated = text.startswith(_ELLIPSIS, end)
+        truncated = _cut_by_cap(text, end)
         meridiem = _meridiem(text, match.end(), written)
         pm = meridiem == "pm"
         letters = re.sub(r"[\d.,:' ]", "", written)
@@ -237,8 +271,25 @@ def _numeric_tokens(text: str) -> list[_Number]:
             # "20% off".)
             start, written = start - 1, "-" + written
             forms = {"-" + form for form in forms}
+        elif kind == "number" and _minus_word_before(text, start):
+            start, written = start - len(_MINUS_WORD), text[start - len(_MINUS_WORD):start] + written
+            forms = {"-" + form for form in forms}
         tokens.append(_Number(written, start, end, kind, frozenset(forms), runs, truncated, meridiem))
     return tokens
+
+
+def _minus_word_before(text: str, start: int) -> bool:
+    """Whether "minus " (a word of its own) comes right before ``start``."""
+    begin = start - len(_MINUS_WORD)
+    return begin >= 0 and text[begin:start].lower() == _MINUS_WORD and not (begin and _ALNUM_RE.match(text, begin - 1))
+
+
+def _cut_by_cap(text: str, end: int) -> bool:
+    """Whether the number ending at ``end`` is the end of a long word that the cap cut (_CUT_MARKS)."""
+    if text[end:] not in _CUT_MARKS:
+        return False
+    space = text.rfind(" ", 0, end)
+    return end - (space + 1) >= CUT_WORD_MIN_CHARS
 
 
 def _meridiem(text: str, end: int, written: str = "") -> str | None:
@@ -255,10 +306,81 @@ def _afternoon(forms: frozenset[str]) -> frozenset[str]:
     return frozenset(f for f in forms if (m := _CLOCK_FORM.fullmatch(f)) is None or int(m.group(1)) >= 12)
 
 
+# German writes every number under a million as one word: "zweihundertfünfzig",
+# "dreitausendfünfhundert", "hundertzwanzig". The table holds 1 to 99 and the round hundreds and
+# thousands; the rest is read by splitting at "tausend" and "hundert" (_german_compound).
+_DE_BELOW_100: Final = {w: v for w, v in _CARDINALS_DE.items() if 1 <= v < 100 and w != "eine"}
+_DE_UNITS: Final = {w: v for w, v in _DE_BELOW_100.items() if v < 10 and w != "eins"}
+# Ordinal stems whose cardinal differs: "dritte" (drei), "siebte" (sieben), "achte" (acht), "erste" (eins).
+_DE_ORDINAL_STEMS: Final = (("drit", "drei"), ("sieb", "sieben"), ("ach", "acht"), ("ers", "eins"))
+_DE_CASE_ENDINGS: Final = ("e", "en", "er", "es", "em")
+
+
+def _german_below_1000(word: str) -> int | None:
+    head, scale, tail = word.partition("hundert")
+    if not scale:
+        return _DE_BELOW_100.get(word)
+    if head and head not in _DE_UNITS:
+        return None  # "jahrhundert" is a century, not a number
+    hundreds = (_DE_UNITS[head] if head else 1) * 100
+    tail = tail.removeprefix("und")  # "hundertundeins"
+    rest = _DE_BELOW_100.get(tail) if tail else 0
+    return None if rest is None else hundreds + rest
+
+
+def _german_cardinal(word: str) -> int | None:
+    head, scale, tail = word.partition("tausend")
+    if not scale:
+        return _german_below_1000(word) if "hundert" in word else None
+    thousands = _german_below_1000(head) if head else 1
+    tail = tail.removeprefix("und")
+    rest = _german_below_1000(tail) if tail else 0
+    return None if thousands is None or rest is None else thousands * 1000 + rest
+
+
+def _german_compound(word: str) -> tuple[int, bool] | None:
+    """A German one-word number past the table, and whether it is an ordinal ("hundertzwanzigste",
+    "hundertdritte"); None when ``word`` is no such number ("Jahrhundert", "Tausende")."""
+    if "hundert" not in word and "tausend" not in word:
+        return None
+    value = _german_cardinal(word)
+    if value is not None:
+        return value, False
+    for ending in _DE_CASE_ENDINGS:
+        stem = word.removesuffix("t" + ending)
+        if stem == word:
+            continue
+        for candidate in (stem.removesuffix("s"), stem):
+            for short, full in _DE_ORDINAL_STEMS:
+                if candidate.endswith(short):
+                    candidate = candidate.removesuffix(short) + full
+                    break
+            value = _german_cardinal(candidate)
+            if value is not None:
+                return value, True
+    return None
+
+
+def _number_word(key: str) -> int | None:
+    """The value of a (lower-case) number word, or None."""
+    value = _NUMBER_WORDS.get(key)
+    if value is not None:
+        return value
+    compound = _german_compound(key)
+    return compound[0] if compound else None
+
+
+def _is_ordinal(key: str) -> bool:
+    if key in _ORDINAL_WORDS:
+        return True
+    compound = _german_compound(key)
+    return compound is not None and compound[1]
+
+
 def _word_value(keys: Sequence[str]) -> int:
     total = current = last = 0
     for key in keys:
-        value = _NUMBER_WORDS[key]
+        value = _number_word(key) or 0
         if key == "dozen" and current:
             current *= 12  # "two dozen"
         elif value == 100 and key in _SCALES:
@@ -279,14 +401,17 @@ def _joins(previous: str, word: str, joiner: str) -> bool:
     "twenty five", "twenty-first", "two hundred", "thousand two", "vingt et un", "dix-sept",
     "quatre-vingt-dix", "doscientos cincuenta" (but not "two three", "first two", "twenty second"
     with a space: a 20-second delay). Nothing continues an ordinal."""
-    before, value = _NUMBER_WORDS[previous], _NUMBER_WORDS[word]
+    before, value = _number_word(previous) or 0, _number_word(word) or 0
     hyphen = "-" in joiner
-    if previous in _ORDINAL_WORDS:
+    if _is_ordinal(previous):
+        return False
+    if previous not in _SCALES and not _SCALE_JOINERS.isdisjoint(joiner.split()):
         return False
     if word in _SCALES:
         return previous not in _AMBIGUOUS_NUMBER_WORDS or previous in ("one", "un", "une", "ein", "eine", "uno", "una")
     if previous in _SCALES:
-        return value < before and word not in _AMBIGUOUS_NUMBER_WORDS
+        # "two hundred fifty"; an ordinal ends the number: "hundred and first", "one hundred first".
+        return value < before and (word not in _AMBIGUOUS_NUMBER_WORDS or word in _ORDINAL_WORDS)
     if before >= 100 and before % 100 == 0:
         return value < 100 and word not in _AMBIGUOUS_NUMBER_WORDS  # "doscientos cincuenta", "zweihundert elf"
     if previous == "quatre" and word.startswith("vingt"):
@@ -311,11 +436,15 @@ def _word_numbers(text: str) -> list[_Number]:
         keys = [m.group().lower() for m in group]
         value = _word_value(keys)
         forms = {str(value)} | ({f"{value}:00"} if value <= 24 else set())
+        start = group[0].start()
+        if _minus_word_before(text, start):
+            start -= len(_MINUS_WORD)
+            forms = {f"-{value}"}
         meridiem = _meridiem(text, group[-1].end())
         if meridiem == "pm" and value < 12:
             forms |= {str(value + 12), f"{value + 12}:00"}
         kind = "words" if len(keys) > 1 or keys[0] not in _AMBIGUOUS_NUMBER_WORDS else "ambiguous"
-        found.append(_Number(text[group[0].start():group[-1].end()], group[0].start(), group[-1].end(), kind,
+        found.append(_Number(text[start:group[-1].end()], start, group[-1].end(), kind,
                              frozenset(forms), meridiem=meridiem))
         group.clear()
 
@@ -323,7 +452,7 @@ def _word_numbers(text: str) -> list[_Number]:
         key = match.group().lower()
         if group and key in _JOINER_WORDS:
             continue  # "hundred and fifty", "vingt et un": the next number word decides (_NUMBER_JOINER)
-        if key not in _NUMBER_WORDS:
+        if _number_word(key) is None:
             close()
             continue
         if group:
@@ -345,14 +474,15 @@ def _source_word_forms(text: str, morning: bool = False) -> set[str]:
     the words of _NOT_NUMBERS_ALONE when alone. ``morning``: only those not followed by "pm"."""
     supported: set[str] = set()
     for number in _word_numbers(text):
-        keys = [w.lower() for w in _WORD.findall(number.written) if w.lower() not in _JOINER_WORDS]
+        keys = [w.lower() for w in _WORD.findall(number.written)
+                if w.lower() not in _JOINER_WORDS and _number_word(w.lower()) is not None]  # not "minus"
         if len(keys) == 1 and keys[0] in _NOT_NUMBERS_ALONE:
             continue
         if morning and number.meridiem == "pm":
             continue
         supported |= number.forms
         for key in keys:
-            value = _NUMBER_WORDS[key]
+            value = _number_word(key) or 0
             supported |= {str(value)} | ({f"{value}:00"} if value <= 24 else set())
     return supported
 
@@ -377,15 +507,15 @@ def _invented_in(output: str, source: str) -> list[_Number]:
     morning = number_forms(source, morning=True)
     source_tokens = _numeric_tokens(source)
     identifiers = {f for token in source_tokens if token.kind == "identifier" for f in token.forms}
-    whole = {token.written.lower() for token in source_tokens} | {run for t in source_tokens for run in t.runs}
+    whole = {(token.kind, token.written.lower()) for token in source_tokens}
     invented = []
     for token in _numeric_tokens(output):
         pool = identifiers if token.kind == "identifier" else morning if token.meridiem == "am" else supported
         forms = _afternoon(token.forms) if token.meridiem == "pm" and token.kind == "number" else token.forms
         if forms & pool:
             continue
-        if token.truncated and any(w.startswith(token.written.lower()) for w in whole):
-            continue  # "1234567…": the start of one of the input's numbers, marked as cut
+        if token.truncated and any(k == token.kind and w.startswith(token.written.lower()) for k, w in whole):
+            continue  # "Ref 1234567…": the start of one of the input's numbers (of its kind), cut by the cap
         invented.append(token)
     invented += [n for n in _word_numbers(output) if n.kind == "words" and not _word_supported(n, supported, morning)]
     return sorted(invented, key=lambda n: n.start)
@@ -405,7 +535,9 @@ def invented_numbers(output: str, source: str) -> list[str]:
     dashes and slashes separate numbers, so ranges and dates are checked part by part (``14-15
     May`` against ``14-16 May`` reports ``15``), but a dash right before a number and after no
     letter or digit is its minus sign (``-5°C`` needs a -5 in the input, not a 5; the input's
-    ``-5`` still supports ``5``, as every digit run does). CJK characters are no letters of a
+    ``-5`` still supports ``5``, as every digit run does), and so is the word ``minus`` before it
+    (``minus 5``, ``minus five``). German one-word numbers are read by splitting at ``tausend``
+    and ``hundert`` (``zweihundertfünfzig`` is 250); Spanish words count without their accents too. CJK characters are no letters of a
     number: ``3月14日`` holds 3 and 14, ``5,000円`` the number 5000 (not one identifier). Normalisation, so that a faithful rewrite is not
     reported: Unicode digits, dashes and invisible characters are folded (superscripts after a
     letter are exponents: ``m²``); leading zeros are dropped (``09:30`` = ``9:30``, ``007`` =
@@ -419,8 +551,10 @@ def invented_numbers(output: str, source: str) -> list[str]:
     ``5km`` = ``5``); a number in the output may be any digit run of the input (``555`` from
     ``555-0142``) or a number word of the input, cardinal or ordinal (``2`` from ``two``, ``deux``,
     ``zwei``; ``15th`` from ``fifteenth``, ``21st`` from ``twenty-first``; "per cent"
-    is no 100, a lone "second" no 2, "null" no 0); a number the output marks as cut (``1234…``)
-    may be the start of one of the input's. In the output, number words are checked like digits
+    is no 100, a lone "second" no 2, "null" no 0); a number that npud's own title cap cut
+    (``Ref 1234…`` at the very end, inside a word of at least CUT_WORD_MIN_CHARS characters) may be
+    the start of one of the input's numbers of its kind; any other ellipsis after a number
+    (``due on the 2...``) is no cut, the number is checked as written. In the output, number words are checked like digits
     (``fifteen`` and ``fifteenth`` need a 15 in the input), except the ambiguous ones (``one``,
     ``second``, articles such as ``un``/``ein``, the ordinals of 1 to 5 and 10).
     Not normalised (these are reported): a decimal that is a different number (``5.7`` against

@@ -21,10 +21,14 @@ SecretKind = Literal[
 # "验证码: 482913, 5分钟" (a code followed by ",5" would otherwise look like a decimal).
 _CJK_PUNCTUATION = {ord("，"): ", ", ord("、"): ", ", ord("。"): ". ", ord("："): ": ", ord("；"): "; ",
                     ord("！"): "! ", ord("？"): "? "}
+# An em dash (or a horizontal bar) is punctuation between words, never part of a value typed in:
+# "My password is Hunter2Pony—don't tell" holds "Hunter2Pony". It becomes a spaced dash, which
+# ends the value where normalise would have folded it into a hyphen ("Hunter2Pony-don").
+_SENTENCE_DASHES = {ord("\u2014"): " - ", ord("\u2015"): " - "}
 
 
 def _secret_text(text: str) -> str:
-    return normalise(text.translate(_CJK_PUNCTUATION))
+    return normalise(text.translate(_CJK_PUNCTUATION).translate(_SENTENCE_DASHES))
 
 
 def _keywords(latin: str, cjk: str = "") -> str:
@@ -85,11 +89,16 @@ def _alternation(words: Iterable[str]) -> str:
 
 
 _STOP = _alternation(_NOT_A_VALUE)
+# An apostrophe inside a value ("O'Reilly2024", "Rock'n'Roll99" once normalised), but not one that
+# starts an English ending: "Hunter2Pony's" is the value "Hunter2Pony", "it's" is no value (too short).
+_INNER_APOSTROPHE = r"'(?!(?:s|re|ll|ve|d|t|m)(?![^\W_]))(?=[^\s\"'`])"
 # A value: a quoted string (any words: 'correct horse'), or one word that is neither on the stop
-# list nor a plain word that a describing word follows ("leaked in a data breach").
+# list nor a plain word that a describing word follows ("leaked in a data breach"). Each character
+# of the word is one of two disjoint alternatives, so the match stays linear.
 _VALUE = (
     rf"(?:(?P<q>[\"'`])(?P<quoted>[^\"'`\n]{{1,80}}?)(?P=q)"
-    rf"|(?!{_STOP}(?![\w-]))(?![^\W\d_]+\s+{_alternation(_DESCRIBING)}(?![^\W_]))(?P<value>[^\s\"'`]{{3,}}))"
+    rf"|(?!{_STOP}(?![\w-]))(?![^\W\d_]+\s+{_alternation(_DESCRIBING)}(?![^\W_]))"
+    rf"(?P<value>[^\s\"'`](?:[^\s\"'`]|{_INNER_APOSTROPHE}){{2,}}))"
 )
 
 _PASSWORD_WORD = _keywords(
@@ -216,10 +225,26 @@ _NOT_SECRET_CODE = (
     "confirmation", "booking", "reservation", "reference", "order", "tracking", "ticket", "flight", "qr",
     "colour", "color", "language", "airport", "course", "class",
 )
+_CODE_WORD = "".join(f"(?<!{word} )" for word in _NOT_SECRET_CODE) + _keywords(
+    r"codes?|digicode|türcode|torcode|código|codigo|codice|kod|koden|kode|koodi|код")
+# A number that counts something is a size, not a code: "the code is 2500 lines" (nor may the code
+# be read as the first digits of a longer number: "25000 lines" is no "2500").
+_NOT_A_COUNT = (r"(?!\d|\s*(?:lines?|loc|sloc|characters?|chars|words?|bytes?|pages?|files?|commits?|tests?|"
+                r"functions?|methods?|classes|modules?|rows?|columns?|steps?|issues?|bugs?)(?![^\W_]))")
+# A keypad's "#" or "*" may come before the code ("gate code is #4821", "*4821#").
+_KEYPAD = r"[#*]?"
+# After "to" the code may not look like a year ("migrate the code to 2024"): that reads as a
+# version, an edition, a deadline. A copula or a colon (_SEPARATOR) names a year-shaped code, and so
+# does a verb that changes it (_ACCESS_CODE_SET_TO).
 _ACCESS_CODE = re.compile(
-    "".join(f"(?<!{word} )" for word in _NOT_SECRET_CODE)
-    + _keywords(r"codes?|digicode|türcode|torcode|código|codigo|codice|kod|koden|kode|koodi|код")
-    + rf"(?:{_BETWEEN[:-1]}?(?:{_SEPARATOR}|\s+to\s+){_ANY_CODE}|\s*{_CODE})",
+    _CODE_WORD
+    + rf"(?:{_BETWEEN[:-1]}?(?:{_SEPARATOR}{_KEYPAD}{_ANY_CODE}|\s+to\s+{_KEYPAD}{_CODE})|\s*{_CODE}){_NOT_A_COUNT}",
+    re.IGNORECASE,
+)
+# "changed the door code to 1987", "set the alarm code to 2580": the verb says the number is the code.
+_ACCESS_CODE_SET_TO = re.compile(
+    rf"(?<![^\W_])(?:set|sets|setting|changed?|changes|changing|reset|resets|updated?|updates)\s+"
+    rf"(?:[\w'-]+\s+){{0,3}}?{_CODE_WORD}\s+to\s+{_KEYPAD}{_ANY_CODE}{_NOT_A_COUNT}",
     re.IGNORECASE,
 )
 # "safe combination is 12-34-56"
@@ -571,7 +596,7 @@ def find_secrets(text: str) -> tuple[SecretKind, ...]:
         found.add("password")
     if _OTP.search(text) or _SMS_CODE.search(text) or _RECOVERY_CODES.search(text):
         found.add("one_time_code")
-    elif _ACCESS_CODE.search(text) or _COMBINATION.search(text):
+    elif _ACCESS_CODE.search(text) or _ACCESS_CODE_SET_TO.search(text) or _COMBINATION.search(text):
         found.add("access_code")
     if _has_card_number(text) or _CARD_SECURITY_CODE.search(text):
         found.add("payment_card")
@@ -600,9 +625,14 @@ _VALUE_SEPARATOR = r"[\s._,-]"
 # comma: "12.34 euros" and "1,234 steps" do not hold the code 1234.
 _DIGIT_SEPARATOR = r"[\s-]"
 _VALUE_SEPARATORS = re.compile(rf"{_VALUE_SEPARATOR}+")
-# Quotes and sentence punctuation around a value are not part of it ("Hunter2Pony!" at the end of a
-# sentence is found as "Hunter2Pony").
-_VALUE_EDGES = "\"'`.,;:!?()[]{}<> "
+# Quotes, brackets (CJK ones too), markdown emphasis and sentence punctuation around a value are not
+# part of it ("Hunter2Pony!" at the end of a sentence, "**Hunter2Pony**" are found as "Hunter2Pony").
+_VALUE_EDGES = "\"'`.,;:!?()[]{}<> *~「」『』【】〈〉《》〔〕"
+# Where a value read from the input runs on into what follows it without a space: Japanese and
+# Chinese after a Latin value ("パスワードはHunter2Ponyです", "「Hunter2Pony」"), the next field of a
+# query or form ("password=Hunter2Pony&remember=1"). What comes before is followed too.
+_CJK = "\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_VALUE_RUN_ON = re.compile(rf"(?<=[^{_CJK}])[{_CJK}]|&[^\W\d_]\w*=")
 #: A value must be specific enough that finding it elsewhere means the secret was copied, not that
 #: an ordinary word or number came up: digits only, at least this many (a 3-digit CVV is not
 #: followed: "123" is any number) ...
@@ -667,9 +697,10 @@ def _code_values(text: str) -> Iterator[tuple[SecretKind, str]]:
     yield from (("one_time_code", m.group("secret")) for m in _RECOVERY_CODES.finditer(text))
     for match in _SMS_CODE.finditer(text):
         yield from (("one_time_code", code) for code in _CODE_RE.findall(match.group()))
-    for match in _ACCESS_CODE.finditer(text):
-        # The code ends the match; a number among the words before it is not the code.
-        yield from (("access_code", code) for code in _ANY_CODE_RE.findall(match.group())[-1:])
+    for rule in (_ACCESS_CODE, _ACCESS_CODE_SET_TO):
+        for match in rule.finditer(text):
+            # The code ends the match; a number among the words before it is not the code.
+            yield from (("access_code", code) for code in _ANY_CODE_RE.findall(match.group())[-1:])
     yield from (("access_code", m.group("secret")) for m in _COMBINATION.finditer(text))
     yield from (("payment_card", m.group("secret")) for m in _CARD_SECURITY_CODE.finditer(text))
 
@@ -717,10 +748,12 @@ def _value_pattern(value: str) -> re.Pattern[str] | None:
             return None
         body = rf"{_VALUE_SEPARATOR}+".join(map(re.escape, pieces))
     elif len(joined) >= MIN_VALUE_CHARS and _made_up(joined):
-        body = f"{_VALUE_SEPARATOR}?".join(map(re.escape, joined))
+        # An apostrophe is retyped or left out ("O'Reilly2024", "OReilly2024").
+        body = f"{_VALUE_SEPARATOR}?".join("'?" if c == "'" else re.escape(c) for c in joined)
     else:
         return None
-    return re.compile(rf"(?<![^\W_]){body}(?![^\W_])", re.IGNORECASE)
+    # CJK text glues words together: "ユーザーはHunter2Ponyが好き" holds the value whole.
+    return re.compile(rf"(?<![^\W_{_CJK}]){body}(?![^\W_{_CJK}])", re.IGNORECASE)
 
 
 def secret_values(text: str) -> tuple[SecretValue, ...]:
@@ -729,10 +762,13 @@ def secret_values(text: str) -> tuple[SecretValue, ...]:
     tokens, private keys and recovery phrases that :func:`find_secrets` recognises. Run once on a
     job's input; :func:`copied_secrets` then tells which candidates hold one of them."""
     found: dict[str, SecretValue] = {}
-    for kind, value in _raw_values(_secret_text(text)):
-        pattern = _value_pattern(value)
-        if pattern is not None and pattern.pattern not in found:
-            found[pattern.pattern] = SecretValue(kind, pattern)
+    for kind, whole in _raw_values(_secret_text(text)):
+        # The value as read, and without what it may run on into (_VALUE_RUN_ON): both are followed.
+        run_on = _VALUE_RUN_ON.search(whole)
+        for value in (whole, whole[:run_on.start()]) if run_on else (whole,):
+            pattern = _value_pattern(value)
+            if pattern is not None and pattern.pattern not in found:
+                found[pattern.pattern] = SecretValue(kind, pattern)
     return tuple(found.values())
 
 
