@@ -43,6 +43,7 @@ from bench.harness import (
     alternate,
     machine,
     ms,
+    overhead_summary,
     rss_kib,
 )
 from bench.npu_emulated import npu_emulated_overhead, table_row as npu_emulated_row
@@ -94,10 +95,7 @@ def overhead(model: str, model_path: Path, cache: Path, n: int) -> dict[str, Any
     finally:
         client.close()
         daemon.stop()
-    diffs_us = [(a - b) / 1000 for a, b in zip(via_npud, direct)]
-    npud_s, direct_s = Summary.of([ms(t) for t in via_npud]), Summary.of([ms(t) for t in direct])
-    return {"npud_ms": npud_s.p50, "direct_ms": direct_s.p50, "ratio": npud_s.p50 / direct_s.p50,
-            "overhead_us_p50": Summary.of(diffs_us).p50, "overhead_us_p99": Summary.of(diffs_us).p99, "n": n}
+    return overhead_summary(via_npud, direct, n)
 
 
 def control_plane(daemon: DaemonProcess, n: int) -> dict[str, Any]:

@@ -221,5 +221,23 @@ def alternate(a: Callable[[], Any], b: Callable[[], Any], n: int, warmup: int = 
     return times_a, times_b
 
 
+def npud_job(client: LineClient, job: str, text: str) -> dict[str, Any]:
+    """One ``generate`` job's result; a JSON-RPC error stops the benchmark (it measured nothing)."""
+    reply = msgspec.json.decode(client.roundtrip(client.request_bytes("generate", {"job": job, "input": text})))
+    if "result" not in reply:
+        raise RuntimeError(f"npud {job} failed: {reply.get('error')}")
+    result: dict[str, Any] = reply["result"]
+    return result
+
+
+def overhead_summary(npud_ns: Sequence[int], direct_ns: Sequence[int], n: int) -> dict[str, Any]:
+    """npud against the same generation in-process, timed in alternating pairs: medians, their
+    ratio, and the per-pair difference at p50 and p99."""
+    diffs_us = [(a - b) / 1000 for a, b in zip(npud_ns, direct_ns)]
+    npud_s, direct_s, diffs = Summary.of([ms(t) for t in npud_ns]), Summary.of([ms(t) for t in direct_ns]), Summary.of(diffs_us)
+    return {"npud_ms": npud_s.p50, "direct_ms": direct_s.p50, "ratio": npud_s.p50 / direct_s.p50,
+            "overhead_us_p50": diffs.p50, "overhead_us_p99": diffs.p99, "n": n}
+
+
 def run_async(coro: Any) -> Any:
     return asyncio.run(coro)

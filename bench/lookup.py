@@ -17,25 +17,17 @@ from typing import Any
 
 import msgspec
 
-from bench.harness import DaemonProcess, LineClient, Summary, ms, ratio_spread, rotated
+from bench.harness import DaemonProcess, LineClient, Summary, ms, npud_job, ratio_spread, rotated
 from bench.workload import inputs
 
 JOB_ORDER = ("title", "summary", "notification", "memory_candidate")
 FLAG = "--no-prompt-lookup"
 
 
-def job_result(client: LineClient, job: str, text: str) -> dict[str, Any]:
-    reply = msgspec.json.decode(client.roundtrip(client.request_bytes("generate", {"job": job, "input": text})))
-    if "result" not in reply:
-        raise RuntimeError(f"npud {job} failed: {reply.get('error')}")
-    result: dict[str, Any] = reply["result"]
-    return result
-
-
 def compare_job(clients: dict[str, LineClient], job: str, texts: Sequence[str], rounds: int) -> dict[str, Any]:
     """One job: per input, both daemons once untimed (warm-up, and the texts compared), then
     ``rounds`` timed pairs."""
-    first = {arm: [job_result(client, job, text) for text in texts] for arm, client in clients.items()}
+    first = {arm: [npud_job(client, job, text) for text in texts] for arm, client in clients.items()}
     differ = sum(a["text"] != b["text"] for a, b in zip(first["lookup"], first["plain"]))
     times: dict[str, list[float]] = {"lookup": [], "plain": []}
     tokens: dict[str, list[int]] = {"lookup": [], "plain": []}
@@ -43,7 +35,7 @@ def compare_job(clients: dict[str, LineClient], job: str, texts: Sequence[str], 
         for i, text in enumerate(texts):
             for arm in rotated("lookup", ("plain",), r * len(texts) + i):
                 start = time.perf_counter_ns()
-                result = job_result(clients[arm], job, text)
+                result = npud_job(clients[arm], job, text)
                 times[arm].append(ms(time.perf_counter_ns() - start))
                 tokens[arm].append(int(result["tokens"]["generated"]))
     return {

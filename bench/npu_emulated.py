@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from bench.harness import DaemonProcess, LineClient, Summary, alternate, ms
+from bench.harness import DaemonProcess, LineClient, alternate, overhead_summary
 from npud.config import load_config
 from npud.engine import DecodeSettings, generation_config, pipeline_kwargs
 from npud.jobs import JOBS
@@ -75,10 +75,7 @@ def npu_emulated_overhead(n: int, text: str, tokens: int) -> dict[str, Any]:
         finally:
             client.close()
             daemon.stop()
-    diffs_us = [(a - b) / 1000 for a, b in zip(npud_ns, direct_ns)]
-    npud_s, direct_s = Summary.of([ms(t) for t in npud_ns]), Summary.of([ms(t) for t in direct_ns])
-    return {"npud_ms": npud_s.p50, "direct_ms": direct_s.p50, "ratio": npud_s.p50 / direct_s.p50,
-            "overhead_us_p50": Summary.of(diffs_us).p50, "overhead_us_p99": Summary.of(diffs_us).p99, "n": n,
+    return {**overhead_summary(npud_ns, direct_ns, n),
             "tokens": tokens, "load_cold_ms": loads[0], "load_cached_ms": loads[1]}
 
 

@@ -41,9 +41,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-import msgspec
-
-from bench.harness import LineClient, Summary, ms, ratio_spread, rotated
+from bench.harness import LineClient, Summary, ms, npud_job, ratio_spread, rotated
 from bench.workload import inputs
 
 INSTALL_HINT = "pip install -e '.[bench]'  (installs the prebuilt xllamacpp wheel)"
@@ -157,14 +155,6 @@ class PeerProcess:
         self.log.close()
 
 
-def npud_generate(client: LineClient, job: str, text: str) -> dict[str, Any]:
-    reply = msgspec.json.decode(client.roundtrip(client.request_bytes("generate", {"job": job, "input": text})))
-    if "result" not in reply:
-        raise RuntimeError(f"npud {job} failed: {reply.get('error')}")
-    result: dict[str, Any] = reply["result"]
-    return result
-
-
 class TokenMismatch(RuntimeError):
     """The two sides did not do the same amount of work: the ratio would mean nothing."""
 
@@ -186,7 +176,7 @@ def compare_job(client: LineClient, peer: PeerProcess, job: str, texts: Sequence
     # These first runs also warm both sides (each input once) and are not timed.
     plan = []
     for text in texts:
-        result = npud_generate(client, job, text)
+        result = npud_job(client, job, text)
         tokens = int(result["tokens"]["generated"])
         msgs = messages(text)
         first = peer.complete(msgs, tokens, cache_prompt=False)
@@ -230,7 +220,7 @@ def run_triple(client: LineClient, peer: PeerProcess, job: str, item: dict[str, 
     so its slot holds the previous input's prompt and only the job's fixed prefix can be reused."""
     replies: dict[str, dict[str, Any]] = {}
     arms: dict[str, Callable[[], None]] = {
-        "npud": lambda: replies.__setitem__("npud", npud_generate(client, job, item["text"])),
+        "npud": lambda: replies.__setitem__("npud", npud_job(client, job, item["text"])),
         "peer": lambda: replies.__setitem__("peer", peer.complete(item["messages"], item["tokens"], True)),
         "peer_no_reuse": lambda: replies.__setitem__("peer_no_reuse",
                                                      peer.complete(item["messages"], item["tokens"], False)),
