@@ -151,12 +151,14 @@ _PASS_FIELD = re.compile(
     rf"[\"'`]?{_MIXED_VALUE}",
     re.IGNORECASE,
 )
+# A verb that gives a password or a code its (new) value, as a whole word, then white space.
+_CHANGING_VERB: Final = r"(?<![^\W_])(?:set|sets|setting|changed?|changes|changing|reset|resets|updated?|updates)\s+"
 # "set POSTGRES_PASSWORD to s3cr3tPg", "changed the wifi password to Pony!7", "set the wifi password
 # as BlueSky2020": the verb comes first, "to" or "as" separates. "to" also starts a purpose ("a
 # password to log in"), so the value must mix letters with digits or symbols, as with _PASSWORD_BARE.
 _PASSWORD_SET_TO = re.compile(
-    rf"(?<![^\W_])(?:set|sets|setting|changed?|changes|changing|reset|resets|updated?|updates)\s+"
-    rf"(?:[\w'-]+\s+){{0,3}}?(?:[^\W_]+_){{0,3}}{_PASSWORD_WORD}{_PASSWORD_TOPIC}\s+(?:to|as)\s+[\"'`]?{_MIXED_VALUE}",
+    _CHANGING_VERB
+    + rf"(?:[\w'-]+\s+){{0,3}}?(?:[^\W_]+_){{0,3}}{_PASSWORD_WORD}{_PASSWORD_TOPIC}\s+(?:to|as)\s+[\"'`]?{_MIXED_VALUE}",
     re.IGNORECASE,
 )
 # "password is my dog's name Rex1987": the value follows a few plain words. A word mixing letters
@@ -243,8 +245,8 @@ _ACCESS_CODE = re.compile(
 )
 # "changed the door code to 1987", "set the alarm code to 2580": the verb says the number is the code.
 _ACCESS_CODE_SET_TO = re.compile(
-    rf"(?<![^\W_])(?:set|sets|setting|changed?|changes|changing|reset|resets|updated?|updates)\s+"
-    rf"(?:[\w'-]+\s+){{0,3}}?{_CODE_WORD}\s+to\s+{_KEYPAD}{_ANY_CODE}{_NOT_A_COUNT}",
+    _CHANGING_VERB
+    + rf"(?:[\w'-]+\s+){{0,3}}?{_CODE_WORD}\s+to\s+{_KEYPAD}{_ANY_CODE}{_NOT_A_COUNT}",
     re.IGNORECASE,
 )
 # "safe combination is 12-34-56"
