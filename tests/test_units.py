@@ -218,6 +218,34 @@ ZE_INTEL_NPU_CACHE_DIR=/var/cache/npud/ze_intel_npu_cache
 """
 
 
+def run_system_installer(root: Path) -> subprocess.CompletedProcess[str]:
+    """contrib/install-system-units.sh --root ROOT with this environment's npud; it must succeed."""
+    npud = Path(sys.executable).parent / "npud"
+    if str(npud).startswith(("/home/", "/root/")):
+        pytest.skip("the installer refuses an npud under /home or /root")
+    proc = subprocess.run([str(REPO / "contrib" / "install-system-units.sh"), "--npud", str(npud), "--root", str(root)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def run_user_installer(home: Path) -> subprocess.CompletedProcess[str]:
+    """contrib/install-user-units.sh for a user whose $HOME is ``home``; it must succeed."""
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.run([str(REPO / "contrib" / "install-user-units.sh"), str(bin_dir / "npud")],
+                          env={"HOME": str(home), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def enable_user_sockets(home: Path) -> None:
+    """The links `systemctl --user enable npud.socket npud-http.socket` leaves."""
+    wants = home / ".config" / "systemd" / "user" / "sockets.target.wants"
+    wants.mkdir(parents=True)
+    for unit in ("npud.socket", "npud-http.socket"):
+        (wants / unit).symlink_to(home / ".config" / "systemd" / "user" / unit)
+
+
 def install_over_an_earlier_system_install(tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """An install made as the README said before: `sudo systemctl enable --now npud.socket
     npud-http.socket` (the symlinks systemctl enable leaves) and the env file of that time."""
@@ -228,12 +256,7 @@ def install_over_an_earlier_system_install(tmp_path: Path) -> subprocess.Complet
         (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
     (root / "etc" / "npud").mkdir()
     (root / "etc" / "npud" / "npud.env").write_text(EARLIER_SYSTEM_ENV)
-    npud = Path(sys.executable).parent / "npud"
-    if str(npud).startswith(("/home/", "/root/")):
-        pytest.skip("the installer refuses an npud under /home or /root")
-    proc = subprocess.run([str(REPO / "contrib" / "install-system-units.sh"), "--npud", str(npud), "--root", str(root)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_system_installer(root)
     assert (root / "etc" / "npud" / "npud.env").read_text() == EARLIER_SYSTEM_ENV  # kept, as designed
     return proc
 
@@ -341,16 +364,10 @@ def test_install_user_units_over_an_enabled_http_socket_with_no_http_says_npud_w
     npud.env and the enable links) no npud starts at all, for the socket's clients too. The
     installer sees both and must say how to get out (disable the socket, or NO_HTTP=0)."""
     home = tmp_path / "home"
-    wants = home / ".config" / "systemd" / "user" / "sockets.target.wants"
-    wants.mkdir(parents=True)
-    for unit in ("npud.socket", "npud-http.socket"):
-        (wants / unit).symlink_to(home / ".config" / "systemd" / "user" / unit)
+    enable_user_sockets(home)
     (home / ".config" / "npud").mkdir()
     (home / ".config" / "npud" / "npud.env").write_text("OV_GENAI_NPU_NO_HTTP=1\n")
-    bin_dir = Path(sys.executable).parent
-    proc = subprocess.run([str(REPO / "contrib" / "install-user-units.sh"), str(bin_dir / "npud")],
-                          env={"HOME": str(home), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_user_installer(home)
     said = proc.stdout + proc.stderr
     assert "disable --now npud-http.socket" in said, said
 
@@ -489,12 +506,7 @@ def test_system_installer_over_an_allow_list_with_http_and_no_token_says_npud_wi
     env_file = root / "etc" / "npud" / "npud.env"
     env_file.write_text("OV_GENAI_NPU_LOCK_FILE=/run/npu.lock\nOV_GENAI_NPU_NO_HTTP=0\nOV_GENAI_NPU_ALLOW_GID=999\n")
     assert "--token-file" in _refused_by_npud(env_file, {"OV_GENAI_NPU_NO_HTTP": "1"})  # what the service meets
-    npud = Path(sys.executable).parent / "npud"
-    if str(npud).startswith(("/home/", "/root/")):
-        pytest.skip("the installer refuses an npud under /home or /root")
-    proc = subprocess.run([str(REPO / "contrib" / "install-system-units.sh"), "--npud", str(npud), "--root", str(root)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_system_installer(root)
     assert "OV_GENAI_NPU_TOKEN_FILE" in proc.stderr and "refuse" in proc.stderr, proc.stdout + proc.stderr
 
 
@@ -507,10 +519,7 @@ def test_install_user_units_over_an_allow_list_with_http_and_no_token_says_npud_
     env_file = home / ".config" / "npud" / "npud.env"
     env_file.write_text("OV_GENAI_NPU_ALLOW_UID=1001\n")
     assert "--token-file" in _refused_by_npud(env_file, {})
-    bin_dir = Path(sys.executable).parent
-    proc = subprocess.run([str(REPO / "contrib" / "install-user-units.sh"), str(bin_dir / "npud")],
-                          env={"HOME": str(home), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_user_installer(home)
     assert "OV_GENAI_NPU_TOKEN_FILE" in proc.stderr and "refuse" in proc.stderr, proc.stdout + proc.stderr
 
 
@@ -519,18 +528,12 @@ def test_installers_read_the_env_file_as_systemd_does(tmp_path: Path) -> None:
     name and the value; the installers' check did not, so `OV_GENAI_NPU_NO_HTTP = 1` next to an
     enabled npud-http.socket (npud refuses every start) went unmentioned."""
     home = tmp_path / "home"
-    wants = home / ".config" / "systemd" / "user" / "sockets.target.wants"
-    wants.mkdir(parents=True)
-    for unit in ("npud.socket", "npud-http.socket"):
-        (wants / unit).symlink_to(home / ".config" / "systemd" / "user" / unit)
+    enable_user_sockets(home)
     (home / ".config" / "npud").mkdir()
     env_file = home / ".config" / "npud" / "npud.env"
     env_file.write_text("OV_GENAI_NPU_NO_HTTP = 1 \n")
     assert read_env_file(env_file)[0] == {"OV_GENAI_NPU_NO_HTTP": "1"}
-    bin_dir = Path(sys.executable).parent
-    proc = subprocess.run([str(REPO / "contrib" / "install-user-units.sh"), str(bin_dir / "npud")],
-                          env={"HOME": str(home), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_user_installer(home)
     assert "disable --now npud-http.socket" in proc.stderr, proc.stdout + proc.stderr
 
 
@@ -548,10 +551,5 @@ def test_system_installer_takes_an_empty_no_http_for_what_npud_does(tmp_path: Pa
     (wants / "npud-http.socket").symlink_to("/etc/systemd/system/npud-http.socket")
     (root / "etc" / "npud").mkdir()
     (root / "etc" / "npud" / "npud.env").write_text("OV_GENAI_NPU_NO_HTTP=\n")
-    npud = Path(sys.executable).parent / "npud"
-    if str(npud).startswith(("/home/", "/root/")):
-        pytest.skip("the installer refuses an npud under /home or /root")
-    proc = subprocess.run([str(REPO / "contrib" / "install-system-units.sh"), "--npud", str(npud), "--root", str(root)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_system_installer(root)
     assert "npud refuses to start while systemd passes it that socket" not in proc.stderr, proc.stderr
