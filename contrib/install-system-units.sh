@@ -60,14 +60,7 @@ if [ -z "$root" ]; then
     install -d -o npud -g npud /var/lib/npud /var/lib/npud/models /var/cache/npud
     systemctl daemon-reload
 fi
-# The value an env file gives KEY (its last assignment, quotes removed), empty if none. Like
-# systemd's EnvironmentFile= (and npud/envfile.py), whitespace around the name and the value is dropped.
-env_value() {
-    [ -r "$1" ] || return 0
-    sed -n "s/^[[:space:]]*$2[[:space:]]*=[[:space:]]*//p" "$1" | tail -n 1 \
-        | sed "s/[[:space:]]*\$//; s/^[\"']//; s/[\"']\$//"
-}
-is_true() { case "${1,,}" in 1|true|yes|on) return 0 ;; *) return 1 ;; esac; }
+. "$repo/contrib/envfile.sh"   # env_value, is_true, http_socket_enabled
 env_file="$root/etc/npud/npud.env"
 # An earlier install (or a kept env file) can contradict what this one announces: say so, loudly.
 # Set in the file (even to nothing, which npud reads as off: HTTP on) it overrides the unit's NO_HTTP=1.
@@ -76,7 +69,7 @@ if [ -r "$env_file" ] && grep -q "^[[:space:]]*OV_GENAI_NPU_NO_HTTP[[:space:]]*=
 else
     no_http=1
 fi
-if { [ -L "$units/sockets.target.wants/npud-http.socket" ] || [ -e "$units/sockets.target.wants/npud-http.socket" ]; } && is_true "$no_http"; then
+if http_socket_enabled "$units" && is_true "$no_http"; then
     cat >&2 <<MSG
 WARNING: npud-http.socket is enabled (an earlier install) but HTTP is off for the system units
 (OV_GENAI_NPU_NO_HTTP=$no_http): npud refuses to start while systemd passes it that socket, for the

@@ -23,16 +23,9 @@ done
 if [ ! -e "$config_home/npud/npud.env" ]; then
     cp "$repo/contrib/npud.env.example" "$config_home/npud/npud.env"
 fi
-# The value an env file gives KEY (its last assignment, quotes removed), empty if none. Like
-# systemd's EnvironmentFile= (and npud/envfile.py), whitespace around the name and the value is dropped.
-env_value() {
-    [ -r "$1" ] || return 0
-    sed -n "s/^[[:space:]]*$2[[:space:]]*=[[:space:]]*//p" "$1" | tail -n 1 \
-        | sed "s/[[:space:]]*\$//; s/^[\"']//; s/[\"']\$//"
-}
-is_true() { case "${1,,}" in 1|true|yes|on) return 0 ;; *) return 1 ;; esac; }
+. "$repo/contrib/envfile.sh"   # env_value, is_true, http_socket_enabled
 no_http="$(env_value "$config_home/npud/npud.env" OV_GENAI_NPU_NO_HTTP)"
-if { [ -L "$units/sockets.target.wants/npud-http.socket" ] || [ -e "$units/sockets.target.wants/npud-http.socket" ]; } && is_true "$no_http"; then
+if http_socket_enabled "$units" && is_true "$no_http"; then
     cat >&2 <<MSG
 WARNING: npud-http.socket is enabled but $config_home/npud/npud.env says OV_GENAI_NPU_NO_HTTP=$no_http:
 npud refuses to start while systemd passes it a socket it must not serve, for the Unix socket's
