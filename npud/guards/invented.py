@@ -492,8 +492,13 @@ def number_forms(text: str, morning: bool = False) -> set[str]:
     (so "1 555 123 4567" supports "555"), and numbers written as words ("two weeks" supports "2").
     ``morning``: only what is not marked "pm" (what an answer's "am" number may match)."""
     text = _number_text(text)
+    return _supported_forms(text, _numeric_tokens(text), morning)
+
+
+def _supported_forms(text: str, tokens: Sequence[_Number], morning: bool) -> set[str]:
+    """number_forms of a normalised ``text`` whose numeric tokens are ``tokens``."""
     supported = _source_word_forms(text, morning)
-    for token in _numeric_tokens(text):
+    for token in tokens:
         if morning and token.meridiem == "pm":
             continue
         supported |= token.forms
@@ -502,10 +507,11 @@ def number_forms(text: str, morning: bool = False) -> set[str]:
 
 
 def _invented_in(output: str, source: str) -> list[_Number]:
-    """The unsupported numbers of ``output``, in order; both texts already normalised."""
-    supported = number_forms(source)
-    morning = number_forms(source, morning=True)
+    """The unsupported numbers of ``output``, in order; both texts already normalised (so the
+    source is tokenised once here, for all three of its uses)."""
     source_tokens = _numeric_tokens(source)
+    supported = _supported_forms(source, source_tokens, morning=False)
+    morning = _supported_forms(source, source_tokens, morning=True)
     identifiers = {f for token in source_tokens if token.kind == "identifier" for f in token.forms}
     whole = {(token.kind, token.written.lower()) for token in source_tokens}
     invented = []
